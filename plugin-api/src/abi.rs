@@ -1,0 +1,110 @@
+//! The binary interface itself: the root module a plugin exports and the callbacks the host lends it.
+//!
+//! Everything here is `#[repr(C)]` and checked by abi_stable when the library is loaded: the abi_stable
+//! header, the interface version (this crate's version) and the recursive layout of [`PluginModule`].
+//! Structured values cross as JSON text (see [`crate::types`]), which keeps this surface small.
+//!
+//! # Compatibility rule
+//!
+//! A plugin loads into a host when both were built against the **same `0.MINOR` of `frostguard-plugin-api`**
+//! and the plugin's `0.MINOR.PATCH` is **at least the host's**. A new minor may change anything; a patch
+//! release may only append functions after the last prefix field of [`PluginModule`] or methods at the end
+//! of the callback traits. So upgrade plugins first (or together with the host); an older plugin in a newer
+//! host is rejected at load with the reason, and its queues are simply not consumed. The host enforces this
+//! through abi_stable's version and layout checks before it calls any plugin code.
+
+// `#[sabi_trait]` expands to impls inside a generated const block, which rustc >= 1.80 flags; the code is
+// abi_stable's and correct.
+#![allow(non_local_definitions)]
+
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, RResult, RStr, RString};
+use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
+
+/// Severity of a forwarded log record, in `tracing` order.
+pub mod level {
+    /// `tracing::Level::ERROR`
+    pub const ERROR: u8 = 1;
+    /// `tracing::Level::WARN`
+    pub const WARN: u8 = 2;
+    /// `tracing::Level::INFO`
+    pub const INFO: u8 = 3;
+    /// `tracing::Level::DEBUG`
+    pub const DEBUG: u8 = 4;
+    /// `tracing::Level::TRACE`
+    pub const TRACE: u8 = 5;
+}
+
+/// Services the host lends a plugin for its whole life (given to `init`).
+#[sabi_trait]
+pub trait HostServices: Send + Sync {
+    /// Re-emits a plugin log record on the host's subscriber. `fields` is a JSON object of the event's fields.
+    fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>, fields: RStr<'_>);
+
+    /// The most verbose level the host will print (one of [`level`]), so the plugin can skip the rest.
+    #[sabi(last_prefix_field)]
+    fn max_level(&self) -> u8;
+}
+
+/// Owned handle to the host services, as the plugin keeps it.
+pub type HostServicesBox = HostServices_TO<'static, RBox<()>>;
+
+/// Per-job services, valid only during one `process` call.
+#[sabi_trait]
+pub trait JobServices: Send + Sync {
+    /// Records job progress (`job.updateProgress`); `json` is a number or an object as JSON text.
+    fn progress(&self, json: RStr<'_>);
+
+    /// Appends a line to the job's log (`job.log`, read by `Queue.getJobLogs`).
+    fn log_line(&self, line: RStr<'_>);
+
+    /// True once the host wants the job to stop (shutdown deadline or job timeout).
+    #[sabi(last_prefix_field)]
+    fn is_cancelled(&self) -> bool;
+}
+
+/// Owned handle to one job's services.
+pub type JobServicesBox = JobServices_TO<'static, RBox<()>>;
+
+/// The root module every plugin exports. Functions may only be appended (see the module docs).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    /// Describes the plugin: JSON of [`crate::PluginInfo`], or an error message.
+    pub describe: extern "C" fn() -> RResult<RString, RString>,
+
+    /// Starts the plugin with its configuration (JSON object of strings) and the host services.
+    pub init: extern "C" fn(host: HostServicesBox, config_json: RStr<'_>) -> RResult<(), RString>,
+
+    /// Processes one job (JSON of [`crate::JobView`]) and returns JSON of [`crate::Outcome`].
+    /// Called on a host blocking thread, possibly from several threads at once.
+    pub process: extern "C" fn(job_json: RStr<'_>, job: JobServicesBox) -> RString,
+
+    /// Stops the plugin, finishing within `deadline_ms` milliseconds.
+    #[sabi(last_prefix_field)]
+    pub shutdown: extern "C" fn(deadline_ms: u64),
+}
+
+impl RootModule for PluginModuleRef {
+    declare_root_module_statics! {PluginModuleRef}
+    const BASE_NAME: &'static str = "frostguard_plugin";
+    const NAME: &'static str = "frostguard job-processor plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The symbol abi_stable looks up in every plugin library (the export macro defines it).
+pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_module_symbol_matches_abi_stable() {
+        assert_eq!(
+            super::ROOT_MODULE_SYMBOL,
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
+    }
+}

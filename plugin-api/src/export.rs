@@ -1,0 +1,165 @@
+//! The glue [`crate::export_plugin!`] generates calls into: the `extern "C"` entry points of the root module.
+//!
+//! Every entry point runs the author's code inside `catch_unwind`. A panic unwinding out of an `extern "C"`
+//! function aborts the whole process, and only the plugin's own copy of std can catch the plugin's panics,
+//! so this must happen here, on the plugin side of the boundary. Not part of the public API.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::std_types::{RResult, RStr, RString};
+
+pub use abi_stable;
+
+use crate::abi::{level, HostServicesBox, JobServicesBox, PluginModule, PluginModuleRef};
+use crate::forward;
+use crate::plugin::{JobContext, Plugin};
+use crate::types::{JobView, Outcome, PluginConfig};
+
+/// Gives the entry points access to the one instance of a plugin; implemented by the export macro.
+pub trait PluginInstance: Plugin {
+    /// The cell holding the instance built by `init`.
+    fn instance_cell() -> &'static OnceLock<Self>;
+}
+
+/// Builds the root module for `P`; called once per library by abi_stable's loader.
+pub fn root_module<P: PluginInstance>() -> PluginModuleRef {
+    PluginModule {
+        describe: describe::<P>,
+        init: init::<P>,
+        process: process::<P>,
+        shutdown: shutdown::<P>,
+    }
+    .leak_into_prefix()
+}
+
+/// Best-effort text of a panic payload.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+extern "C" fn describe<P: PluginInstance>() -> RResult<RString, RString> {
+    let described = catch_unwind(|| serde_json::to_string(&P::describe()));
+    match described {
+        Ok(Ok(json)) => RResult::ROk(json.into()),
+        Ok(Err(e)) => RResult::RErr(format!("describe produced invalid JSON: {e}").into()),
+        Err(p) => RResult::RErr(format!("describe panicked: {}", panic_message(&*p)).into()),
+    }
+}
+
+extern "C" fn init<P: PluginInstance>(
+    host: HostServicesBox,
+    config_json: RStr<'_>,
+) -> RResult<(), RString> {
+    forward::install(host);
+    let config: PluginConfig = match serde_json::from_str(config_json.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            return RResult::RErr(
+                format!("configuration is not a JSON object of strings: {e}").into(),
+            )
+        }
+    };
+    let cell = P::instance_cell();
+    if cell.get().is_some() {
+        return RResult::RErr("plugin is already initialised in this process".into());
+    }
+    match catch_unwind(AssertUnwindSafe(|| P::init(&config))) {
+        Ok(Ok(instance)) => match cell.set(instance) {
+            Ok(()) => RResult::ROk(()),
+            Err(_) => RResult::RErr("plugin was initialised twice concurrently".into()),
+        },
+        Ok(Err(e)) => RResult::RErr(e.reason().into()),
+        Err(p) => RResult::RErr(format!("init panicked: {}", panic_message(&*p)).into()),
+    }
+}
+
+extern "C" fn process<P: PluginInstance>(job_json: RStr<'_>, services: JobServicesBox) -> RString {
+    let outcome = match catch_unwind(AssertUnwindSafe(|| {
+        run_job::<P>(job_json.as_str(), &services)
+    })) {
+        Ok(outcome) => outcome,
+        Err(p) => Outcome::failed(format!("plugin panicked: {}", panic_message(&*p))),
+    };
+    serde_json::to_string(&outcome)
+        .unwrap_or_else(|e| {
+            format!(
+                r#"{{"status":"failed","message":"outcome not serialisable: {}","unrecoverable":false}}"#,
+                e.to_string().replace(['"', '\\'], "'")
+            )
+        })
+        .into()
+}
+
+fn run_job<P: PluginInstance>(job_json: &str, services: &JobServicesBox) -> Outcome {
+    let Some(plugin) = P::instance_cell().get() else {
+        return Outcome::failed("plugin received a job before init succeeded");
+    };
+    let job: JobView = match serde_json::from_str(job_json) {
+        Ok(job) => job,
+        Err(e) => return Outcome::failed(format!("host sent a job the plugin cannot read: {e}")),
+    };
+    plugin.process(&job, &JobContext::new(services))
+}
+
+extern "C" fn shutdown<P: PluginInstance>(deadline_ms: u64) {
+    let result = catch_unwind(|| {
+        if let Some(plugin) = P::instance_cell().get() {
+            plugin.shutdown(Duration::from_millis(deadline_ms));
+        }
+    });
+    if let Err(p) = result {
+        let message = format!("shutdown panicked: {}", panic_message(&*p));
+        forward::forward(level::ERROR, "plugin::shutdown", &message, "{}");
+    }
+}
+
+/// Exports a [`Plugin`] implementation as this library's plugin root module.
+///
+/// Use it exactly once, in a crate built with `crate-type = ["cdylib"]`:
+///
+/// ```text
+/// plugin_api::export_plugin!(MyPlugin);
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            static INSTANCE: ::std::sync::OnceLock<$plugin> = ::std::sync::OnceLock::new();
+
+            impl $crate::__export::PluginInstance for $plugin {
+                fn instance_cell() -> &'static ::std::sync::OnceLock<Self> {
+                    &INSTANCE
+                }
+            }
+
+            fn root_module() -> $crate::abi::PluginModuleRef {
+                $crate::__export::root_module::<$plugin>()
+            }
+
+            extern "C" fn construct() -> $crate::__export::abi_stable::library::RootModuleResult {
+                $crate::__export::abi_stable::library::__call_root_module_loader(root_module)
+            }
+
+            // The header abi_stable's loader looks up; its symbol name is `abi::ROOT_MODULE_SYMBOL`.
+            #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
+            pub static LIB_HEADER: $crate::__export::abi_stable::library::LibHeader = unsafe {
+                $crate::__export::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::abi::PluginModuleRef,
+                >(
+                    construct,
+                    $crate::__export::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            };
+        };
+    };
+}

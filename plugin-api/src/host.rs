@@ -1,0 +1,431 @@
+//! The loading side of the ABI (feature `host`): opens one plugin library, checks it, and calls it safely.
+//!
+//! The host's directory loader and the [`crate::harness`] both go through [`LoadedPlugin`], so a plugin that
+//! passes the harness loads in the host the same way. Each file is opened with its own `LibHeader` and root
+//! module: abi_stable's `RootModule::load_from*` helpers cache one module per interface type per process and
+//! could not hold a directory of plugins. Libraries are never unloaded (plugin threads and thread-locals may
+//! outlive any call, so `dlclose` would be unsound).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr};
+use serde::Serialize;
+
+use crate::abi::{
+    level, HostServices, HostServices_TO, JobServices, JobServices_TO, PluginModuleRef,
+};
+use crate::types::{JobView, Outcome, PluginConfig, PluginInfo};
+
+/// The step of loading at which a plugin was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadStage {
+    /// The file is missing, unreadable, or not a shared library.
+    File,
+    /// The dynamic loader refused it.
+    Open,
+    /// It is not a plugin, or was built against an incompatible plugin ABI.
+    Abi,
+    /// Its self-description is unusable.
+    Describe,
+    /// It claims a queue another plugin already serves.
+    QueueConflict,
+    /// Its configuration could not be assembled.
+    Config,
+    /// Its `init` refused to start.
+    Init,
+}
+
+impl fmt::Display for LoadStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LoadStage::File => "file",
+            LoadStage::Open => "open",
+            LoadStage::Abi => "abi",
+            LoadStage::Describe => "describe",
+            LoadStage::QueueConflict => "queue-conflict",
+            LoadStage::Config => "config",
+            LoadStage::Init => "init",
+        })
+    }
+}
+
+/// Why one plugin file could not be used: which file, at which stage, and a one-line reason.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin {path} rejected at stage {stage}: {reason}", path = .path.display())]
+pub struct LoadError {
+    /// The plugin file.
+    pub path: PathBuf,
+    /// Where loading stopped.
+    pub stage: LoadStage,
+    /// What went wrong, short enough for one log line.
+    pub reason: String,
+}
+
+impl LoadError {
+    /// A rejection of `path` at `stage`.
+    pub fn new(path: &Path, stage: LoadStage, reason: impl Into<String>) -> Self {
+        Self {
+            path: path.to_owned(),
+            stage,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Severity of a forwarded plugin log record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors.
+    Error,
+    /// Warnings.
+    Warn,
+    /// Information.
+    Info,
+    /// Debugging detail.
+    Debug,
+    /// Tracing detail.
+    Trace,
+}
+
+impl LogLevel {
+    fn from_code(code: u8) -> Self {
+        match code {
+            level::ERROR => LogLevel::Error,
+            level::WARN => LogLevel::Warn,
+            level::INFO => LogLevel::Info,
+            level::DEBUG => LogLevel::Debug,
+            _ => LogLevel::Trace,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            LogLevel::Error => level::ERROR,
+            LogLevel::Warn => level::WARN,
+            LogLevel::Info => level::INFO,
+            LogLevel::Debug => level::DEBUG,
+            LogLevel::Trace => level::TRACE,
+        }
+    }
+}
+
+/// One log record emitted inside a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForwardedLog {
+    /// Severity.
+    pub level: LogLevel,
+    /// The `tracing` target (module path) inside the plugin.
+    pub target: String,
+    /// The message.
+    pub message: String,
+    /// The event's other fields, as text.
+    pub fields: Vec<(String, String)>,
+}
+
+/// Where a plugin's log records go (the host's subscriber, or the harness's recorder).
+pub trait HostLogger: Send + Sync {
+    /// Handles one record.
+    fn log(&self, record: ForwardedLog);
+    /// The most verbose level worth sending.
+    fn max_level(&self) -> LogLevel {
+        LogLevel::Trace
+    }
+}
+
+/// What a running job can call back into (progress, job log, cancellation).
+pub trait JobCallbacks: Send + Sync {
+    /// `json` is the progress value as JSON text.
+    fn progress(&self, json: &str);
+    /// One line for the job's log.
+    fn log(&self, line: &str);
+    /// Whether the job should stop.
+    fn is_cancelled(&self) -> bool;
+}
+
+/// A plugin library that passed the ABI checks and described itself.
+pub struct LoadedPlugin {
+    path: PathBuf,
+    module: PluginModuleRef,
+    info: PluginInfo,
+    /// 0 = not initialised, 1 = initialised; guards `process` against a plugin that never started.
+    state: AtomicU8,
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("path", &self.path)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
+
+impl LoadedPlugin {
+    /// Opens `path`, checks its ABI and layout, and asks it to describe itself. Calls no other plugin code.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        check_file(path)?;
+        let header = lib_header_from_path(path).map_err(|e| library_error(path, e))?;
+        let module = header
+            .init_root_module::<PluginModuleRef>()
+            .map_err(|e| library_error(path, e))?;
+        let info = describe(path, module)?;
+        Ok(Self {
+            path: path.to_owned(),
+            module,
+            info,
+            state: AtomicU8::new(0),
+        })
+    }
+
+    /// The library file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the plugin said about itself.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Starts the plugin. Its `tracing` output is forwarded to `logger` from now on.
+    pub fn init(&self, config: &PluginConfig, logger: Arc<dyn HostLogger>) -> Result<(), String> {
+        let config_json =
+            serde_json::to_string(config).map_err(|e| format!("configuration: {e}"))?;
+        let max = logger.max_level().code();
+        let services = HostServices_TO::from_value(HostServicesImpl { logger, max }, TD_Opaque);
+        match (self.module.init())(services, RStr::from_str(&config_json)) {
+            RResult::ROk(()) => {
+                self.state.store(1, Ordering::Release);
+                Ok(())
+            }
+            RResult::RErr(reason) => Err(reason.into_string()),
+        }
+    }
+
+    /// Runs one job to its outcome. Blocks for as long as the plugin works: call it from a blocking thread.
+    /// Never panics; a plugin fault becomes a retryable failure.
+    pub fn process(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Outcome {
+        if self.state.load(Ordering::Acquire) != 1 {
+            return Outcome::failed(format!("plugin {} is not initialised", self.info.name));
+        }
+        let job_json = match serde_json::to_string(job) {
+            Ok(json) => json,
+            Err(e) => return Outcome::failed(format!("job {} could not be encoded: {e}", job.id)),
+        };
+        let services = JobServices_TO::from_value(JobServicesImpl(callbacks), TD_Opaque);
+        let raw = (self.module.process())(RStr::from_str(&job_json), services);
+        serde_json::from_str(raw.as_str()).unwrap_or_else(|e| {
+            Outcome::failed(format!(
+                "plugin {} returned a malformed outcome ({e})",
+                self.info.name
+            ))
+        })
+    }
+
+    /// Asks the plugin to stop within `deadline`. Blocks: call it from a blocking thread.
+    pub fn shutdown(&self, deadline: Duration) {
+        if self.state.swap(0, Ordering::AcqRel) == 1 {
+            let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+            (self.module.shutdown())(ms);
+        }
+    }
+}
+
+/// Rejects what must never reach `dlopen`: a missing or non-ELF file, and a truncated one. The dynamic loader
+/// maps segments past the end of a truncated file and the process dies of SIGBUS when it touches them, so the
+/// segment and section tables are checked against the file's real length first.
+fn check_file(path: &Path) -> Result<(), LoadError> {
+    use object::{Object, ObjectSection, ObjectSegment};
+    let reject = |reason: String| LoadError::new(path, LoadStage::File, reason);
+    let meta = std::fs::metadata(path).map_err(|e| reject(format!("cannot stat: {e}")))?;
+    if !meta.is_file() {
+        return Err(reject("not a regular file".into()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| reject(format!("cannot read: {e}")))?;
+    if !bytes.starts_with(&ELF_MAGIC) {
+        return Err(reject("not an ELF shared library".into()));
+    }
+    let elf = object::File::parse(&*bytes)
+        .map_err(|e| reject(format!("corrupt or truncated ELF file: {e}")))?;
+    let len = bytes.len() as u64;
+    let beyond_end = |(offset, size): (u64, u64)| offset.saturating_add(size) > len;
+    let truncated = elf.segments().any(|s| beyond_end(s.file_range()))
+        || elf
+            .sections()
+            .any(|s| s.file_range().is_some_and(beyond_end));
+    if truncated {
+        return Err(reject(format!(
+            "truncated ELF file: its segments extend past its {len} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn library_error(path: &Path, err: LibraryError) -> LoadError {
+    let (stage, reason) = match err {
+        LibraryError::OpenError { err, .. } => (LoadStage::Open, format!("dlopen failed: {err}")),
+        LibraryError::GetSymbolError { .. } => (
+            LoadStage::Abi,
+            "not a frostguard plugin: it exports no plugin root module".to_owned(),
+        ),
+        LibraryError::InvalidAbiHeader(h) => (
+            LoadStage::Abi,
+            format!(
+                "built with an incompatible abi_stable (ABI {}.{}); this host uses abi_stable 0.11",
+                h.abi_major, h.abi_minor
+            ),
+        ),
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => (
+            LoadStage::Abi,
+            format!(
+                "built against frostguard-plugin-api {actual_version}, this host has {expected_version} \
+                 (a plugin needs the same 0.MINOR and a version at least the host's)"
+            ),
+        ),
+        LibraryError::AbiInstability(e) => (
+            LoadStage::Abi,
+            format!(
+                "incompatible plugin ABI layout: {}",
+                summarize_layout_error(&e.to_string())
+            ),
+        ),
+        LibraryError::RootModule { err, .. } => (
+            LoadStage::Abi,
+            format!("the plugin's root module constructor failed: {err}"),
+        ),
+        other => (LoadStage::Abi, one_line(&other.to_string(), 300)),
+    };
+    LoadError::new(path, stage, reason)
+}
+
+/// abi_stable reports a layout mismatch as a dump of both layouts (hundreds of lines); keep the verdict.
+fn summarize_layout_error(full: &str) -> String {
+    let key_lines: Vec<&str> = full
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("Error:") || l.starts_with("Expected:") || l.starts_with("Found:")
+        })
+        .take(3)
+        .collect();
+    if key_lines.is_empty() {
+        one_line(full, 300)
+    } else {
+        one_line(&key_lines.join(" "), 300)
+    }
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
+}
+
+fn describe(path: &Path, module: PluginModuleRef) -> Result<PluginInfo, LoadError> {
+    let reject = |reason: String| LoadError::new(path, LoadStage::Describe, reason);
+    let json = match (module.describe())() {
+        RResult::ROk(json) => json,
+        RResult::RErr(reason) => return Err(reject(reason.into_string())),
+    };
+    let info: PluginInfo = serde_json::from_str(json.as_str())
+        .map_err(|e| reject(format!("description is not valid JSON: {e}")))?;
+    if info.name.trim().is_empty() {
+        return Err(reject("the plugin has no name".into()));
+    }
+    if info.processors.is_empty() {
+        return Err(reject("the plugin serves no queue".into()));
+    }
+    for p in &info.processors {
+        if p.queue.trim().is_empty() || p.queue.contains(':') {
+            return Err(reject(format!("invalid queue name {:?}", p.queue)));
+        }
+        if p.job_names.is_empty() {
+            return Err(reject(format!("queue {} accepts no job names", p.queue)));
+        }
+    }
+    Ok(info)
+}
+
+struct HostServicesImpl {
+    logger: Arc<dyn HostLogger>,
+    max: u8,
+}
+
+impl HostServices for HostServicesImpl {
+    fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>, fields: RStr<'_>) {
+        let fields: Vec<(String, String)> =
+            serde_json::from_str::<std::collections::BTreeMap<String, String>>(fields.as_str())
+                .map(|m| m.into_iter().collect())
+                .unwrap_or_default();
+        self.logger.log(ForwardedLog {
+            level: LogLevel::from_code(level),
+            target: target.as_str().to_owned(),
+            message: message.as_str().to_owned(),
+            fields,
+        });
+    }
+
+    fn max_level(&self) -> u8 {
+        self.max
+    }
+}
+
+struct JobServicesImpl(Arc<dyn JobCallbacks>);
+
+impl JobServices for JobServicesImpl {
+    fn progress(&self, json: RStr<'_>) {
+        self.0.progress(json.as_str());
+    }
+
+    fn log_line(&self, line: RStr<'_>) {
+        self.0.log(line.as_str());
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_dump_is_reduced_to_its_verdict() {
+        let dump = "lots\n  of layout\n   Error:mismatched type\n   Expected:\n    u32\n   Found:\n    u64\nmore";
+        assert_eq!(
+            summarize_layout_error(dump),
+            "Error:mismatched type Expected: Found:"
+        );
+    }
+
+    #[test]
+    fn non_elf_file_is_rejected_at_file_stage() {
+        let dir = std::env::temp_dir().join(format!("fg-plugin-api-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("libnot.so");
+        std::fs::write(&f, b"hello, not a library").unwrap();
+        let err = LoadedPlugin::load(&f).unwrap_err();
+        assert_eq!(err.stage, LoadStage::File);
+        assert!(err.to_string().contains("libnot.so"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,142 @@
+//! # frostguard-plugin-api
+//!
+//! The contract between the `frostguard-worker` host and its job processors. A processor is a Rust `cdylib`
+//! that the host loads from its plugin directory at startup; the host owns Redis, BullMQ, concurrency, rate
+//! limits, retries and shutdown, and hands the plugin one job at a time.
+//!
+//! A plugin author implements the safe [`Plugin`] trait and calls [`export_plugin!`]; the macro produces the
+//! stable-ABI glue (abi_stable root module), catches every panic on the plugin side of the boundary (a panic
+//! becomes a failed job, never an aborted host), and forwards the plugin's `tracing` events to the host's log.
+//! No unsafe code is needed.
+//!
+//! ## A complete minimal plugin
+//!
+//! `Cargo.toml`:
+//!
+//! ```toml
+//! [package]
+//! name = "hello-plugin"
+//! version = "0.1.0"
+//! edition = "2021"
+//!
+//! [lib]
+//! crate-type = ["cdylib", "rlib"]   # rlib too, so the logic can be unit-tested without dlopen
+//!
+//! [dependencies]
+//! frostguard-plugin-api = { path = "../../plugin-api" }
+//! serde = { version = "1", features = ["derive"] }
+//! ```
+//!
+//! `src/lib.rs`:
+//!
+//! ```
+//! use plugin_api::{
+//!     export_plugin, InitError, JobContext, JobView, Outcome, Plugin, PluginConfig, PluginInfo,
+//!     ProcessorInfo,
+//! };
+//! use plugin_api::serde_json::json;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Greeting {
+//!     name: String,
+//! }
+//!
+//! pub struct Hello {
+//!     greeting: String,
+//! }
+//!
+//! impl Plugin for Hello {
+//!     fn describe() -> PluginInfo {
+//!         PluginInfo {
+//!             name: "hello".into(),
+//!             version: env!("CARGO_PKG_VERSION").into(),
+//!             processors: vec![ProcessorInfo {
+//!                 queue: "greetings".into(),
+//!                 job_names: vec!["greet".into()],
+//!                 default_concurrency: 2,
+//!                 rate_limit: None,
+//!             }],
+//!             config_keys: vec!["GREETING".into()],
+//!         }
+//!     }
+//!
+//!     fn init(config: &PluginConfig) -> Result<Self, InitError> {
+//!         Ok(Hello { greeting: config.get("GREETING").unwrap_or("Hello").to_owned() })
+//!     }
+//!
+//!     fn process(&self, job: &JobView, ctx: &JobContext<'_>) -> Outcome {
+//!         let data: Greeting = match job.data() {
+//!             Ok(d) => d,
+//!             Err(e) => return Outcome::unrecoverable(format!("invalid job data: {e}")),
+//!         };
+//!         ctx.progress(json!(50));
+//!         plugin_api::tracing::info!(job_id = %job.id, "greeting someone");
+//!         Outcome::completed(json!({ "text": format!("{}, {}!", self.greeting, data.name) }))
+//!     }
+//! }
+//!
+//! export_plugin!(Hello);
+//! # fn main() {}
+//! ```
+//!
+//! Build it with `cargo build --release` and copy `target/release/libhello_plugin.so` into the host's plugin
+//! directory; `frostguard-worker plugins` shows whether it loads, and
+//! `frostguard-worker plugins run --plugin FILE --queue greetings --name greet --data '{"name":"Ada"}'`
+//! runs one job through it without Redis.
+//!
+//! ## Outcomes
+//!
+//! * [`Outcome::completed`]: the job's `returnvalue` in BullMQ.
+//! * [`Outcome::failed`]: a retryable failure; the job's `attempts` and `backoff` apply.
+//! * [`Outcome::unrecoverable`]: fails the job now (BullMQ `UnrecoverableError`).
+//! * [`Outcome::retry_job_later`]: this job runs again after a delay, without consuming an attempt.
+//! * [`Outcome::retry_queue_later`]: the whole queue pauses (provider rate limit, rejected credentials) and
+//!   the job goes back to wait, without consuming an attempt.
+//!
+//! ## Threads and async
+//!
+//! `process` runs on a host blocking thread and may run on several at once. A plugin that needs async I/O
+//! builds its own tokio runtime in `init` and `block_on`s it in `process`; it must never expect the host's
+//! runtime (a `cdylib` has its own copy of tokio's thread-locals). Poll [`JobContext::is_cancelled`] in
+//! long work: the host sets it at shutdown and at the job's deadline ([`JobView::time_left`]).
+//!
+//! ## Configuration
+//!
+//! The host gives each plugin a [`PluginConfig`]. For every key the plugin lists in
+//! [`PluginInfo::config_keys`], the value comes from the environment variable `PLUGIN_<NAME>_<KEY>` if set
+//! (`<NAME>` is the plugin name upper-cased with `-` as `_`), else from `<KEY>` itself, so existing
+//! deployments keep their variable names. Tests pass a `PluginConfig` directly.
+//!
+//! ## Compatibility
+//!
+//! See [`abi`] for the rule the host enforces at load time: same `0.MINOR` of this crate, plugin at least as
+//! new as the host. Build plugins with `panic = "unwind"` (the default); with `panic = "abort"` a plugin
+//! panic kills the host.
+
+#![warn(missing_docs)]
+
+pub mod abi;
+mod export;
+mod forward;
+mod plugin;
+mod types;
+
+#[cfg(feature = "harness")]
+pub mod harness;
+#[cfg(feature = "host")]
+pub mod host;
+
+pub use plugin::{JobContext, Plugin};
+pub use types::{
+    InitError, JobOpts, JobView, Outcome, PluginConfig, PluginInfo, ProcessorInfo, RateLimitHint,
+    RetryScope,
+};
+
+pub use serde_json;
+pub use tracing;
+
+/// Used by [`export_plugin!`]; not part of the public API.
+#[doc(hidden)]
+pub mod __export {
+    pub use crate::export::*;
+}

@@ -1,0 +1,374 @@
+//! The values that cross the plugin boundary as JSON: what a plugin says about itself, the view of one job,
+//! the outcome of processing it, and the plugin's configuration.
+//!
+//! They travel as JSON text inside `RString`s rather than as `#[repr(C)]` structs so that fields can be added
+//! in either direction without an ABI break: an older reader ignores unknown fields, a newer reader fills
+//! missing ones from serde defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// What a plugin provides, reported once at load time by `describe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginInfo {
+    /// Short, unique name (`sms-notifications`); used in logs, metrics and configuration prefixes.
+    pub name: String,
+    /// The plugin's own version (semver), shown by `frostguard-worker plugins`.
+    pub version: String,
+    /// The queues this plugin consumes; one BullMQ worker is started per entry.
+    pub processors: Vec<ProcessorInfo>,
+    /// Environment variable names the plugin reads unprefixed (e.g. `TELNYX_API_KEY`), so that existing
+    /// deployments keep their variable names. `PLUGIN_<NAME>_<KEY>` overrides each of them.
+    #[serde(default)]
+    pub config_keys: Vec<String>,
+}
+
+/// One queue served by a plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessorInfo {
+    /// BullMQ queue name, without prefix (`sms-notifications`).
+    pub queue: String,
+    /// Job names this processor accepts; any other name fails unrecoverably without reaching the plugin.
+    pub job_names: Vec<String>,
+    /// Concurrency used when the operator sets none.
+    #[serde(default = "one")]
+    pub default_concurrency: u32,
+    /// A provider limit the host applies as the worker's rate limiter unless the operator overrides it.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitHint>,
+}
+
+impl PluginInfo {
+    /// The processor serving `queue`, if this plugin has one.
+    pub fn processor(&self, queue: &str) -> Option<&ProcessorInfo> {
+        self.processors.iter().find(|p| p.queue == queue)
+    }
+}
+
+impl ProcessorInfo {
+    /// Whether jobs named `name` are handed to the plugin.
+    pub fn accepts(&self, name: &str) -> bool {
+        self.job_names.iter().any(|n| n == name)
+    }
+
+    /// The reason a job named `name` is refused, as stored in the job's `failedReason`.
+    pub fn rejection(&self, name: &str) -> String {
+        format!(
+            "unknown job name {name:?} for queue {} (accepted: {})",
+            self.queue,
+            self.job_names.join(", ")
+        )
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// At most `max` jobs started per `duration_ms`, across all workers of the queue (BullMQ's limiter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitHint {
+    /// Jobs per window.
+    pub max: u64,
+    /// Window length in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// The job options a processor may need to decide how to fail (BullMQ's stored `opts`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobOpts {
+    /// Total attempts allowed (`0` means one attempt, as in BullMQ).
+    #[serde(default)]
+    pub attempts: u32,
+    /// The backoff setting as the producer stored it (`{"type":"exponential","delay":2000}` or a number).
+    #[serde(default)]
+    pub backoff: Option<Value>,
+    /// Delay in ms requested when the job was added.
+    #[serde(default)]
+    pub delay: Option<u64>,
+    /// BullMQ priority (0 = none).
+    #[serde(default)]
+    pub priority: Option<u64>,
+    /// Per-job timeout in ms, if the producer set one; the host turns it into the deadline.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// One job as a processor sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    /// BullMQ job id.
+    pub id: String,
+    /// Job name (`sms:send`).
+    pub name: String,
+    /// Queue the job came from.
+    pub queue: String,
+    /// The job data exactly as the producer serialised it.
+    pub data: Box<RawValue>,
+    /// Attempts already made before this one (BullMQ `attemptsMade`).
+    pub attempts_made: u32,
+    /// Attempts started, including this one (BullMQ `attemptsStarted`).
+    #[serde(default)]
+    pub attempts_started: u32,
+    /// The job's options.
+    #[serde(default)]
+    pub opts: JobOpts,
+    /// Creation time, ms since the Unix epoch.
+    pub timestamp: u64,
+    /// Unix time in ms after which the host cancels the job, if any.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+impl JobView {
+    /// Parses the job data into the processor's own type.
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.data.get())
+    }
+
+    /// Attempts allowed in total; BullMQ treats `attempts: 0` as a single attempt.
+    pub fn max_attempts(&self) -> u32 {
+        self.opts.attempts.max(1)
+    }
+
+    /// True when a retryable failure now would be final, so side effects that mark "given up" belong here.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempts_made + 1 >= self.max_attempts()
+    }
+
+    /// Time left before the host's deadline, or `None` when the job has no deadline.
+    pub fn time_left(&self) -> Option<Duration> {
+        let deadline = self.deadline_ms?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Some(Duration::from_millis(deadline.saturating_sub(now)))
+    }
+}
+
+/// Whom a [`Outcome::RetryLater`] pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryScope {
+    /// Only this job waits (it is moved to delayed).
+    Job,
+    /// The whole queue waits: the provider is rate-limiting us or rejects our credentials.
+    Queue,
+}
+
+/// What became of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "camelCase")]
+pub enum Outcome {
+    /// The work was done; `result` becomes the job's `returnvalue`.
+    Completed {
+        /// JSON result visible to Node as `job.returnvalue`.
+        result: Value,
+    },
+    /// The work failed. Retryable failures consume an attempt and follow the job's backoff;
+    /// unrecoverable ones fail the job now.
+    Failed {
+        /// Becomes the job's `failedReason`.
+        message: String,
+        /// Skip the remaining attempts.
+        unrecoverable: bool,
+    },
+    /// Not the job's fault: try again after `delay_ms` without consuming an attempt.
+    #[serde(rename_all = "camelCase")]
+    RetryLater {
+        /// How long to wait.
+        delay_ms: u64,
+        /// This job only, or the whole queue.
+        scope: RetryScope,
+        /// Why; logged by the host.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// The job succeeded with `result`.
+    pub fn completed(result: Value) -> Self {
+        Outcome::Completed { result }
+    }
+
+    /// A failure worth retrying under the job's attempts and backoff.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Outcome::Failed {
+            message: message.into(),
+            unrecoverable: false,
+        }
+    }
+
+    /// A failure no retry can fix (bad data, a permanent provider rejection).
+    pub fn unrecoverable(message: impl Into<String>) -> Self {
+        Outcome::Failed {
+            message: message.into(),
+            unrecoverable: true,
+        }
+    }
+
+    /// Run this job again after `delay_ms`, without consuming an attempt.
+    pub fn retry_job_later(delay_ms: u64, reason: impl Into<String>) -> Self {
+        Outcome::RetryLater {
+            delay_ms,
+            scope: RetryScope::Job,
+            reason: reason.into(),
+        }
+    }
+
+    /// Pause the whole queue for `delay_ms` and put this job back, without consuming an attempt.
+    pub fn retry_queue_later(delay_ms: u64, reason: impl Into<String>) -> Self {
+        Outcome::RetryLater {
+            delay_ms,
+            scope: RetryScope::Queue,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A plugin's settings, resolved by the host (see the crate docs for where they come from).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PluginConfig(BTreeMap<String, String>);
+
+impl PluginConfig {
+    /// An empty configuration.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a configuration from key/value pairs (tests, the harness).
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+
+    /// Sets one key.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(key.into(), value.into());
+    }
+
+    /// The value of `key`, if set and not blank.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// The value of `key`, or an init error naming the missing key.
+    pub fn require(&self, key: &str) -> Result<&str, InitError> {
+        self.get(key)
+            .ok_or_else(|| InitError::new(format!("missing required setting {key}")))
+    }
+
+    /// A boolean switch: `true`, `1`, `yes` and `on` (any case) mean on; anything else or unset means off.
+    pub fn flag(&self, key: &str) -> bool {
+        self.get(key).is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "on"
+            )
+        })
+    }
+
+    /// Keys that are set, for diagnostics (never print the values: they hold secrets).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+/// Why a plugin refused to start; the host disables the plugin and logs this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitError(String);
+
+impl InitError {
+    /// An init error with a reason meant for an operator.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InitError {}
+
+impl From<String> for InitError {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for InitError {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn outcome_wire_format_is_tagged_by_status() {
+        let v = serde_json::to_value(Outcome::retry_queue_later(5000, "429")).unwrap();
+        assert_eq!(
+            v,
+            json!({"status": "retryLater", "delayMs": 5000, "scope": "queue", "reason": "429"})
+        );
+        let back: Outcome =
+            serde_json::from_value(json!({"status": "completed", "result": {"a": 1}})).unwrap();
+        assert_eq!(back, Outcome::completed(json!({"a": 1})));
+    }
+
+    #[test]
+    fn attempts_zero_means_one_attempt() {
+        let job: JobView = serde_json::from_value(json!({
+            "id": "1", "name": "n", "queue": "q", "data": {"x": 1}, "attemptsMade": 0, "timestamp": 1
+        }))
+        .unwrap();
+        assert_eq!(job.max_attempts(), 1);
+        assert!(job.is_last_attempt());
+        assert_eq!(job.data.get(), r#"{"x":1}"#);
+    }
+
+    #[test]
+    fn config_flag_and_blank_values() {
+        let c = PluginConfig::from_pairs([("A", "Yes"), ("B", "  "), ("C", "0")]);
+        assert!(c.flag("A"));
+        assert!(!c.flag("C"));
+        assert_eq!(c.get("B"), None);
+        assert_eq!(
+            c.require("B").unwrap_err().reason(),
+            "missing required setting B"
+        );
+    }
+}

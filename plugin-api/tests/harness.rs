@@ -1,0 +1,243 @@
+//! Runs the real `test-outcomes` plugin library through the harness and checks every outcome, plus the
+//! rejection of libraries that are not (compatible) plugins.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use plugin_api::harness::{build_plugin, Harness, JobSpec};
+use plugin_api::host::{LoadStage, LoadedPlugin, LogLevel};
+use plugin_api::serde_json::json;
+use plugin_api::{JobOpts, Outcome, PluginConfig, RetryScope};
+
+fn outcomes_plugin() -> PathBuf {
+    build_plugin("fg-test-outcomes").expect("build the test-outcomes plugin")
+}
+
+fn harness() -> Harness {
+    Harness::load(&outcomes_plugin(), PluginConfig::new()).expect("test-outcomes loads")
+}
+
+fn job(name: &str, data: plugin_api::serde_json::Value) -> JobSpec {
+    JobSpec::new("test-outcomes", name, data)
+}
+
+#[test]
+fn describes_itself() {
+    let h = harness();
+    assert_eq!(h.info().name, "test-outcomes");
+    assert_eq!(h.info().processors[0].queue, "test-outcomes");
+    assert_eq!(h.info().processors[0].default_concurrency, 4);
+    assert!(h.info().processors[0].accepts("panic"));
+}
+
+#[test]
+fn completes_with_a_result() {
+    let run = harness().run(job("complete", json!({"result": {"ok": 1}})));
+    assert_eq!(run.outcome, Outcome::completed(json!({"ok": 1})));
+    let run = harness().run(job("complete", json!({"x": "y"})));
+    assert_eq!(run.outcome, Outcome::completed(json!({"echo": {"x": "y"}})));
+}
+
+#[test]
+fn fails_retryable_and_unrecoverable() {
+    let h = harness();
+    assert_eq!(
+        h.run(job("fail", json!({"message": "nope"}))).outcome,
+        Outcome::failed("nope")
+    );
+    assert_eq!(
+        h.run(job("fail-unrecoverable", json!({}))).outcome,
+        Outcome::unrecoverable("requested unrecoverable failure")
+    );
+    let mut spec = job("fail-until", json!({"succeedOnAttempt": 3}));
+    spec.attempts_made = 1;
+    assert_eq!(
+        h.run(spec.clone()).outcome,
+        Outcome::failed("attempt 2 failed")
+    );
+    spec.attempts_made = 2;
+    assert_eq!(
+        h.run(spec).outcome,
+        Outcome::completed(json!({"attempt": 3}))
+    );
+}
+
+#[test]
+fn retry_later_carries_delay_and_scope() {
+    let h = harness();
+    let run = h.run(job(
+        "retry-later",
+        json!({"delayMs": 1500, "scope": "queue"}),
+    ));
+    match run.outcome {
+        Outcome::RetryLater {
+            delay_ms, scope, ..
+        } => {
+            assert_eq!(delay_ms, 1500);
+            assert_eq!(scope, RetryScope::Queue);
+        }
+        other => panic!("expected retry later, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_panicking_job_fails_and_the_next_job_still_works() {
+    let h = harness();
+    let run = h.run(job("panic", json!({"message": "kaboom"})));
+    match &run.outcome {
+        Outcome::Failed {
+            message,
+            unrecoverable,
+        } => {
+            assert!(!unrecoverable);
+            assert!(
+                message.contains("plugin panicked: test panic: kaboom"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    // The panic message reached the host log instead of the plugin's stderr.
+    assert!(
+        run.logs
+            .iter()
+            .any(|l| l.level == LogLevel::Error && l.message.contains("kaboom")),
+        "{:?}",
+        run.logs
+    );
+    let next = h.run(job("complete", json!({"result": 7})));
+    assert_eq!(next.outcome, Outcome::completed(json!(7)));
+}
+
+#[test]
+fn a_long_job_honours_cancellation_at_its_deadline() {
+    let h = harness();
+    let mut spec = job("sleep", json!({"ms": 30_000}));
+    spec.timeout = Some(Duration::from_millis(200));
+    let started = Instant::now();
+    let run = h.run(spec);
+    assert_eq!(run.outcome, Outcome::failed("cancelled"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancellation was ignored"
+    );
+    let run = h.run(job("sleep", json!({"ms": 20})));
+    assert_eq!(run.outcome, Outcome::completed(json!({"slept": 20})));
+}
+
+#[test]
+fn progress_job_logs_and_forwarded_logs_are_recorded() {
+    let h = harness();
+    let run = h.run(job("progress", json!({})));
+    assert_eq!(
+        run.progress,
+        vec![json!(25), json!({"step": "half"}), json!(100)]
+    );
+    assert_eq!(run.job_logs, vec!["line 1", "line 2"]);
+    let run = h.run(job("log", json!({})));
+    let warn = run
+        .logs
+        .iter()
+        .find(|l| l.level == LogLevel::Warn)
+        .expect("a forwarded warning");
+    assert_eq!(warn.message, "warning from test plugin");
+    assert!(
+        warn.fields.iter().any(|(k, v)| k == "attempt" && v == "1"),
+        "{warn:?}"
+    );
+    assert!(run.logs.iter().any(|l| l.level == LogLevel::Info));
+}
+
+#[test]
+fn unknown_job_names_fail_unrecoverably_without_reaching_the_plugin() {
+    let run = harness().run(job("send-fax", json!({})));
+    match run.outcome {
+        Outcome::Failed {
+            message,
+            unrecoverable: true,
+        } => {
+            assert!(
+                message.contains("unknown job name \"send-fax\""),
+                "{message}"
+            )
+        }
+        other => panic!("expected unrecoverable failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn job_opts_reach_the_plugin() {
+    let h = harness();
+    let mut spec = job("fail-until", json!({"succeedOnAttempt": 5}));
+    spec.opts = JobOpts {
+        attempts: 5,
+        ..JobOpts::default()
+    };
+    spec.attempts_made = 4;
+    assert_eq!(
+        h.run(spec).outcome,
+        Outcome::completed(json!({"attempt": 5}))
+    );
+}
+
+#[test]
+fn failing_init_is_reported_at_the_init_stage() {
+    let err = Harness::load(
+        &outcomes_plugin(),
+        PluginConfig::from_pairs([("FAIL_INIT", "true")]),
+    )
+    .err()
+    .expect("init must fail");
+    assert_eq!(err.stage, LoadStage::Init);
+    assert_eq!(err.reason, "FAIL_INIT requested");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fg-api-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn assert_rejected(path: &Path, stage: LoadStage, needle: &str) {
+    let err = LoadedPlugin::load(path).expect_err("must be rejected");
+    assert_eq!(err.stage, stage, "{err}");
+    assert!(
+        err.reason.contains(needle),
+        "reason {:?} lacks {needle:?}",
+        err.reason
+    );
+    let line = err.to_string();
+    assert!(line.contains(&path.display().to_string()), "{line}");
+    assert!(!line.contains('\n'), "one line expected: {line}");
+}
+
+#[test]
+fn a_truncated_library_is_rejected() {
+    let dir = scratch("truncated");
+    let bytes = std::fs::read(outcomes_plugin()).unwrap();
+    let cut = dir.join("libtruncated.so");
+    std::fs::write(&cut, &bytes[..4096]).unwrap();
+    assert_rejected(&cut, LoadStage::File, "truncated");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_system_library_is_not_a_plugin() {
+    let candidates = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/x86_64-linux-gnu/libm.so.6",
+    ];
+    let lib = candidates
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("a system shared library such as libz.so.1");
+    assert_rejected(lib, LoadStage::Abi, "not a frostguard plugin");
+}
+
+#[test]
+fn a_plugin_built_against_an_incompatible_abi_is_rejected() {
+    let lib = build_plugin("fg-test-bad-abi").expect("build the bad-abi fixture");
+    assert_rejected(&lib, LoadStage::Abi, "incompatible plugin ABI layout");
+}

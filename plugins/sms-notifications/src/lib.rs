@@ -1,0 +1,221 @@
+//! FrostGuard SMS processor plugin: queue `sms-notifications`, job `sms:send`.
+//!
+//! Sends critical-alert SMS through the Telnyx Messages API and records the outcome in FrostGuard's
+//! `notification_deliveries` table, replacing the Node worker's `processSmsNotification` without its
+//! defects (see `shared/reference/frostguard-domain.md` §1.3 and §7).
+//!
+//! Modules, in the order a job meets them:
+//! * [`config`]: FrostGuard's variable names, parsed and checked once at init;
+//! * [`validate`]: job data → [`validate::SmsJob`], or an unrecoverable reason;
+//! * [`processor`]: idempotency check, send, row update, outcome;
+//! * [`telnyx`] + [`classify`]: the HTTP call and what each answer means;
+//! * [`delivery`]: the delivery row;
+//! * [`redact`]: masking of phone numbers in logs and reasons.
+//!
+//! `process` runs on a host blocking thread; the async work runs on a runtime private to this plugin
+//! (a `cdylib` cannot use the host's tokio), `block_on`'d there, raced against the host's cancellation flag
+//! and the job's deadline.
+
+pub mod classify;
+pub mod config;
+pub mod delivery;
+pub mod processor;
+pub mod redact;
+pub mod telnyx;
+pub mod validate;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use plugin_api::serde_json::json;
+use plugin_api::tracing::{info, warn};
+use plugin_api::{
+    export_plugin, InitError, JobContext, JobView, Outcome, Plugin, PluginConfig, PluginInfo,
+    ProcessorInfo, RateLimitHint,
+};
+use tokio::runtime::{Handle, Runtime};
+
+use crate::config::SmsConfig;
+use crate::delivery::DeliveryRepo;
+use crate::processor::{Attempt, Processor};
+use crate::redact::mask_phone;
+use crate::telnyx::TelnyxClient;
+
+pub const PLUGIN_NAME: &str = "sms-notifications";
+pub const QUEUE: &str = "sms-notifications";
+/// FrostGuard's worker ran this queue with concurrency 5.
+pub const DEFAULT_CONCURRENCY: u32 = 5;
+/// A ceiling against bursts (an alert storm across many users), not a throttle: a Telnyx long code sends
+/// about one message per second per number, but the API itself takes far more, and throttling per number
+/// is Telnyx's job (it queues). Operators override it with `QUEUE_SMS_NOTIFICATIONS_RATE_LIMIT_*`.
+pub const RATE_LIMIT: RateLimitHint = RateLimitHint {
+    max: 10,
+    duration_ms: 1000,
+};
+/// How often a running job checks the host's cancellation flag.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// The plugin instance shared by every job.
+pub struct SmsPlugin {
+    /// Taken out in `shutdown`; jobs use `handle`, so they never contend on this lock.
+    runtime: Mutex<Option<Runtime>>,
+    handle: Handle,
+    /// `None` in dry-run mode.
+    processor: Option<Processor>,
+    stopping: AtomicBool,
+}
+
+impl Plugin for SmsPlugin {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: PLUGIN_NAME.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            processors: vec![ProcessorInfo {
+                queue: QUEUE.to_owned(),
+                job_names: vec![validate::JOB_NAME.to_owned()],
+                default_concurrency: DEFAULT_CONCURRENCY,
+                rate_limit: Some(RATE_LIMIT),
+            }],
+            config_keys: config::KEYS.iter().map(|k| (*k).to_owned()).collect(),
+        }
+    }
+
+    fn init(plugin_config: &PluginConfig) -> Result<Self, InitError> {
+        let config = SmsConfig::from_lookup(&|key| plugin_config.get(key).map(str::to_owned))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fg-sms-runtime")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the plugin's async runtime: {e}"))?;
+        let handle = runtime.handle().clone();
+
+        let processor = match config.telnyx {
+            None => {
+                warn!("SMS_DRY_RUN=true: jobs are validated and logged but no SMS is sent and no delivery row is written");
+                None
+            }
+            Some(settings) => {
+                info!(endpoint = %settings.messages_url, from = %mask_phone(&settings.from),
+                      messaging_profile = settings.messaging_profile_id.is_some(),
+                      timeout_ms = settings.request_timeout.as_millis() as u64, "Telnyx client ready");
+                let telnyx = TelnyxClient::new(settings)?;
+                let deliveries = match &config.database_url {
+                    None => {
+                        warn!("DATABASE_URL not set: SMS are sent without delivery tracking or duplicate protection");
+                        None
+                    }
+                    Some(url) => {
+                        let repo = DeliveryRepo::new(url.expose())?;
+                        // A database that is down must not disable sending; say so now, jobs retry later.
+                        let probe = handle.block_on(repo.load(uuid::Uuid::nil()));
+                        match probe {
+                            Ok(_) => info!("delivery tracking enabled (notification_deliveries)"),
+                            Err(e) => {
+                                warn!(error = %e, "delivery database not reachable at start; jobs will retry until it is")
+                            }
+                        }
+                        Some(repo)
+                    }
+                };
+                Some(Processor {
+                    telnyx,
+                    deliveries,
+                    auth_retry_delay: config.auth_retry_delay,
+                })
+            }
+        };
+        Ok(SmsPlugin {
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            processor,
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    fn process(&self, job: &JobView, ctx: &JobContext<'_>) -> Outcome {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Outcome::failed("sms plugin is shutting down");
+        }
+        let attempt = Attempt {
+            job_id: job.id.clone(),
+            number: job.attempts_made + 1,
+            max: job.max_attempts(),
+            is_last: job.is_last_attempt(),
+            time_left: job.time_left(),
+        };
+        let validated = validate::validate(&job.name, job.data.get());
+        let Some(processor) = &self.processor else {
+            return match validated {
+                Err(invalid) => {
+                    warn!(job_id = %job.id, reason = %invalid.reason, "rejecting sms:send job (dry run)");
+                    Outcome::unrecoverable(invalid.reason)
+                }
+                Ok(sms) => {
+                    info!(job_id = %job.id, to = %mask_phone(&sms.phone_number), chars = sms.message.chars().count(),
+                          delivery_id = ?sms.delivery_id, "dry run: SMS not sent");
+                    Outcome::completed(json!({ "success": true, "dryRun": true }))
+                }
+            };
+        };
+        match validated {
+            Err(invalid) => self.run(ctx, &attempt, processor.reject(&invalid, &attempt)),
+            Ok(sms) => self.run(ctx, &attempt, processor.send(&sms, &attempt)),
+        }
+    }
+
+    fn shutdown(&self, deadline: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown_timeout(deadline);
+        }
+        info!("sms plugin stopped");
+    }
+}
+
+impl SmsPlugin {
+    /// Drives `work` on the private runtime from this host thread until it finishes, the host cancels the
+    /// job, or its deadline passes. Dropping `work` aborts an in-flight request; the job is then retried,
+    /// and the delivery row's `sent` check protects against a double send if Telnyx had already accepted.
+    fn run(
+        &self,
+        ctx: &JobContext<'_>,
+        attempt: &Attempt,
+        work: impl Future<Output = Outcome>,
+    ) -> Outcome {
+        let deadline = attempt.time_left;
+        self.handle.block_on(async {
+            let cancelled = async {
+                while !ctx.is_cancelled() {
+                    tokio::time::sleep(CANCEL_POLL).await;
+                }
+            };
+            let expired = async {
+                match deadline {
+                    Some(left) => tokio::time::sleep(left).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                outcome = work => outcome,
+                () = cancelled => {
+                    warn!(job_id = %attempt.job_id, "job cancelled by the host");
+                    Outcome::failed("cancelled by the worker (shutdown or timeout) before the SMS job finished")
+                }
+                () = expired => {
+                    warn!(job_id = %attempt.job_id, "job deadline passed");
+                    Outcome::failed("job deadline passed before the SMS job finished")
+                }
+            }
+        })
+    }
+}
+
+export_plugin!(SmsPlugin);

@@ -1,0 +1,202 @@
+//! One `sms:send` job from validated data to an outcome: idempotency check, send, row update, and the
+//! mapping of every failure to what BullMQ should do with the job.
+//!
+//! Kept free of the ABI types' plumbing (runtime, cancellation, JobView) so the decision logic reads top to
+//! bottom; `lib.rs` wraps it with the plugin's runtime, the job's deadline and cancellation.
+
+use std::time::Duration;
+
+use plugin_api::serde_json::json;
+use plugin_api::tracing::{error, info, warn};
+use plugin_api::Outcome;
+use uuid::Uuid;
+
+use crate::classify::{ErrorClass, DEFAULT_RATE_LIMIT_DELAY};
+use crate::delivery::DeliveryRepo;
+use crate::redact::mask_phone;
+use crate::telnyx::{SendError, TelnyxClient};
+use crate::validate::{Invalid, SmsJob};
+
+/// Time kept back from the job's deadline so that the outcome (and the row update) still fit in it.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+
+/// Where this run stands among the job's attempts.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub job_id: String,
+    /// 1-based number of this attempt (`attemptsMade + 1`).
+    pub number: u32,
+    pub max: u32,
+    /// A retryable failure now would be final.
+    pub is_last: bool,
+    /// Time left before the host's deadline, if the job has one.
+    pub time_left: Option<Duration>,
+}
+
+/// The sending side of the plugin (absent in dry-run mode).
+pub struct Processor {
+    pub telnyx: TelnyxClient,
+    /// `None` when `DATABASE_URL` is not set: no tracking and no idempotency check.
+    pub deliveries: Option<DeliveryRepo>,
+    pub auth_retry_delay: Duration,
+}
+
+impl Processor {
+    /// Invalid data: unrecoverable, no HTTP, and the delivery row (if we know it) records the reason.
+    pub async fn reject(&self, invalid: &Invalid, attempt: &Attempt) -> Outcome {
+        warn!(job_id = %attempt.job_id, reason = %invalid.reason, "rejecting sms:send job");
+        if let (Some(id), Some(repo)) = (invalid.delivery_id, &self.deliveries) {
+            if let Err(e) = repo.mark_failed(id, &invalid.reason).await {
+                error!(job_id = %attempt.job_id, delivery_id = %id, error = %e, "could not mark the delivery failed");
+            }
+        }
+        Outcome::unrecoverable(invalid.reason.clone())
+    }
+
+    pub async fn send(&self, job: &SmsJob, attempt: &Attempt) -> Outcome {
+        let to = mask_phone(&job.phone_number);
+        info!(job_id = %attempt.job_id, to = %to, attempt = attempt.number, max_attempts = attempt.max,
+              delivery_id = ?job.delivery_id, "sending SMS");
+
+        // Idempotency: a retry or a re-run stalled job must not text the recipient twice.
+        let mut tracked = job.delivery_id.filter(|_| self.deliveries.is_some());
+        if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
+            match repo.load(id).await {
+                Err(e) => {
+                    warn!(job_id = %attempt.job_id, delivery_id = %id, error = %e, "delivery database unavailable");
+                    return Outcome::failed(format!("delivery tracking database unavailable: {e}"));
+                }
+                Ok(Some(state)) if state.already_sent() => {
+                    let message_id = state.external_id.unwrap_or_default();
+                    info!(job_id = %attempt.job_id, delivery_id = %id, status = %state.status, message_id = %message_id,
+                          "delivery already sent; not sending again");
+                    return Outcome::completed(
+                        json!({ "success": true, "messageId": message_id, "alreadySent": true }),
+                    );
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    // An alert SMS matters more than its bookkeeping: send, but say loudly that it is untracked.
+                    warn!(job_id = %attempt.job_id, delivery_id = %id,
+                          "delivery row not found; sending without delivery tracking");
+                    tracked = None;
+                }
+            }
+        }
+
+        let timeout = match attempt.time_left {
+            None => self.telnyx.request_timeout(),
+            Some(left) => match left.checked_sub(DEADLINE_MARGIN) {
+                Some(usable) if !usable.is_zero() => usable.min(self.telnyx.request_timeout()),
+                _ => return Outcome::failed("job deadline reached before the SMS could be sent"),
+            },
+        };
+
+        match self
+            .telnyx
+            .send(&job.phone_number, &job.message, timeout)
+            .await
+        {
+            Ok(accepted) => {
+                info!(job_id = %attempt.job_id, to = %to, message_id = %accepted.message_id, status = %accepted.status,
+                      "Telnyx accepted the SMS");
+                if let Some(id) = tracked {
+                    self.record_sent(id, &accepted.message_id, attempt).await;
+                }
+                Outcome::completed(json!({ "success": true, "messageId": accepted.message_id }))
+            }
+            Err(e) => self.failed(e, tracked, attempt, &to).await,
+        }
+    }
+
+    /// The SMS went out: the row must say so, or a later retry of this job would send it again. Retried a
+    /// few times; if the database still refuses, the job completes anyway (the provider accepted it) and the
+    /// error is logged with the message id so the row can be fixed by hand.
+    async fn record_sent(&self, id: Uuid, message_id: &str, attempt: &Attempt) {
+        let Some(repo) = &self.deliveries else { return };
+        let mut last_error = String::new();
+        for pause in [
+            Duration::ZERO,
+            Duration::from_millis(250),
+            Duration::from_secs(1),
+        ] {
+            tokio::time::sleep(pause).await;
+            match repo.mark_sent(id, message_id).await {
+                Ok(()) => return,
+                Err(e) => last_error = e,
+            }
+        }
+        error!(job_id = %attempt.job_id, delivery_id = %id, message_id = %message_id, error = %last_error,
+               "SMS sent but the delivery row could not be marked sent");
+    }
+
+    async fn failed(
+        &self,
+        e: SendError,
+        tracked: Option<Uuid>,
+        attempt: &Attempt,
+        to: &str,
+    ) -> Outcome {
+        let reason = e.describe();
+        match e.class() {
+            ErrorClass::Permanent => {
+                warn!(job_id = %attempt.job_id, to = %to, reason = %reason, "Telnyx rejected the SMS permanently");
+                if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
+                    if let Err(db) = repo.mark_failed(id, &reason).await {
+                        error!(job_id = %attempt.job_id, delivery_id = %id, error = %db,
+                               "could not mark the delivery failed");
+                    }
+                }
+                Outcome::unrecoverable(format!("Permanent SMS failure: {reason}"))
+            }
+            ErrorClass::RateLimited => {
+                let delay = match &e {
+                    SendError::Rejected {
+                        retry_after: Some(d),
+                        ..
+                    } => *d,
+                    _ => DEFAULT_RATE_LIMIT_DELAY,
+                };
+                warn!(job_id = %attempt.job_id, delay_ms = delay.as_millis() as u64, reason = %reason,
+                      "Telnyx is rate limiting; pausing the queue");
+                Outcome::retry_queue_later(
+                    delay.as_millis() as u64,
+                    format!(
+                        "Telnyx rate limit ({reason}); retrying in {} ms",
+                        delay.as_millis()
+                    ),
+                )
+            }
+            ErrorClass::Auth => {
+                // Logged at error level on every occurrence: nothing is sent until an operator fixes the key.
+                error!(job_id = %attempt.job_id, reason = %reason,
+                       "Telnyx rejected our credentials; check TELNYX_API_KEY and the messaging profile");
+                let delay = self.auth_retry_delay;
+                Outcome::retry_queue_later(
+                    delay.as_millis() as u64,
+                    format!(
+                        "Telnyx rejected the API credentials ({reason}); retrying in {} ms",
+                        delay.as_millis()
+                    ),
+                )
+            }
+            ErrorClass::Transient => {
+                warn!(job_id = %attempt.job_id, to = %to, attempt = attempt.number, max_attempts = attempt.max,
+                      last_attempt = attempt.is_last, reason = %reason, "SMS send failed; retryable");
+                if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
+                    let attempts = i32::try_from(attempt.number).unwrap_or(i32::MAX);
+                    let written = if attempt.is_last {
+                        repo.mark_exhausted(id, attempts, &reason).await
+                    } else {
+                        repo.record_retry(id, attempts).await
+                    };
+                    if let Err(db) = written {
+                        error!(job_id = %attempt.job_id, delivery_id = %id, error = %db,
+                               "could not record the failed attempt on the delivery");
+                    }
+                }
+                Outcome::failed(format!("SMS send failed: {reason}"))
+            }
+        }
+    }
+}

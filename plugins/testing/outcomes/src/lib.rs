@@ -1,0 +1,135 @@
+//! Test-only plugin (`test-outcomes` queue) whose job names exercise every processor outcome, so the harness,
+//! the loader and the host runtime can be tested against a real `cdylib`. Never shipped in the image.
+//!
+//! Job names: `complete`, `fail`, `fail-unrecoverable`, `fail-until`, `retry-later`, `panic`, `sleep`,
+//! `progress`, `log`. Setting `FAIL_INIT=true` makes `init` refuse to start.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use plugin_api::serde_json::{json, Map, Value};
+use plugin_api::{
+    export_plugin, tracing, InitError, JobContext, JobView, Outcome, Plugin, PluginConfig,
+    PluginInfo, ProcessorInfo,
+};
+
+/// The queue this plugin serves.
+pub const QUEUE: &str = "test-outcomes";
+
+const JOB_NAMES: &[&str] = &[
+    "complete",
+    "fail",
+    "fail-unrecoverable",
+    "fail-until",
+    "retry-later",
+    "panic",
+    "sleep",
+    "progress",
+    "log",
+];
+
+/// The plugin; it keeps no state between jobs.
+pub struct TestOutcomes;
+
+impl Plugin for TestOutcomes {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "test-outcomes".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            processors: vec![ProcessorInfo {
+                queue: QUEUE.into(),
+                job_names: JOB_NAMES.iter().map(|s| s.to_string()).collect(),
+                default_concurrency: 4,
+                rate_limit: None,
+            }],
+            config_keys: vec!["FAIL_INIT".into()],
+        }
+    }
+
+    fn init(config: &PluginConfig) -> Result<Self, InitError> {
+        if config.flag("FAIL_INIT") {
+            return Err(InitError::new("FAIL_INIT requested"));
+        }
+        tracing::info!("test-outcomes plugin initialised");
+        Ok(TestOutcomes)
+    }
+
+    fn process(&self, job: &JobView, ctx: &JobContext<'_>) -> Outcome {
+        let data: Map<String, Value> = job.data().unwrap_or_default();
+        let text = |key: &str, default: &str| -> String {
+            data.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_owned()
+        };
+        let number =
+            |key: &str, default: u64| data.get(key).and_then(Value::as_u64).unwrap_or(default);
+        match job.name.as_str() {
+            "complete" => Outcome::completed(
+                data.get("result")
+                    .cloned()
+                    .unwrap_or_else(|| json!({ "echo": Value::Object(data.clone()) })),
+            ),
+            "fail" => Outcome::failed(text("message", "requested failure")),
+            "fail-unrecoverable" => {
+                Outcome::unrecoverable(text("message", "requested unrecoverable failure"))
+            }
+            "fail-until" => {
+                let attempt = job.attempts_made + 1;
+                if u64::from(attempt) < number("succeedOnAttempt", 2) {
+                    Outcome::failed(format!("attempt {attempt} failed"))
+                } else {
+                    Outcome::completed(json!({ "attempt": attempt }))
+                }
+            }
+            "retry-later" => {
+                if job.attempts_started <= 1 {
+                    let delay = number("delayMs", 1000);
+                    match text("scope", "job").as_str() {
+                        "queue" => Outcome::retry_queue_later(delay, "requested retry later"),
+                        _ => Outcome::retry_job_later(delay, "requested retry later"),
+                    }
+                } else {
+                    Outcome::completed(json!({
+                        "retriedAfterDelay": true,
+                        "attemptsStarted": job.attempts_started
+                    }))
+                }
+            }
+            "panic" => panic!("test panic: {}", text("message", "boom")),
+            "sleep" => sleep(number("ms", 1000), ctx),
+            "progress" => {
+                ctx.progress(json!(25));
+                ctx.progress(json!({ "step": "half" }));
+                ctx.log("line 1");
+                ctx.log("line 2");
+                ctx.progress(json!(100));
+                Outcome::completed(json!({ "done": true }))
+            }
+            "log" => {
+                tracing::info!(job_id = %job.id, "info from test plugin");
+                tracing::warn!(job_id = %job.id, attempt = job.attempts_made + 1, "warning from test plugin");
+                Outcome::completed(Value::Null)
+            }
+            other => Outcome::unrecoverable(format!("test-outcomes has no job {other:?}")),
+        }
+    }
+
+    fn shutdown(&self, _deadline: Duration) {
+        tracing::info!("test-outcomes plugin shut down");
+    }
+}
+
+/// Sleeps `ms`, checking for cancellation every 10 ms as a well-behaved long job must.
+fn sleep(ms: u64, ctx: &JobContext<'_>) -> Outcome {
+    let until = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < until {
+        if ctx.is_cancelled() {
+            return Outcome::failed("cancelled");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Outcome::completed(json!({ "slept": ms }))
+}
+
+export_plugin!(TestOutcomes);
