@@ -1,0 +1,384 @@
+// The Node BullMQ side of the interop tests and of the demo.
+//
+//   node drive.mjs <command> '<json>'
+//
+// Every command takes one JSON object (at least `redis`: a redis:// URL; `queue`; optional `prefix`, default
+// "bull") and prints exactly one JSON document on stdout. Failures print a message on stderr and exit 1.
+// Commands are listed in COMMANDS at the bottom.
+
+import { Queue, QueueEvents, Worker } from 'bullmq';
+import IORedis from 'ioredis';
+
+const FINISHED = ['completed', 'failed'];
+
+function connectionOf(input) {
+  if (!input.redis) throw new Error('input needs "redis" (a redis:// URL)');
+  const url = new URL(input.redis);
+  const conn = { host: url.hostname, port: Number(url.port || 6379), maxRetriesPerRequest: null };
+  if (url.password) conn.password = decodeURIComponent(url.password);
+  if (url.username) conn.username = decodeURIComponent(url.username);
+  const db = url.pathname.replace('/', '');
+  if (db) conn.db = Number(db);
+  return conn;
+}
+
+function prefixOf(input) {
+  return input.prefix ?? 'bull';
+}
+
+function queueOf(input, extra = {}) {
+  if (!input.queue) throw new Error('input needs "queue"');
+  return new Queue(input.queue, { connection: connectionOf(input), prefix: prefixOf(input), ...extra });
+}
+
+function redisOf(input) {
+  return new IORedis(input.redis, { maxRetriesPerRequest: null });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function snapshot(queue, id, withLogs) {
+  const job = await queue.getJob(id);
+  if (!job) return { id, state: 'missing' };
+  const state = await job.getState();
+  const snap = {
+    id: job.id,
+    name: job.name,
+    state,
+    data: job.data,
+    opts: job.opts,
+    returnvalue: job.returnvalue ?? null,
+    failedReason: job.failedReason ?? null,
+    attemptsMade: job.attemptsMade,
+    attemptsStarted: job.attemptsStarted,
+    stalledCounter: job.stalledCounter,
+    timestamp: job.timestamp,
+    processedOn: job.processedOn ?? null,
+    finishedOn: job.finishedOn ?? null,
+    delay: job.delay,
+    priority: job.priority,
+    progress: job.progress,
+    processedBy: job.processedBy ?? null,
+    repeatJobKey: job.repeatJobKey ?? null,
+    stacktrace: job.stacktrace ?? [],
+  };
+  if (withLogs) {
+    const { logs } = await queue.getJobLogs(id);
+    snap.logs = logs;
+  }
+  return snap;
+}
+
+async function snapshots(queue, ids, withLogs) {
+  const out = [];
+  for (const id of ids) out.push(await snapshot(queue, String(id), withLogs));
+  return out;
+}
+
+// Adds `jobs` ([{name, data, opts}]) one by one with Queue.add, or with Queue.addBulk when `bulk` is true.
+async function addJobs(queue, jobs, bulk) {
+  if (bulk) {
+    const added = await queue.addBulk(jobs.map((j) => ({ name: j.name, data: j.data ?? {}, opts: j.opts ?? {} })));
+    return added.map((j) => j.id);
+  }
+  const ids = [];
+  for (const j of jobs) {
+    const job = await queue.add(j.name, j.data ?? {}, j.opts ?? {});
+    ids.push(job.id);
+  }
+  return ids;
+}
+
+// Polls until every job is in one of `states`; returns the snapshots and whether the deadline passed first.
+async function waitStates(queue, ids, states, timeoutMs, withLogs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const snaps = await snapshots(queue, ids, false);
+    const done = snaps.every((s) => states.includes(s.state));
+    if (done || Date.now() > deadline) {
+      const final = withLogs ? await snapshots(queue, ids, true) : snaps;
+      return { timedOut: !done, jobs: final };
+    }
+    await sleep(25);
+  }
+}
+
+// The queue's event stream, oldest first: [{streamId, ms, event, jobId, ...fields}].
+async function readEvents(input) {
+  const redis = redisOf(input);
+  try {
+    const key = `${prefixOf(input)}:${input.queue}:events`;
+    const entries = await redis.xrange(key, '-', '+');
+    return entries.map(([streamId, flat]) => {
+      const ev = { streamId, ms: Number(streamId.split('-')[0]) };
+      for (let i = 0; i < flat.length; i += 2) ev[flat[i]] = flat[i + 1];
+      return ev;
+    });
+  } finally {
+    redis.disconnect();
+  }
+}
+
+async function withQueue(input, fn, extra) {
+  const queue = queueOf(input, extra);
+  try {
+    return await fn(queue);
+  } finally {
+    await queue.close();
+  }
+}
+
+const COMMANDS = {
+  // {jobs: [{name, data, opts}], bulk?} → {ids}
+  async add(input) {
+    return withQueue(input, async (queue) => ({ ids: await addJobs(queue, input.jobs, input.bulk) }));
+  },
+
+  // {ids, withLogs?} → {jobs: [snapshot]}
+  async jobs(input) {
+    return withQueue(input, async (queue) => ({ jobs: await snapshots(queue, input.ids, input.withLogs) }));
+  },
+
+  // {ids, states? (default completed/failed), timeoutMs?, withLogs?} → {timedOut, jobs}
+  async wait(input) {
+    return withQueue(input, (queue) =>
+      waitStates(queue, input.ids, input.states ?? FINISHED, input.timeoutMs ?? 30000, input.withLogs),
+    );
+  },
+
+  // {jobs, bulk?, timeoutMs?, ...} → adds and waits: {ids, timedOut, jobs}
+  async run(input) {
+    return withQueue(input, async (queue) => {
+      const ids = await addJobs(queue, input.jobs, input.bulk);
+      const res = await waitStates(queue, ids, FINISHED, input.timeoutMs ?? 30000, input.withLogs);
+      return { ids, ...res };
+    });
+  },
+
+  // Subscribes a QueueEvents, adds `jobs`, then awaits job.waitUntilFinished() for each and collects the
+  // queue events seen for those jobs. → {ids, results: [{id, ok, value?, error?}], events: [{event, jobId, ...}]}
+  async 'events-flow'(input) {
+    const connection = connectionOf(input);
+    const prefix = prefixOf(input);
+    const queueEvents = new QueueEvents(input.queue, { connection, prefix, lastEventId: '0-0' });
+    const seen = [];
+    for (const name of ['completed', 'failed', 'progress', 'active', 'delayed', 'waiting']) {
+      queueEvents.on(name, (args) => seen.push({ event: name, ...args }));
+    }
+    await queueEvents.waitUntilReady();
+    const queue = queueOf(input);
+    try {
+      const jobs = [];
+      if (input.bulk) {
+        jobs.push(...(await queue.addBulk(input.jobs.map((j) => ({ name: j.name, data: j.data ?? {}, opts: j.opts ?? {} })))));
+      } else {
+        for (const j of input.jobs) jobs.push(await queue.add(j.name, j.data ?? {}, j.opts ?? {}));
+      }
+      const ttl = input.timeoutMs ?? 30000;
+      const results = await Promise.all(
+        jobs.map((job) =>
+          job.waitUntilFinished(queueEvents, ttl).then(
+            (value) => ({ id: job.id, ok: true, value: value ?? null }),
+            (err) => ({ id: job.id, ok: false, error: String(err?.message ?? err) }),
+          ),
+        ),
+      );
+      const ids = jobs.map((j) => j.id);
+      // The terminal event of each job was seen by waitUntilFinished; give the listener a moment to catch up
+      // with the same stream position, bounded by the deadline.
+      const deadline = Date.now() + ttl;
+      const terminal = () =>
+        ids.every((id) => seen.some((e) => e.jobId === id && (e.event === 'completed' || e.event === 'failed')));
+      while (!terminal() && Date.now() < deadline) await sleep(25);
+      return { ids, results, events: seen.filter((e) => ids.includes(e.jobId)) };
+    } finally {
+      await queue.close();
+      await queueEvents.close();
+    }
+  },
+
+  // → getJobCounts()
+  async counts(input) {
+    return withQueue(input, (queue) => queue.getJobCounts());
+  },
+
+  // {states: ['completed', ...]} → {ids} of the jobs currently in those states
+  async list(input) {
+    return withQueue(input, async (queue) => {
+      const jobs = await queue.getJobs(input.states, 0, -1, true);
+      return { ids: jobs.filter(Boolean).map((j) => j.id) };
+    });
+  },
+
+  // → {events: [...]} (the raw event stream)
+  async events(input) {
+    return { events: await readEvents(input) };
+  },
+
+  async pause(input) {
+    return withQueue(input, async (queue) => {
+      await queue.pause();
+      return { paused: await queue.isPaused() };
+    });
+  },
+
+  async resume(input) {
+    return withQueue(input, async (queue) => {
+      await queue.resume();
+      return { paused: await queue.isPaused() };
+    });
+  },
+
+  // {id, repeat: {every | pattern, ...}, template: {name, data, opts}} → {id, nextMillis}
+  async 'upsert-scheduler'(input) {
+    return withQueue(input, async (queue) => {
+      const first = await queue.upsertJobScheduler(input.id, input.repeat, input.template);
+      return { id: input.id, firstJobId: first?.id ?? null };
+    });
+  },
+
+  async 'remove-scheduler'(input) {
+    return withQueue(input, async (queue) => ({ removed: await queue.removeJobScheduler(input.id) }));
+  },
+
+  async schedulers(input) {
+    return withQueue(input, async (queue) => ({ schedulers: await queue.getJobSchedulers() }));
+  },
+
+  // Runs a Node Worker until `count` jobs have finished. {concurrency?, count, timeoutMs?, limiter?} →
+  // {order: [job ids in the order the Node worker started them], timedOut}
+  async 'node-worker'(input) {
+    const order = [];
+    let finished = 0;
+    const worker = new Worker(
+      input.queue,
+      async (job) => {
+        order.push(job.id);
+        if (job.name === 'fail') throw new Error(job.data?.message ?? 'requested failure');
+        return job.data?.result ?? { echo: job.data, processedBy: 'node' };
+      },
+      { connection: connectionOf(input), prefix: prefixOf(input), concurrency: input.concurrency ?? 1, autorun: false },
+    );
+    worker.on('completed', () => finished++);
+    worker.on('failed', () => finished++);
+    worker.run();
+    const deadline = Date.now() + (input.timeoutMs ?? 30000);
+    while (finished < input.count && Date.now() < deadline) await sleep(20);
+    await worker.close();
+    return { order, timedOut: finished < input.count };
+  },
+
+  // A Node Worker and whatever else consumes the queue (the host) share `count` jobs named `name` (default
+  // `complete`). The Node worker counts its own runs per job id in a Redis hash. Waits until every job is
+  // completed (or the deadline), then reports who completed what and how often each job was seen active and
+  // completed in the event stream. → {ids, timedOut, states, byNode, byOther, nodeRuns, activeEvents,
+  // completedEvents} (the last three: job id → count)
+  async 'mixed-fleet'(input) {
+    const count = input.count;
+    const prefix = prefixOf(input);
+    const runsKey = `${prefix}:${input.queue}:node-runs`;
+    const redis = redisOf(input);
+    // A long event stream so that every job's events can be counted afterwards.
+    const queue = queueOf(input, { streams: { events: { maxLen: 1000000 } } });
+    const worker = new Worker(
+      input.queue,
+      async (job) => {
+        await redis.hincrby(runsKey, job.id, 1);
+        return { processedBy: 'node', i: job.data.i };
+      },
+      { connection: connectionOf(input), prefix, concurrency: input.concurrency ?? 4 },
+    );
+    try {
+      await worker.waitUntilReady();
+      const ids = [];
+      const batch = 500;
+      for (let start = 0; start < count; start += batch) {
+        const jobs = [];
+        for (let i = start; i < Math.min(count, start + batch); i++) {
+          jobs.push({ name: input.name ?? 'complete', data: { i }, opts: input.opts ?? {} });
+        }
+        ids.push(...(await addJobs(queue, jobs, true)));
+      }
+      const deadline = Date.now() + (input.timeoutMs ?? 120000);
+      let completed = 0;
+      while (Date.now() < deadline) {
+        completed = await queue.getCompletedCount();
+        if (completed >= count) break;
+        await sleep(100);
+      }
+      await worker.close();
+      const states = {};
+      let byNode = 0;
+      let byOther = 0;
+      const wrongValue = [];
+      for (let start = 0; start < ids.length; start += 200) {
+        const chunk = ids.slice(start, start + 200);
+        const jobs = await Promise.all(chunk.map((id) => queue.getJob(id)));
+        for (let k = 0; k < chunk.length; k++) {
+          const job = jobs[k];
+          const state = job ? await job.getState() : 'missing';
+          states[state] = (states[state] ?? 0) + 1;
+          if (state !== 'completed') continue;
+          const rv = job.returnvalue;
+          if (rv && rv.processedBy === 'node') byNode++;
+          else byOther++;
+          const i = rv?.processedBy === 'node' ? rv.i : rv?.echo?.i;
+          if (i !== job.data.i) wrongValue.push(job.id);
+        }
+      }
+      const nodeRuns = await redis.hgetall(runsKey);
+      const activeEvents = {};
+      const completedEvents = {};
+      for (const ev of await readEvents(input)) {
+        if (ev.event === 'active') activeEvents[ev.jobId] = (activeEvents[ev.jobId] ?? 0) + 1;
+        if (ev.event === 'completed') completedEvents[ev.jobId] = (completedEvents[ev.jobId] ?? 0) + 1;
+      }
+      return {
+        ids,
+        timedOut: completed < count,
+        states,
+        byNode,
+        byOther,
+        wrongValue,
+        nodeRuns: Object.fromEntries(Object.entries(nodeRuns).map(([k, v]) => [k, Number(v)])),
+        activeEvents,
+        completedEvents,
+      };
+    } finally {
+      await worker.close();
+      await queue.close();
+      redis.disconnect();
+    }
+  },
+
+  // {cmd: ["SMEMBERS", "key"]} → {result}
+  async redis(input) {
+    const redis = redisOf(input);
+    try {
+      const [name, ...args] = input.cmd;
+      return { result: await redis.call(name, ...args) };
+    } finally {
+      redis.disconnect();
+    }
+  },
+};
+
+async function main() {
+  const [command, raw] = process.argv.slice(2);
+  const fn = COMMANDS[command];
+  if (!fn) {
+    process.stderr.write(`unknown command ${JSON.stringify(command)}; known: ${Object.keys(COMMANDS).join(', ')}\n`);
+    process.exit(2);
+  }
+  const input = JSON.parse(raw ?? '{}');
+  const output = await fn(input);
+  process.stdout.write(`${JSON.stringify(output)}\n`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`drive.mjs: ${err?.stack ?? err}\n`);
+    process.exit(1);
+  },
+);

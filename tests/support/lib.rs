@@ -1,0 +1,123 @@
+//! Shared support for the integration tests of the frostguard-worker workspace.
+//!
+//! Everything here talks to real parts: a `redis-server` and a PostgreSQL started on free ports in throwaway
+//! directories, the built `frostguard-worker` binary and plugins from the cargo target directory, the Node
+//! `bullmq` client from `tests/node`, and a small scripted HTTP server standing in for an external provider.
+//! Every handle cleans up on drop (child processes are killed, directories removed).
+//!
+//! * [`RedisServer`] — `redis-server` on a free port; [`RedisServer::kill`] / [`RedisServer::restart`] simulate a
+//!   Redis restart on the same port; [`RedisServer::cmd`] runs a raw command.
+//! * [`Postgres`] — `initdb` + `postgres` on a free port with the FrostGuard schema loaded into database
+//!   `frostguard`; [`Postgres::query_json`] and [`Postgres::execute`] run SQL through `psql`.
+//! * [`Worker`] — spawns `frostguard-worker` with a clean environment, captures its log lines, waits for a line,
+//!   signals it and collects the exit status.
+//! * [`NodeQueue`] / [`drive`] — run `tests/node/drive.mjs` commands (Node BullMQ producer, getters, events,
+//!   Node workers) with JSON in and out.
+//! * [`FakeHttp`] — records every request and answers from a script.
+//!
+//! The binary and plugins are looked up in the target directory of the test binary (`target/debug` under
+//! `cargo test`); `FROSTGUARD_WORKER_BIN` and `FROSTGUARD_PLUGIN_DIR_BUILT` override that. Build them first
+//! (`cargo build --workspace`): `cargo test` does not build other packages' binaries and cdylibs.
+
+mod http;
+mod node;
+mod postgres;
+mod process;
+mod redis;
+mod tempdir;
+mod worker;
+
+pub use http::{FakeHttp, RecordedRequest, Reply};
+pub use node::{drive, ensure_node_modules, JobSnapshot, NodeQueue, NodeTask};
+pub use postgres::Postgres;
+pub use redis::{RedisServer, Resp};
+pub use tempdir::TempDir;
+pub use worker::{Finished, Worker, WorkerBuilder};
+
+pub use anyhow;
+pub use serde_json;
+pub use serde_json::json;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The name of the test plugin's queue.
+pub const TEST_QUEUE: &str = "test-outcomes";
+/// Library name (without `lib` and `.so`) of the test plugin `test-outcomes`.
+pub const TEST_PLUGIN: &str = "fg_test_outcomes";
+/// Library name of the SMS plugin.
+pub const SMS_PLUGIN: &str = "fg_sms_notifications";
+
+/// The workspace root (the directory holding the root `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+/// The directory holding the built binary and plugins: `FROSTGUARD_BUILD_DIR`, else the directory of the running
+/// test binary's profile (`target/debug` when run by cargo), else `<workspace>/target/debug`.
+pub fn build_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FROSTGUARD_BUILD_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // <target>/<profile>/deps/<test binary>
+        if let Some(deps) = exe.parent() {
+            if deps.file_name().is_some_and(|n| n == "deps") {
+                if let Some(profile) = deps.parent() {
+                    return profile.to_path_buf();
+                }
+            }
+        }
+    }
+    workspace_root().join("target").join("debug")
+}
+
+/// The path of a built plugin library, e.g. `plugin_lib(TEST_PLUGIN)` → `target/debug/libfg_test_outcomes.so`.
+/// Panics with the command to run when it has not been built.
+pub fn plugin_lib(lib_name: &str) -> PathBuf {
+    let dir = std::env::var_os("FROSTGUARD_PLUGIN_DIR_BUILT")
+        .map(PathBuf::from)
+        .unwrap_or_else(build_dir);
+    let path = dir.join(format!("lib{lib_name}.so"));
+    assert!(
+        path.is_file(),
+        "plugin {} is not built; run `cargo build --workspace` (or scripts/test.sh) first",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it). Servers started on it retry with a
+/// new port if another process took it in between.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout` with `what` in the message.
+pub fn wait_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether the current process runs as root (servers that refuse root are then run as another user).
+pub(crate) fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
