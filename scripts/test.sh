@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The test command: checks prerequisites, installs the Node test client, then formatting, lints, the build and
+# every test of the workspace (unit, plugin harness, interop with Node BullMQ against a real redis-server,
+# PostgreSQL end-to-end). Usage: scripts/test.sh [extra args for the test runner, e.g. a test name filter]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/lib.sh"
+cd "$ROOT"
+
+missing=()
+command -v cargo >/dev/null || missing+=("cargo: the Rust toolchain (https://rustup.rs; rust-toolchain.toml pins the version)")
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    node_major=$(node -p 'process.versions.node.split(".")[0]')
+    [ "$node_major" -ge 20 ] || missing+=("Node.js 20 or newer (found $(node --version))")
+else
+    missing+=("node and npm: Node.js 20 or newer (Debian: apt-get install nodejs npm, or nodejs.org)")
+fi
+command -v redis-server >/dev/null || missing+=("redis-server: Redis 7 (Debian: apt-get install redis-server)")
+[ -n "$(pg_bin_dir)" ] || missing+=("PostgreSQL server binaries under /usr/lib/postgresql/<v>/bin (Debian: apt-get install postgresql) or FROSTGUARD_PG_BIN=<dir with initdb>")
+command -v flock >/dev/null || missing+=("flock (Debian: apt-get install util-linux)")
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "scripts/test.sh: install these first:" >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    exit 1
+fi
+
+started=$SECONDS
+step() {
+    echo
+    echo "==> $* (at $((SECONDS - started)) s)"
+}
+
+step "npm ci (tests/node: bullmq, ioredis)"
+(cd tests/node && npm ci --no-audit --no-fund)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# cargo test does not build other packages' binaries and cdylibs: the host and every plugin first.
+step "cargo build --workspace"
+cargo build --workspace
+
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run --workspace"
+    cargo nextest run --workspace --no-fail-fast "$@"
+    step "doc tests"
+    cargo test --workspace --doc
+else
+    step "cargo test --workspace"
+    cargo test --workspace --no-fail-fast "$@"
+fi
+
+echo
+echo "scripts/test.sh: all checks passed in $((SECONDS - started)) s"
