@@ -76,12 +76,22 @@ pub struct Harness {
 impl Harness {
     /// Loads and initialises the plugin at `path` with `config`.
     pub fn load(path: &Path, config: PluginConfig) -> Result<Self, LoadError> {
+        Self::load_with(path, |_| config)
+    }
+
+    /// Like [`Harness::load`], with the configuration built from the plugin's own description (its
+    /// `config_keys`), as the host does.
+    pub fn load_with(
+        path: &Path,
+        config: impl FnOnce(&PluginInfo) -> PluginConfig,
+    ) -> Result<Self, LoadError> {
         let copy = TempCopy::new(path)?;
         let plugin = LoadedPlugin::load(&copy.path).map_err(|mut e| {
             e.path = path.to_owned();
             e
         })?;
         let logs = Arc::new(Recorder::default());
+        let config = config(plugin.info());
         plugin
             .init(&config, logs.clone())
             .map_err(|reason| LoadError::new(path, LoadStage::Init, reason))?;

@@ -312,21 +312,28 @@ fn library_error(path: &Path, err: LibraryError) -> LoadError {
     LoadError::new(path, stage, reason)
 }
 
-/// abi_stable reports a layout mismatch as a dump of both layouts (hundreds of lines); keep the verdict.
+/// abi_stable reports a layout mismatch as a dump of both layouts (hundreds of lines) whose verdict reads
+/// `Error:<what>` / `Expected:` / `<value>` / `Found:` / `<value>`; keep only the first verdict.
 fn summarize_layout_error(full: &str) -> String {
-    let key_lines: Vec<&str> = full
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            l.starts_with("Error:") || l.starts_with("Expected:") || l.starts_with("Found:")
-        })
-        .take(3)
-        .collect();
-    if key_lines.is_empty() {
-        one_line(full, 300)
-    } else {
-        one_line(&key_lines.join(" "), 300)
-    }
+    let lines: Vec<&str> = full.lines().map(str::trim).collect();
+    let Some(start) = lines.iter().position(|l| l.starts_with("Error:")) else {
+        return one_line(full, 300);
+    };
+    let what = lines[start].trim_start_matches("Error:").trim();
+    let value_after = |label: &str| -> Option<&str> {
+        let at = start + lines[start..].iter().position(|l| l.starts_with(label))?;
+        let same_line = lines[at][label.len()..].trim();
+        if same_line.is_empty() {
+            lines.get(at + 1).copied().filter(|l| !l.is_empty())
+        } else {
+            Some(same_line)
+        }
+    };
+    let verdict = match (value_after("Expected:"), value_after("Found:")) {
+        (Some(e), Some(f)) => format!("{what} (host expects {e}, plugin has {f})"),
+        _ => what.to_owned(),
+    };
+    one_line(&verdict, 300)
 }
 
 fn one_line(text: &str, max: usize) -> String {
@@ -410,10 +417,10 @@ mod tests {
 
     #[test]
     fn layout_dump_is_reduced_to_its_verdict() {
-        let dump = "lots\n  of layout\n   Error:mismatched type\n   Expected:\n    u32\n   Found:\n    u64\nmore";
+        let dump = "lots\n  of layout\nError:mismatched type\nExpected:\n    u32\nFound:\n    u64\n\nError:other";
         assert_eq!(
             summarize_layout_error(dump),
-            "Error:mismatched type Expected: Found:"
+            "mismatched type (host expects u32, plugin has u64)"
         );
     }
 
