@@ -1,0 +1,498 @@
+//! Everything `frostguard-worker run` reads from the environment, parsed and validated once at startup.
+//!
+//! [`Config::from_env`] is called before any plugin is loaded, so a missing Redis setting or a malformed
+//! number stops the process at once with a message naming the variable. Per-queue overrides
+//! (`QUEUE_<Q>_*`) are collected here too; the queue names they refer to are only known after plugins load,
+//! so they are kept by normalised queue name and looked up with [`Config::queue`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bullmq::options::RedisConnectionOptions;
+
+/// Default plugin directory inside the container image.
+pub const DEFAULT_PLUGIN_DIR: &str = "/usr/local/lib/frostguard-worker/plugins";
+/// Default BullMQ key prefix (Node's default).
+pub const DEFAULT_PREFIX: &str = "bull";
+/// Default drain budget: below docker's 30 s stop grace period.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 25_000;
+/// Default port of the health and metrics endpoint.
+pub const DEFAULT_HTTP_PORT: u16 = 9090;
+
+/// A configuration problem, reported before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither way of reaching Redis was configured.
+    #[error(
+        "no Redis configured: set REDIS_URL (redis:// or rediss://) or REDIS_HOST \
+         (with REDIS_PORT, default 6379)"
+    )]
+    NoRedis,
+    /// A variable holds a value that cannot be used.
+    #[error("{var}: {reason}")]
+    Invalid {
+        /// The environment variable.
+        var: String,
+        /// What is wrong with it (never the value itself when it may be a secret).
+        reason: String,
+    },
+}
+
+fn invalid(var: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var: var.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// How to reach Redis.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `REDIS_URL` as given (may carry credentials and a database).
+    Url(String),
+    /// `REDIS_HOST` and friends.
+    Host {
+        /// Host name or address.
+        host: String,
+        /// Port (default 6379).
+        port: u16,
+        /// ACL user name.
+        username: Option<String>,
+        /// Password.
+        password: Option<String>,
+        /// Database index.
+        db: Option<u8>,
+    },
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl RedisTarget {
+    /// A description safe for logs: credentials are replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            RedisTarget::Url(url) => redact_url(url),
+            RedisTarget::Host { host, port, db, .. } => {
+                let db = db.map(|d| format!("/{d}")).unwrap_or_default();
+                format!("redis://{host}:{port}{db}")
+            }
+        }
+    }
+
+    /// The connection options handed to bullmq (which reconnects on its own once connected).
+    pub fn connection_options(&self) -> RedisConnectionOptions {
+        let opts = RedisConnectionOptions::new();
+        match self {
+            RedisTarget::Url(url) => opts.url(url.clone()),
+            RedisTarget::Host {
+                host,
+                port,
+                username,
+                password,
+                db,
+            } => {
+                let mut opts = opts.host(host.clone()).port(*port);
+                if let Some(u) = username {
+                    opts = opts.username(u.clone());
+                }
+                if let Some(p) = password {
+                    opts = opts.password(p.clone());
+                }
+                if let Some(db) = db {
+                    opts = opts.db(*db);
+                }
+                opts
+            }
+        }
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparseable url>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Operator overrides for one queue (`QUEUE_<Q>_*`); unset fields fall back to the plugin's hints and then
+/// to BullMQ's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueOverrides {
+    /// `QUEUE_<Q>_CONCURRENCY` (at least 1).
+    pub concurrency: Option<u32>,
+    /// `QUEUE_<Q>_RATE_LIMIT_MAX` (0 turns off a plugin's rate-limit hint).
+    pub rate_limit_max: Option<u64>,
+    /// `QUEUE_<Q>_RATE_LIMIT_DURATION_MS`.
+    pub rate_limit_duration_ms: Option<u64>,
+    /// `QUEUE_<Q>_LOCK_DURATION_MS`.
+    pub lock_duration_ms: Option<u64>,
+    /// `QUEUE_<Q>_STALLED_INTERVAL_MS`.
+    pub stalled_interval_ms: Option<u64>,
+    /// `QUEUE_<Q>_MAX_STALLED_COUNT`.
+    pub max_stalled_count: Option<u32>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration of `frostguard-worker run`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where Redis is.
+    pub redis: RedisTarget,
+    /// `PLUGIN_DIR`.
+    pub plugin_dir: PathBuf,
+    /// `BULLMQ_PREFIX` (hash tags such as `{bull}` are kept verbatim).
+    pub prefix: String,
+    /// `SHUTDOWN_TIMEOUT_MS`: how long in-flight jobs may take to finish after a signal.
+    pub shutdown_timeout: Duration,
+    /// `HTTP_PORT`; `None` when set to 0 (endpoint disabled).
+    pub http_port: Option<u16>,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// Worker name shown in Node's `getWorkers` and as `processedBy` (from `HOSTNAME`).
+    pub worker_name: Option<String>,
+    queues: BTreeMap<String, QueueOverrides>,
+}
+
+/// Environment lookup: `std::env::var` in production, a map in tests.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let lookup = |k: &str| std::env::var(k).ok();
+        Self::from_parts(&lookup, vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// Builds the configuration from a lookup function and the full list of variables (the latter is
+    /// scanned for `QUEUE_*` overrides).
+    pub fn from_parts<'v>(
+        get: Lookup<'_>,
+        all: impl IntoIterator<Item = (&'v str, &'v str)>,
+    ) -> Result<Config, ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let redis = redis_target(&get)?;
+        let plugin_dir = get("PLUGIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGIN_DIR));
+        let prefix = get("BULLMQ_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        if prefix.contains(':') {
+            return Err(invalid("BULLMQ_PREFIX", "must not contain ':'"));
+        }
+        let shutdown_ms =
+            parse_num::<u64>(&get, "SHUTDOWN_TIMEOUT_MS")?.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS);
+        let http_port = match parse_num::<u16>(&get, "HTTP_PORT")? {
+            Some(0) => None,
+            Some(p) => Some(p),
+            None => Some(DEFAULT_HTTP_PORT),
+        };
+        let log_format = match get("LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "LOG_FORMAT",
+                    format!("expected text or json, got {other:?}"),
+                ))
+            }
+        };
+        let worker_name = get("HOSTNAME")
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()));
+        let queues = queue_overrides(all)?;
+        Ok(Config {
+            redis,
+            plugin_dir,
+            prefix,
+            shutdown_timeout: Duration::from_millis(shutdown_ms),
+            http_port,
+            log_format,
+            worker_name,
+            queues,
+        })
+    }
+
+    /// The operator's overrides for `queue` (all unset when none were given).
+    pub fn queue(&self, queue: &str) -> QueueOverrides {
+        self.queues
+            .get(&queue_env_name(queue))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Normalised names of the queues that have overrides, to warn about ones no plugin serves.
+    pub fn overridden_queues(&self) -> impl Iterator<Item = &str> {
+        self.queues.keys().map(String::as_str)
+    }
+}
+
+/// The `<Q>` part of `QUEUE_<Q>_*`: upper case, every non-alphanumeric character replaced by `_`.
+pub fn queue_env_name(queue: &str) -> String {
+    queue
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn redis_target(get: &dyn Fn(&str) -> Option<String>) -> Result<RedisTarget, ConfigError> {
+    if let Some(url) = get("REDIS_URL") {
+        let url = url.trim().to_owned();
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        if !matches!(scheme, Some("redis" | "rediss")) {
+            return Err(invalid(
+                "REDIS_URL",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        return Ok(RedisTarget::Url(url));
+    }
+    let Some(host) = get("REDIS_HOST") else {
+        return Err(ConfigError::NoRedis);
+    };
+    let port = parse_num::<u16>(get, "REDIS_PORT")?.unwrap_or(6379);
+    if port == 0 {
+        return Err(invalid("REDIS_PORT", "must be between 1 and 65535"));
+    }
+    Ok(RedisTarget::Host {
+        host: host.trim().to_owned(),
+        port,
+        username: get("REDIS_USERNAME"),
+        password: get("REDIS_PASSWORD"),
+        db: parse_num::<u8>(get, "REDIS_DB")?,
+    })
+}
+
+fn parse_num<T: std::str::FromStr>(
+    get: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+) -> Result<Option<T>, ConfigError> {
+    match get(var) {
+        None => Ok(None),
+        Some(raw) => raw.trim().parse::<T>().map(Some).map_err(|_| {
+            invalid(
+                var,
+                format!(
+                    "expected a non-negative integer in range, got {:?}",
+                    raw.trim()
+                ),
+            )
+        }),
+    }
+}
+
+/// The per-queue settings and how each is stored.
+const QUEUE_SUFFIXES: [&str; 6] = [
+    "_CONCURRENCY",
+    "_RATE_LIMIT_MAX",
+    "_RATE_LIMIT_DURATION_MS",
+    "_LOCK_DURATION_MS",
+    "_STALLED_INTERVAL_MS",
+    "_MAX_STALLED_COUNT",
+];
+
+fn queue_overrides<'v>(
+    all: impl IntoIterator<Item = (&'v str, &'v str)>,
+) -> Result<BTreeMap<String, QueueOverrides>, ConfigError> {
+    let mut queues: BTreeMap<String, QueueOverrides> = BTreeMap::new();
+    for (var, value) in all {
+        let Some(rest) = var.strip_prefix("QUEUE_") else {
+            continue;
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        // No suffix ends another one, so the first match is the only match.
+        let Some(suffix) = QUEUE_SUFFIXES.iter().find(|s| rest.ends_with(*s)) else {
+            continue;
+        };
+        let queue = &rest[..rest.len() - suffix.len()];
+        if queue.is_empty() {
+            continue;
+        }
+        let entry = queues.entry(queue.to_owned()).or_default();
+        let number = |min: u64| -> Result<u64, ConfigError> {
+            match value.parse::<u64>() {
+                Ok(n) if n >= min => Ok(n),
+                _ => Err(invalid(
+                    var,
+                    format!("expected an integer >= {min}, got {value:?}"),
+                )),
+            }
+        };
+        match *suffix {
+            "_CONCURRENCY" => {
+                let n = number(1)?;
+                entry.concurrency =
+                    Some(u32::try_from(n).map_err(|_| invalid(var, "concurrency is too large"))?);
+            }
+            "_RATE_LIMIT_MAX" => entry.rate_limit_max = Some(number(0)?),
+            "_RATE_LIMIT_DURATION_MS" => entry.rate_limit_duration_ms = Some(number(1)?),
+            "_LOCK_DURATION_MS" => entry.lock_duration_ms = Some(number(1)?),
+            "_STALLED_INTERVAL_MS" => entry.stalled_interval_ms = Some(number(1)?),
+            _ => {
+                entry.max_stalled_count = Some(
+                    u32::try_from(number(0)?)
+                        .map_err(|_| invalid(var, "max stalled count is too large"))?,
+                )
+            }
+        }
+    }
+    for (queue, o) in &queues {
+        let enabled_max = o.rate_limit_max.filter(|m| *m > 0);
+        if enabled_max.is_some() != o.rate_limit_duration_ms.is_some() {
+            return Err(invalid(
+                &format!("QUEUE_{queue}_RATE_LIMIT_MAX"),
+                format!(
+                    "QUEUE_{queue}_RATE_LIMIT_MAX and QUEUE_{queue}_RATE_LIMIT_DURATION_MS must be set together"
+                ),
+            ));
+        }
+    }
+    Ok(queues)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let get = |k: &str| map.get(k).cloned();
+        Config::from_parts(&get, vars.iter().copied())
+    }
+
+    #[test]
+    fn no_redis_names_both_variables() {
+        let err = config(&[]).unwrap_err();
+        assert_eq!(err, ConfigError::NoRedis);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("REDIS_URL") && msg.contains("REDIS_HOST"),
+            "{msg}"
+        );
+        // A port alone is not a Redis location either.
+        assert_eq!(
+            config(&[("REDIS_PORT", "6380")]).unwrap_err(),
+            ConfigError::NoRedis
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[("REDIS_URL", "redis://localhost:6379")]).unwrap();
+        assert_eq!(c.prefix, "bull");
+        assert_eq!(c.plugin_dir, PathBuf::from(DEFAULT_PLUGIN_DIR));
+        assert_eq!(c.shutdown_timeout, Duration::from_millis(25_000));
+        assert_eq!(c.http_port, Some(9090));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.queue("anything"), QueueOverrides::default());
+    }
+
+    #[test]
+    fn url_schemes_and_redaction() {
+        let c = config(&[("REDIS_URL", "rediss://user:s3cret@cache.example:6380/2")]).unwrap();
+        assert_eq!(c.redis.redacted(), "rediss://***@cache.example:6380/2");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let err = config(&[("REDIS_URL", "http://x")]).unwrap_err();
+        assert!(err.to_string().starts_with("REDIS_URL"), "{err}");
+    }
+
+    #[test]
+    fn host_port_and_credentials() {
+        let c = config(&[
+            ("REDIS_HOST", "redis"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_PASSWORD", "p@ss"),
+            ("REDIS_USERNAME", "worker"),
+            ("REDIS_DB", "3"),
+        ])
+        .unwrap();
+        let opts = c.redis.connection_options();
+        assert_eq!(opts.effective_url(), "redis://worker:p%40ss@redis:6380/3");
+        assert_eq!(c.redis.redacted(), "redis://redis:6380/3");
+        let c = config(&[("REDIS_HOST", "redis")]).unwrap();
+        assert_eq!(
+            c.redis.connection_options().effective_url(),
+            "redis://redis:6379"
+        );
+        assert!(config(&[("REDIS_HOST", "r"), ("REDIS_PORT", "x")]).is_err());
+        assert!(config(&[("REDIS_HOST", "r"), ("REDIS_DB", "300")]).is_err());
+    }
+
+    #[test]
+    fn queue_overrides_are_parsed_by_normalised_name() {
+        let c = config(&[
+            ("REDIS_HOST", "r"),
+            ("QUEUE_SMS_NOTIFICATIONS_CONCURRENCY", "7"),
+            ("QUEUE_SMS_NOTIFICATIONS_RATE_LIMIT_MAX", "10"),
+            ("QUEUE_SMS_NOTIFICATIONS_RATE_LIMIT_DURATION_MS", "1000"),
+            ("QUEUE_SMS_NOTIFICATIONS_LOCK_DURATION_MS", "60000"),
+            ("QUEUE_SMS_NOTIFICATIONS_STALLED_INTERVAL_MS", "5000"),
+            ("QUEUE_SMS_NOTIFICATIONS_MAX_STALLED_COUNT", "2"),
+        ])
+        .unwrap();
+        let q = c.queue("sms-notifications");
+        assert_eq!(q.concurrency, Some(7));
+        assert_eq!(q.rate_limit_max, Some(10));
+        assert_eq!(q.rate_limit_duration_ms, Some(1000));
+        assert_eq!(q.lock_duration_ms, Some(60000));
+        assert_eq!(q.stalled_interval_ms, Some(5000));
+        assert_eq!(q.max_stalled_count, Some(2));
+        assert_eq!(queue_env_name("email.digests v2"), "EMAIL_DIGESTS_V2");
+    }
+
+    #[test]
+    fn queue_override_errors_name_the_variable() {
+        let err = config(&[("REDIS_HOST", "r"), ("QUEUE_Q_CONCURRENCY", "0")]).unwrap_err();
+        assert!(err.to_string().starts_with("QUEUE_Q_CONCURRENCY"), "{err}");
+        let err = config(&[("REDIS_HOST", "r"), ("QUEUE_Q_RATE_LIMIT_MAX", "5")]).unwrap_err();
+        assert!(err.to_string().contains("must be set together"), "{err}");
+        // 0 switches a plugin's hint off and needs no duration.
+        let c = config(&[("REDIS_HOST", "r"), ("QUEUE_Q_RATE_LIMIT_MAX", "0")]).unwrap();
+        assert_eq!(c.queue("q").rate_limit_max, Some(0));
+    }
+
+    #[test]
+    fn http_port_zero_disables_and_prefix_is_checked() {
+        let c = config(&[
+            ("REDIS_HOST", "r"),
+            ("HTTP_PORT", "0"),
+            ("BULLMQ_PREFIX", "{bull}"),
+        ])
+        .unwrap();
+        assert_eq!(c.http_port, None);
+        assert_eq!(c.prefix, "{bull}");
+        assert!(config(&[("REDIS_HOST", "r"), ("BULLMQ_PREFIX", "a:b")]).is_err());
+        assert!(config(&[("REDIS_HOST", "r"), ("LOG_FORMAT", "xml")]).is_err());
+    }
+}

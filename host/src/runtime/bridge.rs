@@ -1,0 +1,345 @@
+//! The processor bridge: one BullMQ job in, one plugin call on a blocking thread, one library result out.
+//!
+//! For each job the bridge checks the job name, builds the plugin's [`JobView`] (data verbatim from Redis),
+//! runs `LoadedPlugin::process` under `spawn_blocking` while applying the plugin's progress and log writes,
+//! and maps the [`Outcome`] to what bullmq-official must do (architecture.md, "Outcome mapping"). It also
+//! applies the host's workarounds for bullmq-official gaps (notes: D1–D4, D10) and honours the shutdown
+//! drain: jobs whose plugin call is cut short by shutdown go back to their queue instead of failing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bullmq::worker::{CancellationToken, ProcessorFn};
+use bullmq::{Job, QueueKeys};
+use plugin_api::{JobOpts, JobView, Outcome, ProcessorInfo, RetryScope};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::callbacks::{apply, Callbacks};
+use super::metrics::{self, JobResult};
+use super::redis_admin::{AdminRedis, RawJob};
+use super::retry::{random_unit, RetryPolicy};
+use crate::plugins::ActivePlugin;
+use crate::shutdown::DrainState;
+
+type LibResult = Result<Value, bullmq::Error>;
+
+/// Everything the bridge needs for one queue.
+pub struct QueueBridge {
+    /// Queue name.
+    pub queue: String,
+    /// The queue's Redis keys.
+    pub keys: QueueKeys,
+    /// The plugin serving it.
+    pub plugin: Arc<ActivePlugin>,
+    /// The processor description (accepted job names).
+    pub processor: ProcessorInfo,
+    /// The host's own Redis connection.
+    pub admin: AdminRedis,
+    /// Shutdown state.
+    pub drain: Arc<DrainState>,
+}
+
+/// Wraps a bridge into the processor function bullmq-official calls for every job.
+pub fn processor(bridge: Arc<QueueBridge>) -> ProcessorFn {
+    Arc::new(move |job: Job, token: CancellationToken| {
+        let bridge = Arc::clone(&bridge);
+        Box::pin(async move { bridge.run(job, token).await })
+            as Pin<Box<dyn Future<Output = LibResult> + Send>>
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How the plugin call ended.
+enum Ended {
+    Outcome(Outcome),
+    Crashed(String),
+    Abandoned,
+}
+
+/// Decrements the active-jobs gauge when a job ends, however it ends.
+struct ActiveGauge<'a>(&'a str);
+
+impl Drop for ActiveGauge<'_> {
+    fn drop(&mut self) {
+        metrics::active(self.0, -1.0);
+    }
+}
+
+impl QueueBridge {
+    async fn run(&self, mut job: Job, token: CancellationToken) -> LibResult {
+        let id = job.id().to_owned();
+        if !self.processor.accepts(job.name()) {
+            let reason = self.processor.rejection(job.name());
+            tracing::warn!(queue = %self.queue, job_id = %id, "{reason}");
+            metrics::job_rejected(&self.queue);
+            return Err(bullmq::Error::Unrecoverable(reason));
+        }
+        let _in_flight = self.drain.job_started();
+        if self.drain.is_stopping() {
+            // Fetched while the workers were being paused: not ours to start any more.
+            return self
+                .put_back(&job, "shutting down before the job started")
+                .await;
+        }
+        metrics::active(&self.queue, 1.0);
+        let _gauge = ActiveGauge(&self.queue);
+
+        let raw = match self.admin.raw_job(&self.keys, &id).await {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::debug!(queue = %self.queue, job_id = %id, error = %e, "using the library's parsed job");
+                RawJob::default()
+            }
+        };
+        let stored_opts: Option<Value> = raw
+            .opts
+            .as_deref()
+            .and_then(|o| serde_json::from_str(o).ok());
+        let view = self.view(&job, &raw, stored_opts.as_ref());
+        let timeout_ms = view.opts.timeout;
+        let policy = stored_opts
+            .as_ref()
+            .and_then(RetryPolicy::from_opts)
+            .unwrap_or_else(|| library_policy(&job));
+
+        let started = Instant::now();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (callbacks, mut writes) = Callbacks::new(
+            &self.queue,
+            &id,
+            Arc::clone(&cancel),
+            Arc::clone(&self.drain),
+            token,
+        );
+        let active = Arc::clone(&self.plugin);
+        let mut call = tokio::task::spawn_blocking(move || active.plugin.process(&view, callbacks));
+        let deadline = timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let mut timed_out = false;
+        let mut writes_open = true;
+        let ended = loop {
+            tokio::select! {
+                write = writes.next(), if writes_open => match write {
+                    Some(w) => apply(&mut job, &self.queue, w).await,
+                    None => writes_open = false,
+                },
+                joined = &mut call => break match joined {
+                    Ok(outcome) => Ended::Outcome(outcome),
+                    Err(e) => Ended::Crashed(e.to_string()),
+                },
+                _ = sleep_until(deadline), if deadline.is_some() && !timed_out => {
+                    timed_out = true;
+                    cancel.store(true, Ordering::Release);
+                    tracing::warn!(queue = %self.queue, job_id = %id, "job timeout reached, cancelling");
+                }
+                _ = self.drain.abandoned() => break Ended::Abandoned,
+            }
+        };
+        while let Some(w) = writes.try_next() {
+            apply(&mut job, &self.queue, w).await;
+        }
+        let elapsed = started.elapsed();
+
+        let outcome = match ended {
+            Ended::Abandoned => {
+                metrics::job_finished(&self.queue, JobResult::Shutdown, elapsed);
+                return self
+                    .put_back(&job, "plugin still running at the shutdown deadline")
+                    .await;
+            }
+            Ended::Crashed(e) => Outcome::failed(format!("plugin call crashed: {e}")),
+            Ended::Outcome(o) => o,
+        };
+        if self.drain.is_cancelled() && !matches!(outcome, Outcome::Completed { .. }) {
+            metrics::job_finished(&self.queue, JobResult::Shutdown, elapsed);
+            return self.put_back(&job, "cancelled by shutdown").await;
+        }
+        match outcome {
+            Outcome::Completed { result } => {
+                metrics::job_finished(&self.queue, JobResult::Completed, elapsed);
+                Ok(result)
+            }
+            Outcome::Failed {
+                message,
+                unrecoverable: true,
+            } => {
+                metrics::job_finished(&self.queue, JobResult::Failed, elapsed);
+                Err(bullmq::Error::Unrecoverable(message))
+            }
+            Outcome::Failed { message, .. } => {
+                let message = match (timed_out, timeout_ms) {
+                    (true, Some(ms)) => format!("job timed out after {ms} ms: {message}"),
+                    _ => message,
+                };
+                self.retryable_failure(&job, &policy, message, elapsed)
+                    .await
+            }
+            Outcome::RetryLater {
+                delay_ms,
+                scope: RetryScope::Job,
+                reason,
+            } => {
+                tracing::info!(queue = %self.queue, job_id = %id, delay_ms, %reason, "job retried later");
+                metrics::job_finished(&self.queue, JobResult::LaterJob, elapsed);
+                if let Err(e) = job.move_to_delayed(now_ms().saturating_add(delay_ms)).await {
+                    tracing::warn!(
+                        queue = %self.queue, job_id = %id, error = %e,
+                        "could not move the job to delayed; stalled-job recovery will requeue it"
+                    );
+                }
+                Err(bullmq::Error::Delayed)
+            }
+            Outcome::RetryLater {
+                delay_ms,
+                scope: RetryScope::Queue,
+                reason,
+            } => {
+                tracing::warn!(
+                    queue = %self.queue, job_id = %id, delay_ms, %reason,
+                    "queue paused by the plugin, job back to wait"
+                );
+                metrics::job_finished(&self.queue, JobResult::LaterQueue, elapsed);
+                if let Err(e) = self.admin.rate_limit(&self.keys, delay_ms).await {
+                    tracing::warn!(queue = %self.queue, error = %e, "could not rate-limit the queue");
+                }
+                Err(bullmq::Error::RateLimited { delay_ms })
+            }
+        }
+    }
+
+    /// The plugin's view of `job`: data and options as stored, falling back to the library's parse.
+    fn view(&self, job: &Job, raw: &RawJob, stored_opts: Option<&Value>) -> JobView {
+        let data = raw
+            .data
+            .clone()
+            .and_then(|d| RawValue::from_string(d).ok())
+            .or_else(|| serde_json::value::to_raw_value(job.data()).ok())
+            .unwrap_or_else(|| RawValue::from_string("null".to_owned()).expect("null is JSON"));
+        let opts = stored_opts
+            .and_then(|o| serde_json::from_value::<JobOpts>(o.clone()).ok())
+            .unwrap_or_else(|| library_opts(job));
+        let deadline_ms = opts.timeout.map(|t| now_ms().saturating_add(t));
+        JobView {
+            id: job.id().to_owned(),
+            name: job.name().to_owned(),
+            queue: self.queue.clone(),
+            data,
+            attempts_made: job.attempts_made(),
+            attempts_started: job.attempts_started(),
+            opts,
+            timestamp: job.timestamp(),
+            deadline_ms,
+        }
+    }
+
+    /// A retryable failure: the library applies attempts and backoff, unless it would get them wrong.
+    async fn retryable_failure(
+        &self,
+        job: &Job,
+        policy: &RetryPolicy,
+        message: String,
+        elapsed: Duration,
+    ) -> LibResult {
+        let id = job.id();
+        let made = job.attempts_made();
+        let lib = library_policy(job);
+        if policy.is_final(made) {
+            metrics::job_finished(&self.queue, JobResult::Failed, elapsed);
+            // Force the final failure when the library's (mis-parsed) attempts would retry.
+            return Err(if lib.is_final(made) {
+                bullmq::Error::ProcessingError(message)
+            } else {
+                bullmq::Error::Unrecoverable(message)
+            });
+        }
+        metrics::job_finished(&self.queue, JobResult::Retried, elapsed);
+        let host_managed = policy.jitter().is_some() || policy.attempts != lib.attempts;
+        if host_managed {
+            let delay = policy.delay_ms(made, random_unit()).unwrap_or(0);
+            match self
+                .admin
+                .record_failed_attempt(&self.keys, id, &message, true)
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(queue = %self.queue, job_id = %id, delay, "retry scheduled by the host");
+                    if let Err(e) = job.move_to_delayed(now_ms().saturating_add(delay)).await {
+                        tracing::warn!(
+                            queue = %self.queue, job_id = %id, error = %e,
+                            "could not move the job to delayed for its retry; stalled-job recovery will requeue it"
+                        );
+                    }
+                    return Err(bullmq::Error::Delayed);
+                }
+                Err(e) => tracing::warn!(
+                    queue = %self.queue, job_id = %id, error = %e,
+                    "could not schedule the retry in the host; leaving it to the library"
+                ),
+            }
+        } else if let Err(e) = self
+            .admin
+            .record_failed_attempt(&self.keys, id, &message, false)
+            .await
+        {
+            tracing::debug!(queue = %self.queue, job_id = %id, error = %e, "could not record failedReason");
+        }
+        Err(bullmq::Error::ProcessingError(message))
+    }
+
+    /// Returns the job to the front of its queue, neither completed nor failed.
+    async fn put_back(&self, job: &Job, why: &str) -> LibResult {
+        match job.move_to_wait(None).await {
+            Ok(_) => {
+                tracing::info!(queue = %self.queue, job_id = %job.id(), "job returned to the queue: {why}")
+            }
+            Err(e) => tracing::warn!(
+                queue = %self.queue, job_id = %job.id(), error = %e,
+                "could not return the job to the queue ({why}); stalled-job recovery will requeue it"
+            ),
+        }
+        Err(bullmq::Error::Delayed)
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The retry policy as the library parsed it.
+fn library_policy(job: &Job) -> RetryPolicy {
+    RetryPolicy {
+        attempts: job.opts().attempts.unwrap_or(0),
+        backoff: job
+            .opts()
+            .backoff
+            .as_ref()
+            .and_then(|b| serde_json::to_value(b).ok()),
+    }
+}
+
+/// The plugin-facing options from the library's parse (used when the raw `opts` could not be read).
+fn library_opts(job: &Job) -> JobOpts {
+    let o = job.opts();
+    JobOpts {
+        attempts: o.attempts.unwrap_or(0),
+        backoff: o
+            .backoff
+            .as_ref()
+            .and_then(|b| serde_json::to_value(b).ok()),
+        delay: o.delay,
+        priority: o.priority.map(u64::from),
+        timeout: None,
+    }
+}

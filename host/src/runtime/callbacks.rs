@@ -1,0 +1,192 @@
+//! What a running plugin can call back into: progress, job log lines, and "should I stop?".
+//!
+//! The plugin runs on a blocking thread and must never wait on Redis, so progress and log calls only queue
+//! a write; the bridge's async side applies the writes to Redis in order while the plugin runs, and drains
+//! the rest before it reports the outcome, so Node sees every progress value and log line before the job
+//! completes. The queue is capped so a runaway plugin cannot grow the host's memory without bound.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bullmq::types::JobProgress;
+use bullmq::worker::CancellationToken;
+use bullmq::Job;
+use plugin_api::host::JobCallbacks;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::shutdown::DrainState;
+
+/// Writes a single job may have queued and not yet applied.
+pub const MAX_PENDING_WRITES: usize = 10_000;
+
+/// One queued write to the job in Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobWrite {
+    /// `job.updateProgress(value)`.
+    Progress(Value),
+    /// `job.log(line)`.
+    Log(String),
+}
+
+/// The callbacks handed to `LoadedPlugin::process` for one job.
+pub struct Callbacks {
+    tx: mpsc::UnboundedSender<JobWrite>,
+    pending: Arc<AtomicUsize>,
+    dropped: AtomicUsize,
+    cancel: Arc<AtomicBool>,
+    drain: Arc<DrainState>,
+    token: CancellationToken,
+    job_id: String,
+    queue: String,
+}
+
+/// The receiving side, owned by the bridge.
+pub struct Writes {
+    rx: mpsc::UnboundedReceiver<JobWrite>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Callbacks {
+    /// Callbacks for one job; `cancel` is the job's own flag (deadline), `drain` the shutdown state and
+    /// `token` the library's per-job token.
+    pub fn new(
+        queue: &str,
+        job_id: &str,
+        cancel: Arc<AtomicBool>,
+        drain: Arc<DrainState>,
+        token: CancellationToken,
+    ) -> (Arc<Self>, Writes) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let callbacks = Arc::new(Self {
+            tx,
+            pending: Arc::clone(&pending),
+            dropped: AtomicUsize::new(0),
+            cancel,
+            drain,
+            token,
+            job_id: job_id.to_owned(),
+            queue: queue.to_owned(),
+        });
+        (callbacks, Writes { rx, pending })
+    }
+
+    fn queue_write(&self, write: JobWrite) {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_WRITES {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    queue = %self.queue,
+                    job_id = %self.job_id,
+                    "plugin writes progress/log lines faster than Redis takes them; dropping some"
+                );
+            }
+            return;
+        }
+        if self.tx.send(write).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl JobCallbacks for Callbacks {
+    fn progress(&self, json: &str) {
+        match serde_json::from_str::<Value>(json) {
+            Ok(value) => self.queue_write(JobWrite::Progress(value)),
+            Err(e) => tracing::warn!(
+                queue = %self.queue,
+                job_id = %self.job_id,
+                error = %e,
+                "plugin reported progress that is not JSON; ignored"
+            ),
+        }
+    }
+
+    fn log(&self, line: &str) {
+        self.queue_write(JobWrite::Log(line.to_owned()));
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Acquire)
+            || self.drain.is_cancelled()
+            || self.token.is_cancelled()
+    }
+}
+
+impl Writes {
+    /// The next queued write; `None` once every sender is gone.
+    pub async fn next(&mut self) -> Option<JobWrite> {
+        let write = self.rx.recv().await;
+        if write.is_some() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        write
+    }
+
+    /// A queued write if one is ready now.
+    pub fn try_next(&mut self) -> Option<JobWrite> {
+        let write = self.rx.try_recv().ok();
+        if write.is_some() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        write
+    }
+}
+
+/// Applies one write to the job in Redis; failures are logged, never fatal to the job.
+pub async fn apply(job: &mut Job, queue: &str, write: JobWrite) {
+    let result = match write {
+        JobWrite::Progress(value) => job.update_progress(JobProgress::Object(value)).await,
+        JobWrite::Log(line) => job.log(&line).await.map(|_| ()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(queue, job_id = %job.id(), error = %e, "could not write job progress/log to Redis");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_arrive_in_order_and_cancellation_combines_flags() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let drain = DrainState::new();
+        let token = CancellationToken::new();
+        let (cb, mut writes) = Callbacks::new("q", "1", Arc::clone(&cancel), drain, token.clone());
+        cb.progress("25");
+        cb.progress("not json");
+        cb.log("line 1");
+        cb.progress(r#"{"step":"half"}"#);
+        assert_eq!(
+            writes.next().await,
+            Some(JobWrite::Progress(serde_json::json!(25)))
+        );
+        assert_eq!(writes.next().await, Some(JobWrite::Log("line 1".into())));
+        assert_eq!(
+            writes.try_next(),
+            Some(JobWrite::Progress(serde_json::json!({"step": "half"})))
+        );
+        assert_eq!(writes.try_next(), None);
+        assert!(!cb.is_cancelled());
+        token.cancel();
+        assert!(cb.is_cancelled());
+    }
+
+    #[test]
+    fn writes_beyond_the_cap_are_dropped() {
+        let (cb, writes) = Callbacks::new(
+            "q",
+            "1",
+            Arc::new(AtomicBool::new(false)),
+            DrainState::new(),
+            CancellationToken::new(),
+        );
+        for i in 0..MAX_PENDING_WRITES + 5 {
+            cb.log(&format!("l{i}"));
+        }
+        assert_eq!(writes.pending.load(Ordering::Acquire), MAX_PENDING_WRITES);
+        assert_eq!(cb.dropped.load(Ordering::Relaxed), 5);
+    }
+}

@@ -1,0 +1,42 @@
+//! Drains a BullMQ worker's event channel (unbounded in bullmq-official, so it must be read) and turns the
+//! events into log lines tagged with the queue and job id. Job data and return values are never logged:
+//! they may hold phone numbers and e-mail addresses.
+
+use std::sync::Arc;
+
+use bullmq::worker::WorkerEvent;
+use bullmq::Worker;
+use tokio::task::JoinHandle;
+
+/// Spawns the task that reads `worker`'s events until the worker is dropped or the task is aborted.
+pub fn spawn_logger(queue: String, worker: Arc<Worker>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = worker.next_event().await {
+            log_event(&queue, event);
+        }
+    })
+}
+
+fn log_event(queue: &str, event: WorkerEvent) {
+    match event {
+        WorkerEvent::Completed { job_id, .. } => {
+            tracing::info!(queue, job_id = %job_id, "job completed")
+        }
+        WorkerEvent::Failed { job_id, error } => {
+            tracing::warn!(queue, job_id = %job_id, reason = %error, "job attempt failed")
+        }
+        WorkerEvent::Stalled { job_id } => {
+            tracing::warn!(queue, job_id = %job_id, "stalled job moved back to wait")
+        }
+        WorkerEvent::Error(error) => tracing::warn!(queue, error = %error, "worker error"),
+        WorkerEvent::Active { job_id } => tracing::debug!(queue, job_id = %job_id, "job active"),
+        WorkerEvent::Progress { job_id, .. } => {
+            tracing::trace!(queue, job_id = %job_id, "job progress")
+        }
+        WorkerEvent::Drained => tracing::trace!(queue, "queue drained"),
+        WorkerEvent::Ready => tracing::debug!(queue, "worker running"),
+        WorkerEvent::Closed => tracing::debug!(queue, "worker closed"),
+        WorkerEvent::Paused => tracing::debug!(queue, "worker paused"),
+        WorkerEvent::Resumed => tracing::debug!(queue, "worker resumed"),
+    }
+}

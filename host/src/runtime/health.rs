@@ -1,0 +1,151 @@
+//! Liveness and readiness state shared by the runtime and the HTTP endpoint.
+//!
+//! Ready means: not shutting down, Redis answers the host's ping, and every queue that has a loaded plugin
+//! is being consumed. Disabled plugins do not make the worker unready (their queues are deliberately not
+//! consumed) but are listed in the readiness report so an operator sees them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::metrics;
+use super::redis_admin::AdminRedis;
+
+/// A plugin that is not running, as shown by `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DisabledEntry {
+    /// Plugin name when known, else the file name.
+    pub plugin: String,
+    /// Stage at which it was rejected.
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The shared state.
+#[derive(Debug)]
+pub struct Health {
+    queues: Mutex<BTreeMap<String, bool>>,
+    redis_up: AtomicBool,
+    shutting_down: AtomicBool,
+    disabled: Vec<DisabledEntry>,
+}
+
+/// What `/readyz` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// Whether the worker is ready.
+    pub ready: bool,
+    /// Whether Redis answered the last ping.
+    pub redis: bool,
+    /// Whether shutdown has begun.
+    pub shutting_down: bool,
+    /// Each served queue and whether it is consuming.
+    pub queues: BTreeMap<String, bool>,
+    /// Plugins that are not running.
+    pub disabled_plugins: Vec<DisabledEntry>,
+}
+
+impl Health {
+    /// State for the given queues, none of them consuming yet.
+    pub fn new(
+        queues: impl IntoIterator<Item = String>,
+        disabled: Vec<DisabledEntry>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            queues: Mutex::new(queues.into_iter().map(|q| (q, false)).collect()),
+            redis_up: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            disabled,
+        })
+    }
+
+    /// Records whether `queue` is consuming.
+    pub fn set_consuming(&self, queue: &str, consuming: bool) {
+        if let Ok(mut queues) = self.queues.lock() {
+            queues.insert(queue.to_owned(), consuming);
+        }
+        metrics::queue_consuming(queue, consuming);
+    }
+
+    /// Records the result of a Redis ping; returns the previous value.
+    pub fn set_redis_up(&self, up: bool) -> bool {
+        metrics::redis_up(up);
+        self.redis_up.swap(up, Ordering::AcqRel)
+    }
+
+    /// Marks the start of shutdown (readiness turns false for good).
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// The current readiness report.
+    pub fn readiness(&self) -> Readiness {
+        let queues = self.queues.lock().map(|q| q.clone()).unwrap_or_default();
+        let redis = self.redis_up.load(Ordering::Acquire);
+        let shutting_down = self.shutting_down.load(Ordering::Acquire);
+        let ready = !shutting_down && redis && !queues.is_empty() && queues.values().all(|c| *c);
+        Readiness {
+            ready,
+            redis,
+            shutting_down,
+            queues,
+            disabled_plugins: self.disabled.clone(),
+        }
+    }
+}
+
+/// Pings Redis every `period` and keeps the health state and metric current; logs changes.
+pub async fn monitor_redis(health: Arc<Health>, admin: AdminRedis, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = tokio::time::timeout(Duration::from_secs(2), admin.ping()).await;
+        let up = matches!(result, Ok(Ok(())));
+        let was = health.set_redis_up(up);
+        match (was, up) {
+            (true, false) => {
+                let reason = match result {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    _ => "ping timed out".to_owned(),
+                };
+                tracing::warn!(error = %reason, "Redis unreachable; workers keep retrying")
+            }
+            (false, true) => tracing::info!("Redis reachable"),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_all_queues_consume_and_redis_is_up() {
+        let h = Health::new(["a".to_owned(), "b".to_owned()], vec![]);
+        assert!(!h.readiness().ready);
+        h.set_redis_up(true);
+        h.set_consuming("a", true);
+        assert!(!h.readiness().ready);
+        h.set_consuming("b", true);
+        assert!(h.readiness().ready);
+        h.set_redis_up(false);
+        assert!(!h.readiness().ready);
+        h.set_redis_up(true);
+        h.set_shutting_down();
+        let r = h.readiness();
+        assert!(!r.ready && r.shutting_down);
+    }
+
+    #[test]
+    fn no_queue_is_not_ready() {
+        let h = Health::new(Vec::<String>::new(), vec![]);
+        h.set_redis_up(true);
+        assert!(!h.readiness().ready);
+    }
+}

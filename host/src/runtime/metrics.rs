@@ -1,0 +1,143 @@
+//! Prometheus metrics: names, help texts, and the recorder behind `/metrics`.
+//!
+//! Jobs are counted by the bridge (it knows the outcome and whether a failure is final); plugin load
+//! results by the runtime at start; Redis and queue health by the supervisor and the health monitor.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const COMPLETED: &str = "frostguard_jobs_completed_total";
+const FAILED: &str = "frostguard_jobs_failed_total";
+const RETRIED: &str = "frostguard_jobs_retried_total";
+const DURATION: &str = "frostguard_job_duration_seconds";
+const ACTIVE: &str = "frostguard_jobs_active";
+const PLUGINS_LOADED: &str = "frostguard_plugins_loaded";
+const PLUGINS_DISABLED: &str = "frostguard_plugins_disabled";
+const PLUGIN_DISABLED: &str = "frostguard_plugin_disabled";
+const QUEUE_CONSUMING: &str = "frostguard_queue_consuming";
+const REDIS_UP: &str = "frostguard_redis_up";
+
+/// Job duration buckets in seconds: from a fast no-op to a slow provider call.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide recorder and returns the handle `/metrics` renders.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), &DURATION_BUCKETS)
+        .context("configuring histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    describe_counter!(COMPLETED, "Jobs completed, per queue");
+    describe_counter!(
+        FAILED,
+        "Jobs failed for good (no attempt left or unrecoverable), per queue"
+    );
+    describe_counter!(
+        RETRIED,
+        "Jobs handed back for another run, per queue and kind (backoff, later_job, later_queue, shutdown)"
+    );
+    describe_histogram!(
+        DURATION,
+        Unit::Seconds,
+        "Time spent in the plugin per job, per queue and outcome"
+    );
+    describe_gauge!(ACTIVE, "Jobs running now, per queue");
+    describe_gauge!(PLUGINS_LOADED, "Plugins loaded and initialised");
+    describe_gauge!(PLUGINS_DISABLED, "Plugins that could not be used");
+    describe_gauge!(
+        PLUGIN_DISABLED,
+        "1 for each disabled plugin, labelled with the stage it failed at"
+    );
+    describe_gauge!(
+        QUEUE_CONSUMING,
+        "1 while the queue's BullMQ worker is consuming"
+    );
+    describe_gauge!(REDIS_UP, "1 while Redis answers the host's ping");
+    Ok(handle)
+}
+
+/// Drains histogram buckets periodically so the recorder's memory stays bounded.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+/// How a job run ended, as the `outcome` label of the duration histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobResult {
+    /// Completed.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// A retryable failure with attempts left.
+    Retried,
+    /// RetryLater, this job.
+    LaterJob,
+    /// RetryLater, the whole queue.
+    LaterQueue,
+    /// Put back in the queue by the shutdown drain.
+    Shutdown,
+}
+
+impl JobResult {
+    fn label(self) -> &'static str {
+        match self {
+            JobResult::Completed => "completed",
+            JobResult::Failed => "failed",
+            JobResult::Retried => "backoff",
+            JobResult::LaterJob => "later_job",
+            JobResult::LaterQueue => "later_queue",
+            JobResult::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Records one finished plugin call.
+pub fn job_finished(queue: &str, result: JobResult, elapsed: Duration) {
+    let q = queue.to_owned();
+    match result {
+        JobResult::Completed => counter!(COMPLETED, "queue" => q.clone()).increment(1),
+        JobResult::Failed => counter!(FAILED, "queue" => q.clone()).increment(1),
+        other => counter!(RETRIED, "queue" => q.clone(), "kind" => other.label()).increment(1),
+    }
+    histogram!(DURATION, "queue" => q, "outcome" => result.label()).record(elapsed.as_secs_f64());
+}
+
+/// Records a job that failed before reaching the plugin (unknown job name).
+pub fn job_rejected(queue: &str) {
+    counter!(FAILED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// Adjusts the running-jobs gauge.
+pub fn active(queue: &str, delta: f64) {
+    gauge!(ACTIVE, "queue" => queue.to_owned()).increment(delta);
+}
+
+/// Sets the plugin load gauges.
+pub fn plugins(loaded: usize, disabled: &[(String, String)]) {
+    gauge!(PLUGINS_LOADED).set(loaded as f64);
+    gauge!(PLUGINS_DISABLED).set(disabled.len() as f64);
+    for (plugin, stage) in disabled {
+        gauge!(PLUGIN_DISABLED, "plugin" => plugin.clone(), "stage" => stage.clone()).set(1.0);
+    }
+}
+
+/// Sets whether `queue` is consuming.
+pub fn queue_consuming(queue: &str, consuming: bool) {
+    gauge!(QUEUE_CONSUMING, "queue" => queue.to_owned()).set(if consuming { 1.0 } else { 0.0 });
+}
+
+/// Sets whether Redis answers.
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}

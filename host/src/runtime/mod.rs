@@ -1,0 +1,286 @@
+//! The host runtime: one bullmq-official worker per served queue, the bridge to the plugins, worker events,
+//! health, metrics and the graceful shutdown.
+//!
+//! [`run`] is the whole life of `frostguard-worker run` after configuration and plugin loading: it starts the
+//! HTTP endpoint, connects to Redis (retrying for as long as it takes), starts every queue's worker, logs
+//! `worker ready` once all consume, and on SIGTERM/SIGINT drains and returns `Ok(())`.
+
+mod bridge;
+mod callbacks;
+mod events;
+pub mod health;
+mod metrics;
+mod redis_admin;
+mod retry;
+mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bullmq::{QueueKeys, Worker};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use self::bridge::QueueBridge;
+use self::health::{DisabledEntry, Health};
+use self::redis_admin::AdminRedis;
+use self::supervisor::QueuePlan;
+use crate::config::Config;
+use crate::plugins::{ActivePlugin, Registry};
+use crate::shutdown::{self, DrainState};
+
+/// How often the host pings Redis for readiness.
+const REDIS_PING_PERIOD: Duration = Duration::from_secs(2);
+/// Budget handed to each plugin's `shutdown`.
+const PLUGIN_SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
+/// How long a paused worker gets to close.
+const WORKER_CLOSE_MS: u64 = 500;
+
+/// A queue whose worker is running.
+struct Running {
+    queue: String,
+    worker: Arc<Worker>,
+    events: JoinHandle<()>,
+}
+
+/// Blocking threads the runtime needs: one per concurrent job of every queue, plus room for plugin
+/// shutdown calls and the library's own blocking work. Use it for tokio's `max_blocking_threads`.
+pub fn blocking_threads_needed(config: &Config, registry: &Registry) -> usize {
+    let jobs: usize = registry
+        .processors()
+        .iter()
+        .map(|(_, p)| {
+            config
+                .queue(&p.queue)
+                .concurrency
+                .unwrap_or(p.default_concurrency)
+                .max(1) as usize
+        })
+        .sum();
+    jobs + registry.active.len() + 16
+}
+
+/// Runs the worker until a shutdown signal, then drains. Errors only for problems that make running
+/// impossible (the HTTP port cannot be bound, signal handlers cannot be installed).
+pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
+    tracing::info!(
+        prefix = %config.prefix,
+        shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
+        http_port = config.http_port.unwrap_or(0),
+        log_format = ?config.log_format,
+        plugins = registry.active.len(),
+        disabled = registry.disabled.len(),
+        "starting"
+    );
+    let prometheus = metrics::install()?;
+    tokio::spawn(metrics::upkeep(prometheus.clone()));
+    let disabled: Vec<DisabledEntry> = registry
+        .disabled
+        .iter()
+        .map(|d| DisabledEntry {
+            plugin: d.name.clone().unwrap_or_else(|| {
+                d.path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| d.path.display().to_string())
+            }),
+            stage: d.stage.to_string(),
+            reason: d.reason.clone(),
+        })
+        .collect();
+    metrics::plugins(
+        registry.active.len(),
+        &disabled
+            .iter()
+            .map(|d| (d.plugin.clone(), d.stage.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let processors = registry.processors();
+    if processors.is_empty() {
+        tracing::warn!(
+            plugin_dir = %config.plugin_dir.display(),
+            "no plugin serves any queue; nothing will be consumed"
+        );
+    }
+    for queue in config.overridden_queues() {
+        if !processors
+            .iter()
+            .any(|(_, p)| crate::config::queue_env_name(&p.queue) == queue)
+        {
+            tracing::warn!(
+                queue,
+                "QUEUE_{queue}_* is set but no loaded plugin serves that queue"
+            );
+        }
+    }
+    let health = Health::new(processors.iter().map(|(_, p)| p.queue.clone()), disabled);
+    if let Some(port) = config.http_port {
+        let listener = crate::http::bind(port).await?;
+        tokio::spawn(crate::http::serve(
+            listener,
+            Arc::clone(&health),
+            prometheus,
+        ));
+    }
+
+    let mut signal = Box::pin(shutdown::wait_for_signal());
+    let drain = DrainState::new();
+    let running: Arc<Mutex<Vec<Running>>> = Arc::new(Mutex::new(Vec::new()));
+    let startup = tokio::spawn(start_all(
+        config.clone(),
+        processors,
+        Arc::clone(&health),
+        Arc::clone(&drain),
+        Arc::clone(&running),
+    ));
+
+    let signal_name = signal.as_mut().await?;
+    tracing::info!(signal = signal_name, "shutdown begin");
+    health.set_shutting_down();
+    startup.abort();
+    let running = std::mem::take(&mut *running.lock().await);
+    for r in &running {
+        r.worker.pause();
+    }
+    let report = shutdown::drain_in_flight(&drain, config.shutdown_timeout).await;
+    futures_close(&running).await;
+    for r in &running {
+        r.events.abort();
+        health.set_consuming(&r.queue, false);
+    }
+    shutdown_plugins(&registry.active).await;
+    tracing::info!(
+        cancelled = report.cancelled,
+        abandoned = report.abandoned,
+        left_running = report.left_running,
+        "shutdown complete"
+    );
+    Ok(())
+}
+
+/// Connects the admin connection, then starts every queue's worker; logs `worker ready` when all consume.
+async fn start_all(
+    config: Config,
+    processors: Vec<(Arc<ActivePlugin>, plugin_api::ProcessorInfo)>,
+    health: Arc<Health>,
+    drain: Arc<DrainState>,
+    running: Arc<Mutex<Vec<Running>>>,
+) {
+    tracing::info!(redis = %config.redis.redacted(), prefix = %config.prefix, "connecting to Redis");
+    let connection = config.redis.connection_options();
+    let admin = connect_admin(&connection).await;
+    health.set_redis_up(true);
+    tokio::spawn(health::monitor_redis(
+        Arc::clone(&health),
+        admin.clone(),
+        REDIS_PING_PERIOD,
+    ));
+
+    let mut starting = tokio::task::JoinSet::new();
+    for (plugin, info) in processors {
+        let overrides = config.queue(&info.queue);
+        let (concurrency, options) =
+            supervisor::worker_options(&config, &connection, &info, &overrides);
+        let bridge = Arc::new(QueueBridge {
+            queue: info.queue.clone(),
+            keys: QueueKeys::new(&info.queue, Some(&config.prefix)),
+            plugin,
+            processor: info.clone(),
+            admin: admin.clone(),
+            drain: Arc::clone(&drain),
+        });
+        let plan = QueuePlan {
+            queue: info.queue.clone(),
+            concurrency,
+            options,
+            bridge,
+        };
+        let health = Arc::clone(&health);
+        let running = Arc::clone(&running);
+        starting.spawn(async move {
+            let worker = Arc::new(supervisor::start(&plan).await);
+            let events = events::spawn_logger(plan.queue.clone(), Arc::clone(&worker));
+            running.lock().await.push(Running {
+                queue: plan.queue.clone(),
+                worker,
+                events,
+            });
+            health.set_consuming(&plan.queue, true);
+            tracing::info!(queue = %plan.queue, concurrency = plan.concurrency, "queue consuming");
+        });
+    }
+    let mut any = false;
+    while let Some(joined) = starting.join_next().await {
+        if let Err(e) = joined {
+            if e.is_panic() {
+                tracing::error!(error = %e, "starting a queue's worker panicked");
+                return;
+            }
+        }
+        any = true;
+    }
+    if any {
+        tracing::info!("worker ready");
+    }
+}
+
+/// The admin connection, retried with backoff until Redis answers.
+async fn connect_admin(connection: &bullmq::options::RedisConnectionOptions) -> AdminRedis {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match AdminRedis::connect(connection).await {
+            Ok(admin) => return admin,
+            Err(e) => {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "Redis not reachable yet"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Closes every worker concurrently (fetching already stopped; in-flight jobs already drained).
+async fn futures_close(running: &[Running]) {
+    let mut closing = tokio::task::JoinSet::new();
+    for r in running {
+        let worker = Arc::clone(&r.worker);
+        let queue = r.queue.clone();
+        closing.spawn(async move {
+            if let Err(e) = worker.close(WORKER_CLOSE_MS).await {
+                tracing::warn!(queue = %queue, error = %e, "closing the worker failed");
+            }
+        });
+    }
+    while closing.join_next().await.is_some() {}
+}
+
+/// Calls every plugin's `shutdown` on blocking threads, bounded by the shutdown budget.
+async fn shutdown_plugins(active: &[Arc<ActivePlugin>]) {
+    let mut calls = tokio::task::JoinSet::new();
+    for plugin in active {
+        let plugin = Arc::clone(plugin);
+        calls.spawn_blocking(move || plugin.plugin.shutdown(PLUGIN_SHUTDOWN_BUDGET));
+    }
+    let all = async { while calls.join_next().await.is_some() {} };
+    if tokio::time::timeout(PLUGIN_SHUTDOWN_BUDGET + Duration::from_millis(500), all)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a plugin's shutdown overran its budget; not waiting for it");
+    }
+}
+
+/// Builds the tokio runtime for `run`, sized for the plugins' blocking calls.
+pub fn build_tokio(blocking_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(blocking_threads.max(512))
+        .thread_name("frostguard-rt")
+        .build()
+        .context("building the async runtime")
+}

@@ -1,0 +1,248 @@
+//! Signal handling and the bounded drain of in-flight jobs.
+//!
+//! The runtime stops fetching first (every BullMQ worker is paused), then [`drain_in_flight`] walks the
+//! phases below against the [`DrainState`] that every running job registers with:
+//!
+//! 1. wait up to `SHUTDOWN_TIMEOUT_MS` for in-flight jobs to finish normally;
+//! 2. **cancel**: `is_cancelled()` turns true for every running job; a job that now ends with anything but
+//!    `Completed` is put back in the queue instead of being failed (the bridge does this);
+//! 3. **abandon**: jobs still running after a short grace are put back in the queue without waiting for the
+//!    plugin any longer. Their blocking threads are left behind; the process exits without joining them.
+//!
+//! Nothing here marks a job completed or failed.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long jobs get after cancellation before they are abandoned.
+pub const CANCEL_GRACE: Duration = Duration::from_millis(1500);
+/// How long abandoned jobs get to be moved back to the queue.
+pub const ABANDON_GRACE: Duration = Duration::from_millis(1000);
+
+/// Shared shutdown state: the in-flight job count and the phase flags jobs consult.
+#[derive(Debug, Default)]
+pub struct DrainState {
+    stopping: AtomicBool,
+    cancelled: AtomicBool,
+    abandoned: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    abandon: Notify,
+}
+
+/// Held by one running job; dropping it unregisters the job.
+#[derive(Debug)]
+pub struct InFlight {
+    state: Arc<DrainState>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.state.idle.notify_waiters();
+        }
+    }
+}
+
+impl DrainState {
+    /// A fresh state: running, nothing in flight.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Registers a job that starts running now.
+    pub fn job_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            state: Arc::clone(self),
+        }
+    }
+
+    /// Jobs currently running.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// True once a shutdown signal was received.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// True once the drain timeout passed: running jobs should stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// True once running jobs are being given up on.
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// Resolves when running jobs are to be abandoned (immediately if they already are).
+    pub async fn abandoned(&self) {
+        let notified = self.abandon.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_abandoned() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Marks the start of shutdown.
+    pub fn begin(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    fn abandon(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.abandoned.store(true, Ordering::Release);
+        self.abandon.notify_waiters();
+    }
+
+    /// Waits until nothing is in flight or `until` passes; true when idle.
+    pub async fn wait_idle(&self, until: Instant) -> bool {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.in_flight() == 0;
+            }
+        }
+    }
+}
+
+/// What the drain achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Jobs still running when the timeout passed (they were cancelled).
+    pub cancelled: usize,
+    /// Jobs still running after the cancel grace (they were abandoned).
+    pub abandoned: usize,
+    /// Jobs whose plugin call had not returned when the drain ended.
+    pub left_running: usize,
+}
+
+/// Runs the drain phases described in the module docs. Fetching must already be stopped.
+pub async fn drain_in_flight(state: &DrainState, timeout: Duration) -> DrainReport {
+    state.begin();
+    let start = Instant::now();
+    if state.wait_idle(start + timeout).await {
+        return DrainReport {
+            cancelled: 0,
+            abandoned: 0,
+            left_running: 0,
+        };
+    }
+    let cancelled = state.in_flight();
+    tracing::warn!(
+        jobs = cancelled,
+        timeout_ms = timeout.as_millis() as u64,
+        "shutdown timeout reached, cancelling running jobs"
+    );
+    state.cancel();
+    if state.wait_idle(Instant::now() + CANCEL_GRACE).await {
+        return DrainReport {
+            cancelled,
+            abandoned: 0,
+            left_running: 0,
+        };
+    }
+    let abandoned = state.in_flight();
+    tracing::warn!(
+        jobs = abandoned,
+        "jobs ignored cancellation, putting them back in their queues"
+    );
+    state.abandon();
+    state.wait_idle(Instant::now() + ABANDON_GRACE).await;
+    DrainReport {
+        cancelled,
+        abandoned,
+        left_running: state.in_flight(),
+    }
+}
+
+/// Resolves with the signal's name on the first SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_drain_returns_at_once() {
+        let state = DrainState::new();
+        let report = drain_in_flight(&state, Duration::from_secs(5)).await;
+        assert_eq!(report.cancelled, 0);
+        assert!(state.is_stopping());
+        assert!(!state.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn job_finishing_in_time_is_not_cancelled() {
+        let state = DrainState::new();
+        let guard = state.job_started();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(guard);
+        });
+        let report = drain_in_flight(&state, Duration::from_secs(5)).await;
+        assert_eq!(report.cancelled, 0);
+        assert!(!state.is_cancelled());
+        assert_eq!(state.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn job_honouring_cancellation_ends_in_the_grace() {
+        let state = DrainState::new();
+        let guard = state.job_started();
+        let s = Arc::clone(&state);
+        tokio::spawn(async move {
+            while !s.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            drop(guard);
+        });
+        let report = drain_in_flight(&state, Duration::from_secs(2)).await;
+        assert_eq!(report.cancelled, 1);
+        assert_eq!(report.abandoned, 0);
+        assert!(!state.is_abandoned());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stubborn_job_is_abandoned() {
+        let state = DrainState::new();
+        let guard = state.job_started();
+        let s = Arc::clone(&state);
+        let waiter = tokio::spawn(async move {
+            s.abandoned().await;
+            drop(guard);
+        });
+        let report = drain_in_flight(&state, Duration::from_secs(1)).await;
+        assert_eq!(report.cancelled, 1);
+        assert_eq!(report.abandoned, 1);
+        assert_eq!(report.left_running, 0);
+        waiter.await.unwrap();
+    }
+}
