@@ -1,0 +1,451 @@
+//! The SMS plugin end to end: Node BullMQ produces `sms:send` jobs with FrostGuard's options, the real host
+//! (`frostguard-worker run`) consumes them with the built plugin, the plugin talks to a fake Telnyx over real
+//! HTTP and to a real PostgreSQL. Asserted as Node sees the jobs (state, attemptsMade, failedReason,
+//! returnvalue), plus the requests Telnyx got and the delivery rows.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use frostguard_tests::{
+    json, wait_until, FakeHttp, JobSnapshot, NodeQueue, Postgres, RecordedRequest, RedisServer,
+    Reply, Worker, SMS_PLUGIN, TEST_PLUGIN,
+};
+use serde_json::Value;
+
+const QUEUE: &str = "sms-notifications";
+const PHONE: &str = "+15551234567";
+const FROM: &str = "+15550009999";
+const KEY: &str = "KEYe2e0123456789";
+
+/// FrostGuard's `smsJobOptions`, with the backoff delay shortened from 2000 ms so the test runs in seconds.
+fn sms_job_options() -> Value {
+    json!({
+        "attempts": 5,
+        "backoff": {"type": "exponential", "delay": 100},
+        "removeOnComplete": 100,
+        "removeOnFail": 500,
+    })
+}
+
+fn job_data(scenario: &str, phone: &str, delivery_id: &str) -> Value {
+    json!({
+        "organizationId": "11111111-2222-3333-4444-555555555555",
+        "phoneNumber": phone,
+        "message": format!("CRITICAL: Temperature alert ({scenario})"),
+        "alertId": "a-1",
+        "deliveryId": delivery_id,
+        "userId": "u-1",
+        "alertType": "alarm_active",
+    })
+}
+
+fn insert_delivery(pg: &Postgres) -> String {
+    let id = pg
+        .query_scalar("SELECT gen_random_uuid()::text AS id")
+        .expect("new uuid")
+        .expect("a uuid");
+    pg.execute(&format!(
+        "WITH o AS (INSERT INTO organizations (name, slug) VALUES ('Org', 'org') RETURNING id), \
+         s AS (INSERT INTO sites (organization_id, name) SELECT id, 'Site' FROM o RETURNING id), \
+         a AS (INSERT INTO areas (site_id, name) SELECT id, 'Area' FROM s RETURNING id), \
+         u AS (INSERT INTO units (area_id, name) SELECT id, 'Freezer 1' FROM a RETURNING id), \
+         al AS (INSERT INTO alerts (unit_id, alert_type, severity) \
+                SELECT id, 'alarm_active', 'critical' FROM u RETURNING id) \
+         INSERT INTO notification_deliveries (id, alert_id, channel, recipient) \
+         SELECT '{id}', id, 'sms', '{PHONE}' FROM al"
+    ))
+    .expect("insert delivery");
+    id
+}
+
+fn row(pg: &Postgres, id: &str) -> Value {
+    pg.query_json(&format!(
+        "SELECT status::text, external_id, error_message, retry_count, sent_at IS NOT NULL AS has_sent_at, \
+         failed_at IS NOT NULL AS has_failed_at FROM notification_deliveries WHERE id = '{id}'"
+    ))
+    .expect("read delivery")
+    .into_iter()
+    .next()
+    .expect("delivery row exists")
+}
+
+fn ok(id: &str) -> Reply {
+    Reply::json(
+        200,
+        &json!({"data": {"id": id, "to": [{"phone_number": PHONE, "status": "queued"}]}}),
+    )
+}
+
+fn telnyx_error(status: u16, code: &str, title: &str, detail: &str) -> Reply {
+    Reply::json(
+        status,
+        &json!({"errors": [{"code": code, "title": title, "detail": detail}]}),
+    )
+}
+
+/// The scenario a request belongs to, read back from the message text.
+fn scenario_of(r: &RecordedRequest) -> String {
+    let text = r.json()["text"].as_str().unwrap_or_default().to_owned();
+    text.rsplit_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// A fake Telnyx answering each scenario from its own script (the n-th request *of that scenario*), so jobs
+/// can run concurrently in any order.
+fn fake_telnyx() -> FakeHttp {
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    FakeHttp::start(move |_, req| {
+        let scenario = scenario_of(req);
+        let n = {
+            let mut seen = seen.lock().unwrap();
+            let n = seen.entry(scenario.clone()).or_default();
+            *n += 1;
+            *n - 1
+        };
+        match (scenario.as_str(), n) {
+            ("ok", _) => ok("msg-ok"),
+            ("permanent", _) => telnyx_error(
+                422,
+                "40310",
+                "Invalid 'to' address",
+                "The 'to' address is not a valid mobile number.",
+            ),
+            ("flaky", 0) => telnyx_error(500, "50000", "Internal error", "Something went wrong"),
+            ("flaky", _) => ok("msg-flaky"),
+            ("down", _) => Reply::status(503),
+            ("throttled", 0) => {
+                telnyx_error(429, "10011", "Too many requests", "Rate limit exceeded")
+                    .header("Retry-After", "1")
+            }
+            ("throttled", _) => ok("msg-throttled"),
+            ("auth", 0 | 1) => telnyx_error(
+                401,
+                "10009",
+                "Authentication failed",
+                "The API key is invalid.",
+            ),
+            ("auth", _) => ok("msg-auth"),
+            _ => Reply::status(418),
+        }
+    })
+    .expect("fake telnyx starts")
+}
+
+fn by_scenario(reqs: &[RecordedRequest], scenario: &str) -> Vec<RecordedRequest> {
+    reqs.iter()
+        .filter(|r| scenario_of(r) == scenario)
+        .cloned()
+        .collect()
+}
+
+fn snapshot<'a>(jobs: &'a [JobSnapshot], id: &str) -> &'a JobSnapshot {
+    jobs.iter().find(|j| j.id == id).expect("job snapshot")
+}
+
+#[test]
+fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
+    let redis = RedisServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let telnyx = fake_telnyx();
+    let worker = Worker::builder()
+        .redis(&redis)
+        .plugins(&[SMS_PLUGIN])
+        .env("TELNYX_API_KEY", KEY)
+        .env("TELNYX_PHONE_NUMBER", FROM)
+        .env("TELNYX_API_BASE_URL", telnyx.url())
+        .env("DATABASE_URL", pg.url())
+        .env("SMS_REQUEST_TIMEOUT_MS", "5000")
+        .env("SMS_AUTH_RETRY_DELAY_MS", "1000")
+        .spawn()
+        .unwrap();
+    worker.wait_ready().unwrap();
+    assert!(
+        worker.has_line("concurrency=5"),
+        "default concurrency 5:\n{}",
+        worker.output_text()
+    );
+
+    // A delivery that an earlier run already sent: the retry must not text the recipient again.
+    let duplicate_row = insert_delivery(&pg);
+    pg.execute(&format!(
+        "UPDATE notification_deliveries SET status = 'sent', external_id = 'msg-earlier', sent_at = now() \
+         WHERE id = '{duplicate_row}'"
+    ))
+    .unwrap();
+
+    let scenarios = [
+        "ok",
+        "permanent",
+        "flaky",
+        "down",
+        "throttled",
+        "auth",
+        "invalid",
+        "duplicate",
+    ];
+    let rows: HashMap<&str, String> = scenarios
+        .iter()
+        .map(|s| {
+            (
+                *s,
+                if *s == "duplicate" {
+                    duplicate_row.clone()
+                } else {
+                    insert_delivery(&pg)
+                },
+            )
+        })
+        .collect();
+    let node = NodeQueue::new(&redis, QUEUE);
+    let jobs: Vec<Value> = scenarios
+        .iter()
+        .map(|s| {
+            let phone = if *s == "invalid" { "5551234567" } else { PHONE };
+            json!({"name": "sms:send", "data": job_data(s, phone, &rows[s]), "opts": sms_job_options()})
+        })
+        .collect();
+    let ids = node.add(json!(jobs)).unwrap();
+    let id: HashMap<&str, String> = scenarios.iter().copied().zip(ids.iter().cloned()).collect();
+    let started = Instant::now();
+    let done = node
+        .wait_states(&ids, &["completed", "failed"], Duration::from_secs(90))
+        .unwrap();
+    let took = started.elapsed();
+    let job = |s: &str| snapshot(&done, &id[s]).clone();
+    let reqs = telnyx.requests();
+
+    // Accepted at once.
+    let j = job("ok");
+    assert_eq!(
+        (j.state.as_str(), j.attempts_made),
+        ("completed", 1),
+        "{j:?}"
+    );
+    assert_eq!(
+        j.returnvalue,
+        json!({"success": true, "messageId": "msg-ok"})
+    );
+    let sent = by_scenario(&reqs, "ok");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].method, "POST");
+    assert_eq!(sent[0].path, "/v2/messages");
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert_eq!(sent[0].header("content-type"), Some("application/json"));
+    assert_eq!(
+        sent[0].json(),
+        json!({"from": FROM, "to": PHONE, "text": "CRITICAL: Temperature alert (ok)"}),
+        "no messaging_profile_id when none is configured"
+    );
+    let r = row(&pg, &rows["ok"]);
+    assert_eq!(
+        (r["status"].as_str(), r["external_id"].as_str()),
+        (Some("sent"), Some("msg-ok"))
+    );
+    assert_eq!(r["has_sent_at"], true);
+
+    // Permanent rejection: failed after one attempt, no retry.
+    let j = job("permanent");
+    assert_eq!((j.state.as_str(), j.attempts_made), ("failed", 1), "{j:?}");
+    assert_eq!(
+        j.failed_reason.as_deref(),
+        Some("Permanent SMS failure: 40310: The 'to' address is not a valid mobile number.")
+    );
+    assert_eq!(by_scenario(&reqs, "permanent").len(), 1);
+    let r = row(&pg, &rows["permanent"]);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(
+        r["error_message"],
+        "40310: The 'to' address is not a valid mobile number."
+    );
+    assert_eq!(r["has_failed_at"], true);
+
+    // 500 then success: one retry under the job's backoff.
+    let j = job("flaky");
+    assert_eq!(
+        (j.state.as_str(), j.attempts_made),
+        ("completed", 2),
+        "{j:?}"
+    );
+    assert_eq!(
+        j.returnvalue,
+        json!({"success": true, "messageId": "msg-flaky"})
+    );
+    assert_eq!(by_scenario(&reqs, "flaky").len(), 2);
+    let r = row(&pg, &rows["flaky"]);
+    assert_eq!(
+        (r["status"].as_str(), r["retry_count"].as_i64()),
+        (Some("sent"), Some(1))
+    );
+
+    // Always 503: all five attempts used, then failed, and the row says so (the Node original left it pending).
+    let j = job("down");
+    assert_eq!((j.state.as_str(), j.attempts_made), ("failed", 5), "{j:?}");
+    assert_eq!(
+        j.failed_reason.as_deref(),
+        Some("SMS send failed: HTTP 503")
+    );
+    assert_eq!(by_scenario(&reqs, "down").len(), 5);
+    let r = row(&pg, &rows["down"]);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["retry_count"], 5);
+    assert_eq!(r["error_message"], "HTTP 503");
+
+    // 429 with Retry-After: 1 → waited about a second, no attempt consumed.
+    let j = job("throttled");
+    assert_eq!(
+        (j.state.as_str(), j.attempts_made),
+        ("completed", 1),
+        "{j:?}"
+    );
+    assert_eq!(
+        j.returnvalue,
+        json!({"success": true, "messageId": "msg-throttled"})
+    );
+    let throttled = by_scenario(&reqs, "throttled");
+    assert_eq!(throttled.len(), 2);
+    let r = row(&pg, &rows["throttled"]);
+    assert_eq!(
+        (r["status"].as_str(), r["retry_count"].as_i64()),
+        (Some("sent"), Some(0))
+    );
+
+    // 401 twice: the queue pauses, no attempt consumed, an error logged each time; then it goes through.
+    let j = job("auth");
+    assert_eq!(
+        (j.state.as_str(), j.attempts_made),
+        ("completed", 1),
+        "{j:?}"
+    );
+    assert_eq!(by_scenario(&reqs, "auth").len(), 3);
+    let auth_errors = worker
+        .lines()
+        .iter()
+        .filter(|l| l.contains("rejected our credentials"))
+        .count();
+    assert!(
+        auth_errors >= 2,
+        "one error line per auth failure:\n{}",
+        worker.output_text()
+    );
+    assert_eq!(row(&pg, &rows["auth"])["retry_count"], 0);
+
+    // Invalid number: unrecoverable, never sent, row failed with the reason.
+    let j = job("invalid");
+    assert_eq!((j.state.as_str(), j.attempts_made), ("failed", 1), "{j:?}");
+    let reason = j.failed_reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("invalid sms:send job: phoneNumber is not an E.164 number"),
+        "{reason}"
+    );
+    assert!(by_scenario(&reqs, "invalid").is_empty());
+    let r = row(&pg, &rows["invalid"]);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error_message"], reason.as_str());
+
+    // Already sent: completed with the recorded id, nothing sent.
+    let j = job("duplicate");
+    assert_eq!(
+        (j.state.as_str(), j.attempts_made),
+        ("completed", 1),
+        "{j:?}"
+    );
+    assert_eq!(
+        j.returnvalue,
+        json!({"success": true, "messageId": "msg-earlier", "alreadySent": true})
+    );
+    assert!(by_scenario(&reqs, "duplicate").is_empty());
+
+    assert_eq!(
+        reqs.len(),
+        14,
+        "exactly the requests above: {:?}",
+        reqs.iter().map(scenario_of).collect::<Vec<_>>()
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    for line in worker.lines() {
+        assert!(
+            !line.contains(PHONE),
+            "a log line carries the full phone number: {line}"
+        );
+        assert!(
+            !line.contains(KEY),
+            "a log line carries the API key: {line}"
+        );
+        assert!(
+            !line.contains("Temperature alert"),
+            "a log line carries the message body: {line}"
+        );
+    }
+}
+
+#[test]
+fn without_credentials_the_plugin_is_disabled_and_sms_jobs_wait() {
+    let redis = RedisServer::start().unwrap();
+    let telnyx = fake_telnyx();
+    let worker = Worker::builder()
+        .redis(&redis)
+        .plugins(&[SMS_PLUGIN, TEST_PLUGIN])
+        .env("TELNYX_API_BASE_URL", telnyx.url())
+        .spawn()
+        .unwrap();
+    worker.wait_ready().unwrap();
+    let line = worker
+        .wait_for_line("plugin disabled", Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        line.contains("TELNYX_API_KEY") && line.contains("SMS_DRY_RUN"),
+        "{line}"
+    );
+
+    let node = NodeQueue::new(&redis, QUEUE);
+    let id = node
+        .add_one(
+            "sms:send",
+            job_data("ok", PHONE, "7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6b"),
+            sms_job_options(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let j = node.job(&id).unwrap();
+    assert_eq!((j.state.as_str(), j.attempts_made), ("waiting", 0), "{j:?}");
+    assert!(telnyx.requests().is_empty());
+}
+
+#[test]
+fn dry_run_completes_jobs_without_calling_telnyx() {
+    let redis = RedisServer::start().unwrap();
+    let telnyx = fake_telnyx();
+    let worker = Worker::builder()
+        .redis(&redis)
+        .plugins(&[SMS_PLUGIN])
+        .env("SMS_DRY_RUN", "true")
+        .env("TELNYX_API_BASE_URL", telnyx.url())
+        .spawn()
+        .unwrap();
+    worker.wait_ready().unwrap();
+    let node = NodeQueue::new(&redis, QUEUE);
+    let ids = node
+        .add(json!([{"name": "sms:send", "data": job_data("ok", PHONE, "7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6b"),
+                      "opts": sms_job_options()}]))
+        .unwrap();
+    let done = node.wait_finished(&ids).unwrap();
+    assert_eq!(done[0].state, "completed", "{:?}", done[0]);
+    assert_eq!(
+        done[0].returnvalue,
+        json!({"success": true, "dryRun": true})
+    );
+    wait_until(Duration::from_secs(5), "dry-run log line", || {
+        worker
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("dry run: SMS not sent") && l.contains("+1555*****67"))
+    })
+    .unwrap();
+    assert!(telnyx.requests().is_empty());
+}
