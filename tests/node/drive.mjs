@@ -270,9 +270,9 @@ const COMMANDS = {
 
   // A Node Worker and whatever else consumes the queue (the host) share `count` jobs named `name` (default
   // `complete`). The Node worker counts its own runs per job id in a Redis hash. Waits until every job is
-  // completed (or the deadline), then reports who completed what and how often each job was seen active and
-  // completed in the event stream. → {ids, timedOut, states, byNode, byOther, nodeRuns, activeEvents,
-  // completedEvents} (the last three: job id → count)
+  // completed (or the deadline), then reports who completed what, and every job that the event stream shows
+  // active or completed other than exactly once. → {jobs, timedOut, states, byNode, byOther, wrongValue,
+  // nodeRunsTotal, nodeRanTwice: [id], activeNotOnce: [[id, n]], completedNotOnce: [[id, n]]}
   async 'mixed-fleet'(input) {
     const count = input.count;
     const prefix = prefixOf(input);
@@ -333,16 +333,18 @@ const COMMANDS = {
         if (ev.event === 'active') activeEvents[ev.jobId] = (activeEvents[ev.jobId] ?? 0) + 1;
         if (ev.event === 'completed') completedEvents[ev.jobId] = (completedEvents[ev.jobId] ?? 0) + 1;
       }
+      const notOnce = (tally) => ids.filter((id) => tally[id] !== 1);
       return {
-        ids,
+        jobs: ids.length,
         timedOut: completed < count,
         states,
         byNode,
         byOther,
         wrongValue,
-        nodeRuns: Object.fromEntries(Object.entries(nodeRuns).map(([k, v]) => [k, Number(v)])),
-        activeEvents,
-        completedEvents,
+        nodeRunsTotal: Object.values(nodeRuns).reduce((sum, v) => sum + Number(v), 0),
+        nodeRanTwice: Object.keys(nodeRuns).filter((id) => Number(nodeRuns[id]) > 1),
+        activeNotOnce: notOnce(activeEvents).map((id) => [id, activeEvents[id] ?? 0]),
+        completedNotOnce: notOnce(completedEvents).map((id) => [id, completedEvents[id] ?? 0]),
       };
     } finally {
       await worker.close();
@@ -372,7 +374,8 @@ async function main() {
   }
   const input = JSON.parse(raw ?? '{}');
   const output = await fn(input);
-  process.stdout.write(`${JSON.stringify(output)}\n`);
+  // Exit only once the output is flushed: a pipe is written asynchronously.
+  await new Promise((resolve) => process.stdout.write(`${JSON.stringify(output)}\n`, resolve));
 }
 
 main().then(
