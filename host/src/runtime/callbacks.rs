@@ -141,7 +141,7 @@ pub async fn apply(job: &mut Job, queue: &str, write: JobWrite) {
         JobWrite::Log(line) => job.log(&line).await.map(|_| ()),
     };
     if let Err(e) = result {
-        tracing::warn!(queue, job_id = %job.id(), error = %e, "could not write job progress/log to Redis");
+        tracing::warn!(queue = %queue, job_id = %job.id(), error = %e, "could not write job progress/log to Redis");
     }
 }
 

@@ -20,23 +20,25 @@ pub fn spawn_logger(queue: String, worker: Arc<Worker>) -> JoinHandle<()> {
 fn log_event(queue: &str, event: WorkerEvent) {
     match event {
         WorkerEvent::Completed { job_id, .. } => {
-            tracing::info!(queue, job_id = %job_id, "job completed")
+            tracing::info!(queue = %queue, job_id = %job_id, "job completed")
         }
         WorkerEvent::Failed { job_id, error } => {
-            tracing::warn!(queue, job_id = %job_id, reason = %error, "job attempt failed")
+            tracing::warn!(queue = %queue, job_id = %job_id, reason = %error, "job attempt failed")
         }
         WorkerEvent::Stalled { job_id } => {
-            tracing::warn!(queue, job_id = %job_id, "stalled job moved back to wait")
+            tracing::warn!(queue = %queue, job_id = %job_id, "stalled job moved back to wait")
         }
-        WorkerEvent::Error(error) => tracing::warn!(queue, error = %error, "worker error"),
-        WorkerEvent::Active { job_id } => tracing::debug!(queue, job_id = %job_id, "job active"),
+        WorkerEvent::Error(error) => tracing::warn!(queue = %queue, error = %error, "worker error"),
+        WorkerEvent::Active { job_id } => {
+            tracing::debug!(queue = %queue, job_id = %job_id, "job active")
+        }
         WorkerEvent::Progress { job_id, .. } => {
-            tracing::trace!(queue, job_id = %job_id, "job progress")
+            tracing::trace!(queue = %queue, job_id = %job_id, "job progress")
         }
-        WorkerEvent::Drained => tracing::trace!(queue, "queue drained"),
-        WorkerEvent::Ready => tracing::debug!(queue, "worker running"),
-        WorkerEvent::Closed => tracing::debug!(queue, "worker closed"),
-        WorkerEvent::Paused => tracing::debug!(queue, "worker paused"),
-        WorkerEvent::Resumed => tracing::debug!(queue, "worker resumed"),
+        WorkerEvent::Drained => tracing::trace!(queue = %queue, "queue drained"),
+        WorkerEvent::Ready => tracing::debug!(queue = %queue, "worker running"),
+        WorkerEvent::Closed => tracing::debug!(queue = %queue, "worker closed"),
+        WorkerEvent::Paused => tracing::debug!(queue = %queue, "worker paused"),
+        WorkerEvent::Resumed => tracing::debug!(queue = %queue, "worker resumed"),
     }
 }

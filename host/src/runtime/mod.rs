@@ -34,8 +34,9 @@ use crate::shutdown::{self, DrainState};
 const REDIS_PING_PERIOD: Duration = Duration::from_secs(2);
 /// Budget handed to each plugin's `shutdown`.
 const PLUGIN_SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
-/// How long a paused worker gets to close.
-const WORKER_CLOSE_MS: u64 = 500;
+/// Extra time a worker gets to close after the drain phases (its fetch loop leaves an idle BZPOPMIN within
+/// the drain delay set in the supervisor).
+const WORKER_CLOSE_EXTRA: Duration = Duration::from_secs(3);
 
 /// A queue whose worker is running.
 struct Running {
@@ -143,8 +144,15 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
     for r in &running {
         r.worker.pause();
     }
+    // Closing runs alongside the drain: it waits for the library's active jobs (which the drain ends) and
+    // for the fetch loop to leave its idle BZPOPMIN (at most the drain delay).
+    let close_budget = config.shutdown_timeout
+        + shutdown::CANCEL_GRACE
+        + shutdown::ABANDON_GRACE
+        + WORKER_CLOSE_EXTRA;
+    let mut closing = close_all(&running, close_budget);
     let report = shutdown::drain_in_flight(&drain, config.shutdown_timeout).await;
-    futures_close(&running).await;
+    while closing.join_next().await.is_some() {}
     for r in &running {
         r.events.abort();
         health.set_consuming(&r.queue, false);
@@ -244,19 +252,20 @@ async fn connect_admin(connection: &bullmq::options::RedisConnectionOptions) -> 
     }
 }
 
-/// Closes every worker concurrently (fetching already stopped; in-flight jobs already drained).
-async fn futures_close(running: &[Running]) {
+/// Starts closing every worker concurrently; the caller joins the returned set.
+fn close_all(running: &[Running], budget: Duration) -> tokio::task::JoinSet<()> {
     let mut closing = tokio::task::JoinSet::new();
+    let budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
     for r in running {
         let worker = Arc::clone(&r.worker);
         let queue = r.queue.clone();
         closing.spawn(async move {
-            if let Err(e) = worker.close(WORKER_CLOSE_MS).await {
+            if let Err(e) = worker.close(budget_ms).await {
                 tracing::warn!(queue = %queue, error = %e, "closing the worker failed");
             }
         });
     }
-    while closing.join_next().await.is_some() {}
+    closing
 }
 
 /// Calls every plugin's `shutdown` on blocking threads, bounded by the shutdown budget.

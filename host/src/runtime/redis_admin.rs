@@ -13,6 +13,8 @@ use bullmq::QueueKeys;
 
 /// Bound on every admin command, on top of the connection's own response timeout.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one connection attempt.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// `Number.MAX_SAFE_INTEGER`, the value Node's `Queue.rateLimit` stores in the limiter key.
 pub const RATE_LIMIT_SENTINEL: u64 = 9_007_199_254_740_991;
 
@@ -32,10 +34,12 @@ pub struct AdminRedis {
 }
 
 impl AdminRedis {
-    /// Connects once; fails if Redis cannot be reached right now (the caller retries).
+    /// Connects once; fails if Redis cannot be reached within [`CONNECT_TIMEOUT`] (the caller retries, so an
+    /// operator sees a warning every few seconds instead of the client's silent internal retries).
     pub async fn connect(opts: &RedisConnectionOptions) -> anyhow::Result<Self> {
-        let conn = RedisConnection::new_managed_only(opts)
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, RedisConnection::new_managed_only(opts))
             .await
+            .context("connecting to Redis timed out")?
             .context("connecting to Redis")?;
         Ok(Self { conn })
     }

@@ -22,6 +22,8 @@ const UNREACHABLE_LIMIT: u64 = 1 << 40;
 const UNREACHABLE_LIMIT_WINDOW_MS: u64 = 1000;
 /// Fixed wait of the library's fetch loop after a Redis error (its default is 15 s; notes D6).
 const FETCH_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Idle BZPOPMIN timeout: bounds how long a closing worker's fetch loop takes to notice (Node: 5 s).
+const DRAIN_DELAY: Duration = Duration::from_secs(2);
 /// Backoff bounds for starting a worker while Redis is unreachable.
 const START_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const START_BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -66,7 +68,8 @@ pub fn worker_options(
             max,
             Duration::from_millis(duration),
         ))
-        .run_retry_delay(FETCH_RETRY_DELAY);
+        .run_retry_delay(FETCH_RETRY_DELAY)
+        .drain_delay(DRAIN_DELAY);
     if let Some(name) = &config.worker_name {
         opts = opts.name(name.clone());
     }
