@@ -711,3 +711,31 @@ fn dry_run_completes_without_http_or_database_writes() {
         "dry run writes nothing"
     );
 }
+
+#[test]
+fn a_database_down_at_start_does_not_disable_sending_but_jobs_wait_for_it() {
+    let telnyx = FakeHttp::scripted(vec![], accepted("never")).unwrap();
+    let closed = frostguard_tests::free_port();
+    let h = load(config(
+        &telnyx,
+        None,
+        &[(
+            "DATABASE_URL",
+            &format!("postgres://postgres@127.0.0.1:{closed}/frostguard"),
+        )],
+    ));
+    let init_logs = h.take_logs();
+    assert!(
+        init_logs
+            .iter()
+            .any(|l| l.level == LogLevel::Warn && l.message.contains("not reachable at start")),
+        "{init_logs:?}"
+    );
+    let run = h.run(job(data(Some("7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6b")), 0));
+    let (message, unrecoverable) = failed(&run);
+    assert!(
+        !unrecoverable && message.starts_with("delivery tracking database unavailable"),
+        "{message}"
+    );
+    assert!(telnyx.requests().is_empty());
+}

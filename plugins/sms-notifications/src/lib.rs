@@ -54,6 +54,8 @@ pub const RATE_LIMIT: RateLimitHint = RateLimitHint {
     max: 10,
     duration_ms: 1000,
 };
+/// Bound on the start-up connectivity check of the delivery database (it only logs; it never fails init).
+const INIT_DB_PROBE: Duration = Duration::from_secs(3);
 /// How often a running job checks the host's cancellation flag.
 const CANCEL_POLL: Duration = Duration::from_millis(50);
 
@@ -110,8 +112,11 @@ impl Plugin for SmsPlugin {
                     Some(url) => {
                         let repo = DeliveryRepo::new(url.expose())?;
                         // A database that is down must not disable sending; say so now, jobs retry later.
-                        let probe = handle.block_on(repo.load(uuid::Uuid::nil()));
-                        match probe {
+                        // (The timer must be created inside the runtime, hence the async block.)
+                        let probe = handle.block_on(async {
+                            tokio::time::timeout(INIT_DB_PROBE, repo.load(uuid::Uuid::nil())).await
+                        });
+                        match probe.unwrap_or_else(|_| Err("no answer within 3 s".to_owned())) {
                             Ok(_) => info!("delivery tracking enabled (notification_deliveries)"),
                             Err(e) => {
                                 warn!(error = %e, "delivery database not reachable at start; jobs will retry until it is")
@@ -161,8 +166,11 @@ impl Plugin for SmsPlugin {
             };
         };
         match validated {
-            Err(invalid) => self.run(ctx, &attempt, processor.reject(&invalid, &attempt)),
-            Ok(sms) => self.run(ctx, &attempt, processor.send(&sms, &attempt)),
+            // Only a bounded row update: nothing to interrupt.
+            Err(invalid) => self.block_on(processor.reject(&invalid, &attempt)),
+            Ok(sms) => {
+                self.block_on(processor.send(&sms, &attempt, interrupted(ctx, attempt.time_left)))
+            }
         }
     }
 
@@ -181,40 +189,29 @@ impl Plugin for SmsPlugin {
 }
 
 impl SmsPlugin {
-    /// Drives `work` on the private runtime from this host thread until it finishes, the host cancels the
-    /// job, or its deadline passes. Dropping `work` aborts an in-flight request; the job is then retried,
-    /// and the delivery row's `sent` check protects against a double send if Telnyx had already accepted.
-    fn run(
-        &self,
-        ctx: &JobContext<'_>,
-        attempt: &Attempt,
-        work: impl Future<Output = Outcome>,
-    ) -> Outcome {
-        let deadline = attempt.time_left;
-        self.handle.block_on(async {
-            let cancelled = async {
-                while !ctx.is_cancelled() {
-                    tokio::time::sleep(CANCEL_POLL).await;
-                }
-            };
-            let expired = async {
-                match deadline {
-                    Some(left) => tokio::time::sleep(left).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                outcome = work => outcome,
-                () = cancelled => {
-                    warn!(job_id = %attempt.job_id, "job cancelled by the host");
-                    Outcome::failed("cancelled by the worker (shutdown or timeout) before the SMS job finished")
-                }
-                () = expired => {
-                    warn!(job_id = %attempt.job_id, "job deadline passed");
-                    Outcome::failed("job deadline passed before the SMS job finished")
-                }
-            }
-        })
+    /// Drives `work` to its end on the private runtime, from this host thread.
+    fn block_on<T>(&self, work: impl Future<Output = T>) -> T {
+        self.handle.block_on(work)
+    }
+}
+
+/// Resolves, with the reason, once the host cancels the job (shutdown or timeout) or the job's deadline
+/// passes; polled every [`CANCEL_POLL`] since the host's flag is a plain query.
+async fn interrupted(ctx: &JobContext<'_>, deadline: Option<Duration>) -> &'static str {
+    let cancelled = async {
+        while !ctx.is_cancelled() {
+            tokio::time::sleep(CANCEL_POLL).await;
+        }
+    };
+    let expired = async {
+        match deadline {
+            Some(left) => tokio::time::sleep(left).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = cancelled => "cancelled by the worker (shutdown or timeout) before Telnyx answered",
+        () = expired => "job deadline passed before Telnyx answered",
     }
 }
 

@@ -4,6 +4,7 @@
 //! Kept free of the ABI types' plumbing (runtime, cancellation, JobView) so the decision logic reads top to
 //! bottom; `lib.rs` wraps it with the plugin's runtime, the job's deadline and cancellation.
 
+use std::future::Future;
 use std::time::Duration;
 
 use plugin_api::serde_json::json;
@@ -14,11 +15,14 @@ use uuid::Uuid;
 use crate::classify::{ErrorClass, DEFAULT_RATE_LIMIT_DELAY};
 use crate::delivery::DeliveryRepo;
 use crate::redact::mask_phone;
-use crate::telnyx::{SendError, TelnyxClient};
+use crate::telnyx::{Accepted, SendError, TelnyxClient};
 use crate::validate::{Invalid, SmsJob};
 
 /// Time kept back from the job's deadline so that the outcome (and the row update) still fit in it.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+/// Upper bound for recording a send on the row (all tries together), so a hung database cannot hold a job
+/// long past the provider's answer.
+const MARK_SENT_BUDGET: Duration = Duration::from_secs(12);
 
 /// Where this run stands among the job's attempts.
 #[derive(Debug, Clone)]
@@ -32,6 +36,9 @@ pub struct Attempt {
     /// Time left before the host's deadline, if the job has one.
     pub time_left: Option<Duration>,
 }
+
+/// What Telnyx answered.
+type Sent = Result<Accepted, SendError>;
 
 /// The sending side of the plugin (absent in dry-run mode).
 pub struct Processor {
@@ -53,26 +60,67 @@ impl Processor {
         Outcome::unrecoverable(invalid.reason.clone())
     }
 
-    pub async fn send(&self, job: &SmsJob, attempt: &Attempt) -> Outcome {
+    /// Sends one validated job. `interrupt` resolves (with a reason) when the host cancels the job or its
+    /// deadline passes; it can stop the job only *before* Telnyx has answered. Once the provider has
+    /// answered, the bookkeeping (above all marking the row `sent`, which is what prevents a second SMS on a
+    /// re-run) always finishes, bounded by the database timeouts.
+    pub async fn send(
+        &self,
+        job: &SmsJob,
+        attempt: &Attempt,
+        interrupt: impl Future<Output = &'static str>,
+    ) -> Outcome {
         let to = mask_phone(&job.phone_number);
+        let delivery = job
+            .delivery_id
+            .map_or_else(|| "-".to_owned(), |id| id.to_string());
         info!(job_id = %attempt.job_id, to = %to, attempt = attempt.number, max_attempts = attempt.max,
-              delivery_id = ?job.delivery_id, "sending SMS");
+              delivery_id = %delivery, "sending SMS");
+        let answer = tokio::select! {
+            answer = self.check_and_send(job, attempt) => answer,
+            reason = interrupt => {
+                warn!(job_id = %attempt.job_id, reason, "SMS job interrupted before Telnyx answered");
+                return Outcome::failed(reason);
+            }
+        };
+        match answer {
+            Err(outcome) => outcome,
+            Ok((Ok(accepted), tracked)) => {
+                info!(job_id = %attempt.job_id, to = %to, message_id = %accepted.message_id, status = %accepted.status,
+                      "Telnyx accepted the SMS");
+                if let Some(id) = tracked {
+                    self.record_sent(id, &accepted.message_id, attempt).await;
+                }
+                Outcome::completed(json!({ "success": true, "messageId": accepted.message_id }))
+            }
+            Ok((Err(e), tracked)) => self.failed(e, tracked, attempt, &to).await,
+        }
+    }
 
+    /// The idempotency check and the HTTP call: everything that may be abandoned safely. Returns the
+    /// provider's answer with the delivery row to update (if tracked), or an outcome that ends the job early.
+    async fn check_and_send(
+        &self,
+        job: &SmsJob,
+        attempt: &Attempt,
+    ) -> Result<(Sent, Option<Uuid>), Outcome> {
         // Idempotency: a retry or a re-run stalled job must not text the recipient twice.
         let mut tracked = job.delivery_id.filter(|_| self.deliveries.is_some());
         if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
             match repo.load(id).await {
                 Err(e) => {
                     warn!(job_id = %attempt.job_id, delivery_id = %id, error = %e, "delivery database unavailable");
-                    return Outcome::failed(format!("delivery tracking database unavailable: {e}"));
+                    return Err(Outcome::failed(format!(
+                        "delivery tracking database unavailable: {e}"
+                    )));
                 }
                 Ok(Some(state)) if state.already_sent() => {
                     let message_id = state.external_id.unwrap_or_default();
                     info!(job_id = %attempt.job_id, delivery_id = %id, status = %state.status, message_id = %message_id,
                           "delivery already sent; not sending again");
-                    return Outcome::completed(
+                    return Err(Outcome::completed(
                         json!({ "success": true, "messageId": message_id, "alreadySent": true }),
-                    );
+                    ));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
@@ -88,25 +136,19 @@ impl Processor {
             None => self.telnyx.request_timeout(),
             Some(left) => match left.checked_sub(DEADLINE_MARGIN) {
                 Some(usable) if !usable.is_zero() => usable.min(self.telnyx.request_timeout()),
-                _ => return Outcome::failed("job deadline reached before the SMS could be sent"),
+                _ => {
+                    return Err(Outcome::failed(
+                        "job deadline reached before the SMS could be sent",
+                    ))
+                }
             },
         };
 
-        match self
+        let answer = self
             .telnyx
             .send(&job.phone_number, &job.message, timeout)
-            .await
-        {
-            Ok(accepted) => {
-                info!(job_id = %attempt.job_id, to = %to, message_id = %accepted.message_id, status = %accepted.status,
-                      "Telnyx accepted the SMS");
-                if let Some(id) = tracked {
-                    self.record_sent(id, &accepted.message_id, attempt).await;
-                }
-                Outcome::completed(json!({ "success": true, "messageId": accepted.message_id }))
-            }
-            Err(e) => self.failed(e, tracked, attempt, &to).await,
-        }
+            .await;
+        Ok((answer, tracked))
     }
 
     /// The SMS went out: the row must say so, or a later retry of this job would send it again. Retried a
@@ -114,20 +156,28 @@ impl Processor {
     /// error is logged with the message id so the row can be fixed by hand.
     async fn record_sent(&self, id: Uuid, message_id: &str, attempt: &Attempt) {
         let Some(repo) = &self.deliveries else { return };
-        let mut last_error = String::new();
-        for pause in [
-            Duration::ZERO,
-            Duration::from_millis(250),
-            Duration::from_secs(1),
-        ] {
-            tokio::time::sleep(pause).await;
-            match repo.mark_sent(id, message_id).await {
-                Ok(()) => return,
-                Err(e) => last_error = e,
+        let tries = async {
+            let mut last_error = String::new();
+            for pause in [
+                Duration::ZERO,
+                Duration::from_millis(250),
+                Duration::from_secs(1),
+            ] {
+                tokio::time::sleep(pause).await;
+                match repo.mark_sent(id, message_id).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last_error = e,
+                }
             }
+            Err(last_error)
+        };
+        let result = tokio::time::timeout(MARK_SENT_BUDGET, tries)
+            .await
+            .unwrap_or_else(|_| Err(format!("gave up after {} s", MARK_SENT_BUDGET.as_secs())));
+        if let Err(e) = result {
+            error!(job_id = %attempt.job_id, delivery_id = %id, message_id = %message_id, error = %e,
+                   "SMS sent but the delivery row could not be marked sent");
         }
-        error!(job_id = %attempt.job_id, delivery_id = %id, message_id = %message_id, error = %last_error,
-               "SMS sent but the delivery row could not be marked sent");
     }
 
     async fn failed(
