@@ -739,3 +739,26 @@ fn a_database_down_at_start_does_not_disable_sending_but_jobs_wait_for_it() {
     );
     assert!(telnyx.requests().is_empty());
 }
+
+#[test]
+fn shutdown_stops_the_private_runtime_promptly_and_later_jobs_are_not_sent() {
+    let telnyx = FakeHttp::scripted(vec![], accepted("msg-before-shutdown")).unwrap();
+    let h = load(config(&telnyx, None, &[]));
+    let run = h.run(job(data(None), 0));
+    assert_eq!(
+        run.outcome,
+        Outcome::completed(json!({"success": true, "messageId": "msg-before-shutdown"}))
+    );
+    let started = Instant::now();
+    h.shutdown(Duration::from_secs(2));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    // After shutdown a job fails retryably (plugin-api answers "not initialised"), and nothing is sent.
+    let after = h.run(job(data(None), 0));
+    let (message, unrecoverable) = failed(&after);
+    assert!(!unrecoverable, "{message}");
+    assert_eq!(telnyx.requests().len(), 1);
+}
