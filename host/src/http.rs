@@ -89,7 +89,7 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_answer() {
-        let health = Health::new(["q".to_owned()], vec![]);
+        let health = Health::new(["q".to_owned()], vec![], None);
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

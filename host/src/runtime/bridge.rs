@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::callbacks::{apply, Callbacks};
+use super::hold::QueueHold;
 use super::metrics::{self, JobResult};
 use super::redis_admin::{AdminRedis, RawJob};
 use super::retry::{random_unit, RetryPolicy};
@@ -41,6 +42,8 @@ pub struct QueueBridge {
     pub admin: AdminRedis,
     /// Shutdown state.
     pub drain: Arc<DrainState>,
+    /// Local pause of the queue's worker for queue-scope "retry later".
+    pub hold: Arc<QueueHold>,
 }
 
 /// Wraps a bridge into the processor function bullmq-official calls for every job.
@@ -208,6 +211,7 @@ impl QueueBridge {
                     "queue paused by the plugin, job back to wait"
                 );
                 metrics::job_finished(&self.queue, JobResult::LaterQueue, elapsed);
+                self.hold.hold_for(delay_ms);
                 if let Err(e) = self.admin.rate_limit(&self.keys, delay_ms).await {
                     tracing::warn!(queue = %self.queue, error = %e, "could not rate-limit the queue");
                 }
@@ -271,7 +275,10 @@ impl QueueBridge {
                 .await
             {
                 Ok(()) => {
-                    tracing::debug!(queue = %self.queue, job_id = %id, delay, "retry scheduled by the host");
+                    tracing::warn!(
+                        queue = %self.queue, job_id = %id, reason = %message, retry_in_ms = delay,
+                        "job attempt failed"
+                    );
                     if let Err(e) = job.move_to_delayed(now_ms().saturating_add(delay)).await {
                         tracing::warn!(
                             queue = %self.queue, job_id = %id, error = %e,

@@ -32,6 +32,7 @@ pub struct Health {
     redis_up: AtomicBool,
     shutting_down: AtomicBool,
     disabled: Vec<DisabledEntry>,
+    plugin_dir_error: Option<String>,
 }
 
 /// What `/readyz` answers.
@@ -47,6 +48,9 @@ pub struct Readiness {
     pub queues: BTreeMap<String, bool>,
     /// Plugins that are not running.
     pub disabled_plugins: Vec<DisabledEntry>,
+    /// Why the plugin directory could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin_dir_error: Option<String>,
 }
 
 impl Health {
@@ -54,12 +58,14 @@ impl Health {
     pub fn new(
         queues: impl IntoIterator<Item = String>,
         disabled: Vec<DisabledEntry>,
+        plugin_dir_error: Option<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
             queues: Mutex::new(queues.into_iter().map(|q| (q, false)).collect()),
             redis_up: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             disabled,
+            plugin_dir_error,
         })
     }
 
@@ -94,6 +100,7 @@ impl Health {
             shutting_down,
             queues,
             disabled_plugins: self.disabled.clone(),
+            plugin_dir_error: self.plugin_dir_error.clone(),
         }
     }
 }
@@ -127,7 +134,7 @@ mod tests {
 
     #[test]
     fn ready_only_when_all_queues_consume_and_redis_is_up() {
-        let h = Health::new(["a".to_owned(), "b".to_owned()], vec![]);
+        let h = Health::new(["a".to_owned(), "b".to_owned()], vec![], None);
         assert!(!h.readiness().ready);
         h.set_redis_up(true);
         h.set_consuming("a", true);
@@ -144,7 +151,7 @@ mod tests {
 
     #[test]
     fn no_queue_is_not_ready() {
-        let h = Health::new(Vec::<String>::new(), vec![]);
+        let h = Health::new(Vec::<String>::new(), vec![], Some("gone".into()));
         h.set_redis_up(true);
         assert!(!h.readiness().ready);
     }

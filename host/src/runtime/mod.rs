@@ -9,6 +9,7 @@ mod bridge;
 mod callbacks;
 mod events;
 pub mod health;
+mod hold;
 mod metrics;
 mod redis_admin;
 mod retry;
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use self::bridge::QueueBridge;
 use self::health::{DisabledEntry, Health};
+use self::hold::QueueHold;
 use self::redis_admin::AdminRedis;
 use self::supervisor::QueuePlan;
 use crate::config::Config;
@@ -115,7 +117,11 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
             );
         }
     }
-    let health = Health::new(processors.iter().map(|(_, p)| p.queue.clone()), disabled);
+    let health = Health::new(
+        processors.iter().map(|(_, p)| p.queue.clone()),
+        disabled,
+        registry.dir_error.clone(),
+    );
     if let Some(port) = config.http_port {
         let listener = crate::http::bind(port).await?;
         tokio::spawn(crate::http::serve(
@@ -197,6 +203,7 @@ async fn start_all(
             processor: info.clone(),
             admin: admin.clone(),
             drain: Arc::clone(&drain),
+            hold: QueueHold::new(),
         });
         let plan = QueuePlan {
             queue: info.queue.clone(),
@@ -206,8 +213,10 @@ async fn start_all(
         };
         let health = Arc::clone(&health);
         let running = Arc::clone(&running);
+        let drain = Arc::clone(&drain);
         starting.spawn(async move {
             let worker = Arc::new(supervisor::start(&plan).await);
+            plan.bridge.hold.attach(&worker, drain);
             let events = events::spawn_logger(plan.queue.clone(), Arc::clone(&worker));
             running.lock().await.push(Running {
                 queue: plan.queue.clone(),

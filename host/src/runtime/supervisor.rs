@@ -15,11 +15,6 @@ use plugin_api::ProcessorInfo;
 use super::bridge::{processor, QueueBridge};
 use crate::config::{Config, QueueOverrides};
 
-/// Limiter given to workers the operator did not rate-limit: never reached by counting, but it makes
-/// `moveToActive` honour `Queue.rateLimit` (the plugin's queue-scope "retry later"); notes D3.
-const UNREACHABLE_LIMIT: u64 = 1 << 40;
-/// Window of that limiter.
-const UNREACHABLE_LIMIT_WINDOW_MS: u64 = 1000;
 /// Fixed wait of the library's fetch loop after a Redis error (its default is 15 s; notes D6).
 const FETCH_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Idle BZPOPMIN timeout: bounds how long a closing worker's fetch loop takes to notice (Node: 5 s).
@@ -59,17 +54,18 @@ pub fn worker_options(
             .filter(|h| h.max > 0 && h.duration_ms > 0)
             .map(|h| (h.max, h.duration_ms)),
     };
-    let (max, duration) = limiter.unwrap_or((UNREACHABLE_LIMIT, UNREACHABLE_LIMIT_WINDOW_MS));
     let mut opts = WorkerOptions::new()
         .connection(connection.clone())
         .prefix(config.prefix.clone())
         .concurrency(concurrency as usize)
-        .limiter(RateLimiterOptions::new(
-            max,
-            Duration::from_millis(duration),
-        ))
         .run_retry_delay(FETCH_RETRY_DELAY)
         .drain_delay(DRAIN_DELAY);
+    if let Some((max, duration)) = limiter {
+        opts = opts.limiter(RateLimiterOptions::new(
+            max,
+            Duration::from_millis(duration),
+        ));
+    }
     if let Some(name) = &config.worker_name {
         opts = opts.name(name.clone());
     }
@@ -173,7 +169,7 @@ mod tests {
             ..Default::default()
         };
         let (_, o) = worker_options(&c, &conn, &processor_info(1, hint), &off);
-        assert_eq!(o.limiter.unwrap().max, UNREACHABLE_LIMIT);
+        assert!(o.limiter.is_none());
         assert_eq!(o.run_retry_delay, 1000);
         assert_eq!(o.prefix, "bull");
     }
