@@ -762,3 +762,27 @@ fn shutdown_stops_the_private_runtime_promptly_and_later_jobs_are_not_sent() {
     assert!(!unrecoverable, "{message}");
     assert_eq!(telnyx.requests().len(), 1);
 }
+
+#[test]
+fn a_missing_delivery_row_does_not_block_the_alert_but_is_reported() {
+    let pg = Postgres::start().unwrap();
+    let telnyx = FakeHttp::scripted(vec![], accepted("msg-no-row")).unwrap();
+    let h = load(config(&telnyx, Some(&pg), &[]));
+    let run = h.run(job(data(Some("7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6b")), 0));
+    assert_eq!(
+        run.outcome,
+        Outcome::completed(json!({"success": true, "messageId": "msg-no-row"}))
+    );
+    assert!(
+        run.logs
+            .iter()
+            .any(|l| l.level == LogLevel::Warn && l.message.contains("delivery row not found")),
+        "{:?}",
+        run.logs
+    );
+    assert_eq!(telnyx.requests().len(), 1);
+    let count = pg
+        .query_scalar("SELECT count(*) AS n FROM notification_deliveries")
+        .unwrap();
+    assert_eq!(count.as_deref(), Some("0"), "no row is invented");
+}
