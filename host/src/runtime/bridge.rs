@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::callbacks::{apply, Callbacks};
+use super::health::Health;
 use super::hold::QueueHold;
 use super::metrics::{self, JobResult};
 use super::redis_admin::{AdminRedis, RawJob};
@@ -44,7 +45,13 @@ pub struct QueueBridge {
     pub drain: Arc<DrainState>,
     /// Local pause of the queue's worker for queue-scope "retry later".
     pub hold: Arc<QueueHold>,
+    /// Health state (whether Redis answered the last ping).
+    pub health: Arc<Health>,
 }
+
+/// Longest wait for Redis before handing an outcome to the library (kept below the default lock duration so
+/// the job's lock is normally still ours when the result is written).
+const REDIS_WAIT_MAX: Duration = Duration::from_secs(15);
 
 /// Wraps a bridge into the processor function bullmq-official calls for every job.
 pub fn processor(bridge: Arc<QueueBridge>) -> ProcessorFn {
@@ -151,6 +158,9 @@ impl QueueBridge {
             apply(&mut job, &self.queue, w).await;
         }
         let elapsed = started.elapsed();
+        if !self.health.redis_up() {
+            self.wait_for_redis(&id).await;
+        }
 
         let outcome = match ended {
             Ended::Abandoned => {
@@ -300,6 +310,19 @@ impl QueueBridge {
             tracing::debug!(queue = %self.queue, job_id = %id, error = %e, "could not record failedReason");
         }
         Err(bullmq::Error::ProcessingError(message))
+    }
+
+    /// Holds the outcome while Redis is unreachable, so that the library's finishing script is not sent into
+    /// a dead connection (which would leave the job to stalled recovery and a second run).
+    async fn wait_for_redis(&self, id: &str) {
+        let start = Instant::now();
+        tracing::info!(queue = %self.queue, job_id = %id, "Redis unreachable; holding the job's result until it is back");
+        while start.elapsed() < REDIS_WAIT_MAX && !self.drain.is_abandoned() {
+            if self.admin.ping().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Returns the job to the front of its queue, neither completed nor failed.

@@ -1,6 +1,9 @@
 //! Drains a BullMQ worker's event channel (unbounded in bullmq-official, so it must be read) and turns the
 //! events into log lines tagged with the queue and job id. Job data and return values are never logged:
 //! they may hold phone numbers and e-mail addresses.
+//!
+//! A worker error (typically its blocking connection dropping) also marks Redis as down at once, ahead of
+//! the periodic ping, so the bridge holds job results until Redis answers again.
 
 use std::sync::Arc;
 
@@ -8,10 +11,15 @@ use bullmq::worker::WorkerEvent;
 use bullmq::Worker;
 use tokio::task::JoinHandle;
 
+use super::health::Health;
+
 /// Spawns the task that reads `worker`'s events until the worker is dropped or the task is aborted.
-pub fn spawn_logger(queue: String, worker: Arc<Worker>) -> JoinHandle<()> {
+pub fn spawn_logger(queue: String, worker: Arc<Worker>, health: Arc<Health>) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(event) = worker.next_event().await {
+            if matches!(event, WorkerEvent::Error(_)) {
+                health.set_redis_up(false);
+            }
             log_event(&queue, event);
         }
     })

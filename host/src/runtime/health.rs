@@ -83,6 +83,11 @@ impl Health {
         self.redis_up.swap(up, Ordering::AcqRel)
     }
 
+    /// Whether Redis answered the last ping.
+    pub fn redis_up(&self) -> bool {
+        self.redis_up.load(Ordering::Acquire)
+    }
+
     /// Marks the start of shutdown (readiness turns false for good).
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::Release);

@@ -204,6 +204,7 @@ async fn start_all(
             admin: admin.clone(),
             drain: Arc::clone(&drain),
             hold: QueueHold::new(),
+            health: Arc::clone(&health),
         });
         let plan = QueuePlan {
             queue: info.queue.clone(),
@@ -217,7 +218,8 @@ async fn start_all(
         starting.spawn(async move {
             let worker = Arc::new(supervisor::start(&plan).await);
             plan.bridge.hold.attach(&worker, drain);
-            let events = events::spawn_logger(plan.queue.clone(), Arc::clone(&worker));
+            let events =
+                events::spawn_logger(plan.queue.clone(), Arc::clone(&worker), Arc::clone(&health));
             running.lock().await.push(Running {
                 queue: plan.queue.clone(),
                 worker,

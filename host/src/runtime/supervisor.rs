@@ -121,6 +121,7 @@ mod tests {
             job_names: vec!["a".into()],
             default_concurrency: conc,
             rate_limit: hint,
+            handles_unknown_names: false,
         }
     }
 
