@@ -80,8 +80,13 @@ fn print_text(args: &PluginsArgs, registry: &Registry) {
                 .rate_limit
                 .map(|r| format!(", rate limit {}/{}ms", r.max, r.duration_ms))
                 .unwrap_or_default();
+            let others = if proc.handles_unknown_names {
+                " (other names: rejected by the plugin)"
+            } else {
+                ""
+            };
             println!(
-                "    queue {}: concurrency {}{limit}; jobs: {}",
+                "    queue {}: concurrency {}{limit}; jobs: {}{others}",
                 proc.queue,
                 proc.default_concurrency,
                 proc.job_names.join(", ")

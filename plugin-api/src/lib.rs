@@ -55,6 +55,7 @@
 //!                 job_names: vec!["greet".into()],
 //!                 default_concurrency: 2,
 //!                 rate_limit: None,
+//!                 handles_unknown_names: false,
 //!             }],
 //!             config_keys: vec!["GREETING".into()],
 //!         }

@@ -44,6 +44,11 @@ pub struct ProcessorInfo {
     /// A provider limit the host applies as the worker's rate limiter unless the operator overrides it.
     #[serde(default)]
     pub rate_limit: Option<RateLimitHint>,
+    /// Hand jobs whose name is not in `job_names` to the plugin anyway, which must then fail them itself
+    /// (unrecoverably), for example to record the failure in its own store. By default the host fails such
+    /// jobs without calling the plugin.
+    #[serde(default)]
+    pub handles_unknown_names: bool,
 }
 
 impl PluginInfo {
@@ -56,7 +61,7 @@ impl PluginInfo {
 impl ProcessorInfo {
     /// Whether jobs named `name` are handed to the plugin.
     pub fn accepts(&self, name: &str) -> bool {
-        self.job_names.iter().any(|n| n == name)
+        self.handles_unknown_names || self.job_names.iter().any(|n| n == name)
     }
 
     /// The reason a job named `name` is refused, as stored in the job's `failedReason`.

@@ -590,13 +590,18 @@ fn invalid_data_fails_unrecoverably_without_http_and_marks_the_row() {
         "invalid jobs never reach Telnyx"
     );
 
-    // Unknown job names never reach the plugin; the host (and the harness) fail them unrecoverably.
-    let run = h.run(JobSpec::new(QUEUE, "sms:bulk", data(None)));
+    // The plugin asks for unknown job names too (`handles_unknown_names`), so that it can mark the delivery
+    // row failed with the reason before failing the job unrecoverably.
+    let delivery = insert_delivery(&pg);
+    let run = h.run(JobSpec::new(QUEUE, "sms:bulk", data(Some(&delivery))));
     let (message, unrecoverable) = failed(&run);
     assert!(
-        unrecoverable && message.contains("unknown job name"),
+        unrecoverable && message.contains("unknown job name \"sms:bulk\""),
         "{message}"
     );
+    let r = row(&pg, &delivery);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error_message"], message);
     assert!(telnyx.requests().is_empty());
 }
 

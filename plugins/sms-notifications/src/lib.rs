@@ -79,6 +79,7 @@ impl Plugin for SmsPlugin {
                 job_names: vec![validate::JOB_NAME.to_owned()],
                 default_concurrency: DEFAULT_CONCURRENCY,
                 rate_limit: Some(RATE_LIMIT),
+                handles_unknown_names: true,
             }],
             config_keys: config::KEYS.iter().map(|k| (*k).to_owned()).collect(),
         }

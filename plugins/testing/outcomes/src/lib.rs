@@ -41,6 +41,7 @@ impl Plugin for TestOutcomes {
                 job_names: JOB_NAMES.iter().map(|s| s.to_string()).collect(),
                 default_concurrency: 4,
                 rate_limit: None,
+                handles_unknown_names: false,
             }],
             config_keys: vec!["FAIL_INIT".into()],
         }
