@@ -92,7 +92,8 @@ impl RedisServer {
             .is_ok_and(|r| r == Resp::Simple("PONG".into()))
     }
 
-    fn password(&self) -> Option<String> {
+    /// The password given with `--requirepass`, if any.
+    pub fn password(&self) -> Option<String> {
         self.extra_args
             .iter()
             .position(|a| a == "--requirepass")
@@ -103,9 +104,13 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>` (without credentials).
+    /// `redis://127.0.0.1:<port>`, with the password (`redis://:<password>@…`) when started with
+    /// `--requirepass`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.password() {
+            Some(p) => format!("redis://:{}@127.0.0.1:{}", percent_encode(&p), self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Whether the server process is running.
@@ -151,6 +156,18 @@ impl RedisServer {
     pub fn log_lines(&self) -> Vec<String> {
         self.log.snapshot()
     }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (for credentials in a URL).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// A RESP2 reply.

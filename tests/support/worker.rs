@@ -275,6 +275,14 @@ impl Worker {
         self.child.signal(libc::SIGINT)
     }
 
+    /// SIGKILL (a crash: no shutdown, locks left behind) and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_status(), Ok(None))

@@ -732,11 +732,21 @@ fn host_reconnects_after_a_redis_restart_and_processes_new_jobs() {
     assert!(worker.is_running());
 }
 
+/// Short locks and stall checks, so that a job abandoned by one host is recovered by the next in seconds.
+const QUICK_RECOVERY: [(&str, &str); 2] = [
+    ("QUEUE_TEST_OUTCOMES_LOCK_DURATION_MS", "2000"),
+    ("QUEUE_TEST_OUTCOMES_STALLED_INTERVAL_MS", "1000"),
+];
+
 #[test]
-fn sigterm_during_a_long_job_exits_0_and_leaves_the_job_unfinished() {
-    let (_redis, mut worker, q) = setup(&[("SHUTDOWN_TIMEOUT_MS", "1500")]);
+fn sigterm_during_a_long_job_exits_0_leaves_the_job_unfinished_and_the_next_worker_runs_it() {
+    let redis = RedisServer::start().unwrap();
+    let mut env = QUICK_RECOVERY.to_vec();
+    env.push(("SHUTDOWN_TIMEOUT_MS", "500"));
+    let mut worker = Worker::start_test_outcomes(&redis, &env).unwrap();
+    let q = NodeQueue::new(&redis, TEST_QUEUE);
     let id = q
-        .add_one("sleep", json!({"ms": 60000}), json!({"attempts": 2}))
+        .add_one("sleep", json!({"ms": 4000}), json!({"attempts": 1}))
         .unwrap();
     q.wait_states(
         std::slice::from_ref(&id),
@@ -764,6 +774,66 @@ fn sigterm_during_a_long_job_exits_0_and_leaves_the_job_unfinished() {
     assert_eq!(job.attempts_made, 0, "{job:?}");
     assert_eq!(job.failed_reason, None, "{job:?}");
     assert!(job.finished_on.is_none(), "{job:?}");
+
+    // Another worker takes it over and runs it in full (with attempts: 1 it was not failed on the way).
+    let _next = Worker::start_test_outcomes(&redis, &QUICK_RECOVERY).unwrap();
+    let job = q
+        .wait_finished(std::slice::from_ref(&id))
+        .unwrap()
+        .remove(0);
+    assert_eq!(job.state, "completed", "{job:?}");
+    assert_eq!(job.returnvalue, json!({"slept": 4000}));
+    assert_eq!(job.attempts_made, 1, "{job:?}");
+}
+
+#[test]
+fn a_crashed_workers_job_is_recovered_by_stall_detection_and_completed_once() {
+    let redis = RedisServer::start().unwrap();
+    let mut crashed = Worker::start_test_outcomes(&redis, &QUICK_RECOVERY).unwrap();
+    let q = NodeQueue::new(&redis, TEST_QUEUE);
+    let id = q
+        .add_one("sleep", json!({"ms": 3000}), json!({"attempts": 1}))
+        .unwrap();
+    q.wait_states(
+        std::slice::from_ref(&id),
+        &["active"],
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    crashed.kill();
+
+    let _next = Worker::start_test_outcomes(&redis, &QUICK_RECOVERY).unwrap();
+    let job = q
+        .wait_finished(std::slice::from_ref(&id))
+        .unwrap()
+        .remove(0);
+    assert_eq!(job.state, "completed", "{job:?}");
+    assert_eq!(job.returnvalue, json!({"slept": 3000}));
+    assert_eq!(job.attempts_started, 2, "{job:?}");
+    assert_eq!(job.stalled_counter, 1, "{job:?}");
+    let events = q.events().unwrap();
+    assert_eq!(event_times(&events, "stalled", &id).len(), 1, "{events:?}");
+    assert_eq!(event_times(&events, "completed", &id).len(), 1);
+}
+
+#[test]
+fn redis_host_port_and_password_variables_connect_to_a_protected_redis() {
+    let redis = RedisServer::start_with_args(&["--requirepass", "s3cr3t-p@ss"]).unwrap();
+    let port = redis.port().to_string();
+    let _worker = Worker::builder()
+        .plugins(&[TEST_PLUGIN])
+        .env("REDIS_HOST", "127.0.0.1")
+        .env("REDIS_PORT", port)
+        .env("REDIS_PASSWORD", "s3cr3t-p@ss")
+        .spawn()
+        .and_then(|w| w.wait_ready().map(|_| w))
+        .unwrap();
+    let q = NodeQueue::new(&redis, TEST_QUEUE);
+    let jobs = q
+        .run(json!([{"name": "complete", "data": {"result": "authenticated"}}]))
+        .unwrap();
+    assert_eq!(jobs[0].state, "completed", "{:?}", jobs[0]);
+    assert_eq!(jobs[0].returnvalue, json!("authenticated"));
 }
 
 #[test]
