@@ -15,7 +15,7 @@ cd "$ROOT"
 missing=()
 command -v cargo >/dev/null || missing+=("cargo (Rust toolchain, https://rustup.rs)")
 command -v node >/dev/null && command -v npm >/dev/null || missing+=("node and npm (Node.js 20+)")
-command -v redis-server >/dev/null || missing+=("redis-server (Debian: apt-get install redis-server)")
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=("redis-server and redis-cli (Debian: apt-get install redis-server)")
 PG_BIN=$(pg_bin_dir || true)
 [ -n "$PG_BIN" ] || missing+=("PostgreSQL server binaries (Debian: apt-get install postgresql)")
 if [ ${#missing[@]} -gt 0 ]; then
