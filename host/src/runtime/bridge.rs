@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,37 +103,12 @@ impl QueueBridge {
         metrics::active(&self.queue, 1.0);
         let _gauge = ActiveGauge(&self.queue);
 
-        let raw = match self.admin.raw_job(&self.keys, &id).await {
-            Ok(raw) => raw,
-            Err(e) => {
-                tracing::debug!(queue = %self.queue, job_id = %id, error = %e, "using the library's parsed job");
-                RawJob::default()
-            }
-        };
-        let stored_opts: Option<Value> = raw
-            .opts
-            .as_deref()
-            .and_then(|o| serde_json::from_str(o).ok());
-        let view = self.view(&job, &raw, stored_opts.as_ref());
-        let timeout_ms = view.opts.timeout;
-        let policy = stored_opts
-            .as_ref()
-            .and_then(RetryPolicy::from_opts)
-            .unwrap_or_else(|| library_policy(&job));
-
+        let view = self.view(&job).await;
         let started = Instant::now();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (callbacks, mut writes) = Callbacks::new(
-            &self.queue,
-            &id,
-            Arc::clone(&cancel),
-            Arc::clone(&self.drain),
-            token,
-        );
+        let (callbacks, mut writes) =
+            Callbacks::new(&self.queue, &id, Arc::clone(&self.drain), token);
         let active = Arc::clone(&self.plugin);
         let mut call = tokio::task::spawn_blocking(move || active.plugin.process(&view, callbacks));
-        let deadline = timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
-        let mut timed_out = false;
         let mut writes_open = true;
         let ended = loop {
             tokio::select! {
@@ -146,11 +120,6 @@ impl QueueBridge {
                     Ok(outcome) => Ended::Outcome(outcome),
                     Err(e) => Ended::Crashed(e.to_string()),
                 },
-                _ = sleep_until(deadline), if deadline.is_some() && !timed_out => {
-                    timed_out = true;
-                    cancel.store(true, Ordering::Release);
-                    tracing::warn!(queue = %self.queue, job_id = %id, "job timeout reached, cancelling");
-                }
                 _ = self.drain.abandoned() => break Ended::Abandoned,
             }
         };
@@ -188,14 +157,7 @@ impl QueueBridge {
                 metrics::job_finished(&self.queue, JobResult::Failed, elapsed);
                 Err(bullmq::Error::Unrecoverable(message))
             }
-            Outcome::Failed { message, .. } => {
-                let message = match (timed_out, timeout_ms) {
-                    (true, Some(ms)) => format!("job timed out after {ms} ms: {message}"),
-                    _ => message,
-                };
-                self.retryable_failure(&job, &policy, message, elapsed)
-                    .await
-            }
+            Outcome::Failed { message, .. } => self.retryable_failure(&job, message, elapsed).await,
             Outcome::RetryLater {
                 delay_ms,
                 scope: RetryScope::Job,
@@ -230,18 +192,24 @@ impl QueueBridge {
         }
     }
 
-    /// The plugin's view of `job`: data and options as stored, falling back to the library's parse.
-    fn view(&self, job: &Job, raw: &RawJob, stored_opts: Option<&Value>) -> JobView {
-        let data = raw
-            .data
-            .clone()
-            .and_then(|d| RawValue::from_string(d).ok())
-            .or_else(|| serde_json::value::to_raw_value(job.data()).ok())
-            .unwrap_or_else(|| RawValue::from_string("null".to_owned()).expect("null is JSON"));
-        let opts = stored_opts
-            .and_then(|o| serde_json::from_value::<JobOpts>(o.clone()).ok())
-            .unwrap_or_else(|| library_opts(job));
-        let deadline_ms = opts.timeout.map(|t| now_ms().saturating_add(t));
+    /// The plugin's view of `job`, from the library's parse. Only when the library could not parse the data
+    /// (it then holds `null`) is the stored text read back, so the plugin still gets the producer's JSON.
+    async fn view(&self, job: &Job) -> JobView {
+        let parsed = match job.data() {
+            Value::Null => None,
+            data => serde_json::value::to_raw_value(data).ok(),
+        };
+        let data = match parsed {
+            Some(data) => data,
+            None => self
+                .admin
+                .raw_job(&self.keys, job.id())
+                .await
+                .ok()
+                .and_then(|raw| raw.data)
+                .and_then(|d| RawValue::from_string(d).ok())
+                .unwrap_or_else(|| RawValue::from_string("null".to_owned()).expect("null is JSON")),
+        };
         JobView {
             id: job.id().to_owned(),
             name: job.name().to_owned(),
@@ -249,21 +217,35 @@ impl QueueBridge {
             data,
             attempts_made: job.attempts_made(),
             attempts_started: job.attempts_started(),
-            opts,
+            opts: library_opts(job),
             timestamp: job.timestamp(),
-            deadline_ms,
+            deadline_ms: None,
         }
     }
 
+    /// The job's retry policy as stored by the producer (read only when an attempt failed, since the
+    /// library drops `jitter` and may have lost `attempts`; notes D2/D10), else as the library parsed it.
+    async fn stored_policy(&self, job: &Job) -> RetryPolicy {
+        let stored = match self.admin.raw_job(&self.keys, job.id()).await {
+            Ok(RawJob {
+                opts: Some(opts), ..
+            }) => serde_json::from_str::<Value>(&opts).ok(),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(queue = %self.queue, job_id = %job.id(), error = %e, "using the library's retry policy");
+                None
+            }
+        };
+        stored
+            .as_ref()
+            .and_then(RetryPolicy::from_opts)
+            .unwrap_or_else(|| library_policy(job))
+    }
+
     /// A retryable failure: the library applies attempts and backoff, unless it would get them wrong.
-    async fn retryable_failure(
-        &self,
-        job: &Job,
-        policy: &RetryPolicy,
-        message: String,
-        elapsed: Duration,
-    ) -> LibResult {
+    async fn retryable_failure(&self, job: &Job, message: String, elapsed: Duration) -> LibResult {
         let id = job.id();
+        let policy = self.stored_policy(job).await;
         let made = job.attempts_made();
         let lib = library_policy(job);
         if policy.is_final(made) {
@@ -337,13 +319,6 @@ impl QueueBridge {
             ),
         }
         Err(bullmq::Error::Delayed)
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

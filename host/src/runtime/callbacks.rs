@@ -5,7 +5,7 @@
 //! the rest before it reports the outcome, so Node sees every progress value and log line before the job
 //! completes. The queue is capped so a runaway plugin cannot grow the host's memory without bound.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bullmq::types::JobProgress;
@@ -34,7 +34,6 @@ pub struct Callbacks {
     tx: mpsc::UnboundedSender<JobWrite>,
     pending: Arc<AtomicUsize>,
     dropped: AtomicUsize,
-    cancel: Arc<AtomicBool>,
     drain: Arc<DrainState>,
     token: CancellationToken,
     job_id: String,
@@ -48,12 +47,10 @@ pub struct Writes {
 }
 
 impl Callbacks {
-    /// Callbacks for one job; `cancel` is the job's own flag (deadline), `drain` the shutdown state and
-    /// `token` the library's per-job token.
+    /// Callbacks for one job; `drain` is the shutdown state and `token` the library's per-job token.
     pub fn new(
         queue: &str,
         job_id: &str,
-        cancel: Arc<AtomicBool>,
         drain: Arc<DrainState>,
         token: CancellationToken,
     ) -> (Arc<Self>, Writes) {
@@ -63,7 +60,6 @@ impl Callbacks {
             tx,
             pending: Arc::clone(&pending),
             dropped: AtomicUsize::new(0),
-            cancel,
             drain,
             token,
             job_id: job_id.to_owned(),
@@ -108,9 +104,7 @@ impl JobCallbacks for Callbacks {
     }
 
     fn is_cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Acquire)
-            || self.drain.is_cancelled()
-            || self.token.is_cancelled()
+        self.drain.is_cancelled() || self.token.is_cancelled()
     }
 }
 
@@ -151,10 +145,9 @@ mod tests {
 
     #[tokio::test]
     async fn writes_arrive_in_order_and_cancellation_combines_flags() {
-        let cancel = Arc::new(AtomicBool::new(false));
         let drain = DrainState::new();
         let token = CancellationToken::new();
-        let (cb, mut writes) = Callbacks::new("q", "1", Arc::clone(&cancel), drain, token.clone());
+        let (cb, mut writes) = Callbacks::new("q", "1", drain, token.clone());
         cb.progress("25");
         cb.progress("not json");
         cb.log("line 1");
@@ -176,13 +169,7 @@ mod tests {
 
     #[test]
     fn writes_beyond_the_cap_are_dropped() {
-        let (cb, writes) = Callbacks::new(
-            "q",
-            "1",
-            Arc::new(AtomicBool::new(false)),
-            DrainState::new(),
-            CancellationToken::new(),
-        );
+        let (cb, writes) = Callbacks::new("q", "1", DrainState::new(), CancellationToken::new());
         for i in 0..MAX_PENDING_WRITES + 5 {
             cb.log(&format!("l{i}"));
         }
