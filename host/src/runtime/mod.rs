@@ -146,6 +146,8 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
     tracing::info!(signal = signal_name, "shutdown begin");
     health.set_shutting_down();
     startup.abort();
+    // Wait for the abort to land so that no worker can be registered after the list is taken.
+    let _ = startup.await;
     let running = std::mem::take(&mut *running.lock().await);
     for r in &running {
         r.worker.pause();
