@@ -28,7 +28,7 @@ mod tempdir;
 mod worker;
 
 pub use http::{FakeHttp, RecordedRequest, Reply};
-pub use node::{drive, ensure_node_modules, JobSnapshot, NodeQueue, NodeTask};
+pub use node::{drive, ensure_node_modules, node_dir, JobSnapshot, NodeQueue, NodeTask};
 pub use postgres::Postgres;
 pub use redis::{RedisServer, Resp};
 pub use tempdir::TempDir;
