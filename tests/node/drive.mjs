@@ -146,9 +146,19 @@ const COMMANDS = {
     );
   },
 
-  // {jobs, bulk?, timeoutMs?, ...} → adds and waits: {ids, timedOut, jobs}
+  // {jobs, bulk?, sequential?, timeoutMs?, ...} → adds and waits: {ids, timedOut, jobs}. With `sequential`, each
+  // job is added only once the previous one has finished, so finish times are distinct and ordered.
   async run(input) {
     return withQueue(input, async (queue) => {
+      if (input.sequential) {
+        const ids = [];
+        for (const job of input.jobs) {
+          ids.push(...(await addJobs(queue, [job], false)));
+          const res = await waitStates(queue, ids.slice(-1), FINISHED, input.timeoutMs ?? 30000, false);
+          if (res.timedOut) return { ids, ...res };
+        }
+        return { ids, timedOut: false, jobs: await snapshots(queue, ids, input.withLogs) };
+      }
       const ids = await addJobs(queue, input.jobs, input.bulk);
       const res = await waitStates(queue, ids, FINISHED, input.timeoutMs ?? 30000, input.withLogs);
       return { ids, ...res };

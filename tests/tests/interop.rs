@@ -281,22 +281,34 @@ fn delayed_jobs_run_after_their_delay() {
         .add_one(
             "complete",
             json!({"result": "late"}),
-            json!({"delay": 3000}),
+            json!({"delay": 1500}),
         )
         .unwrap();
-    let first = q.job(&id).unwrap();
-    assert_eq!(first.state, "delayed", "{first:?}");
     let job = q
         .wait_finished(std::slice::from_ref(&id))
         .unwrap()
         .remove(0);
     assert_eq!(job.state, "completed");
     assert_eq!(job.returnvalue, json!("late"));
+    assert_eq!(job.opts["delay"], 1500, "{:?}", job.opts);
     let processed = job.processed_on.unwrap();
     assert!(
-        processed >= job.timestamp + 3000,
-        "processed {} ms after creation, delay was 3000",
+        processed >= job.timestamp + 1500,
+        "processed {} ms after creation, delay was 1500",
         processed - job.timestamp
+    );
+    // It went through the delayed set (not straight to wait), due at timestamp + delay.
+    let events = q.events().unwrap();
+    let delayed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "delayed" && e["jobId"] == id.as_str())
+        .collect();
+    assert_eq!(delayed.len(), 1, "{events:?}");
+    assert_eq!(
+        delayed[0]["delay"]
+            .as_str()
+            .and_then(|d| d.parse::<u64>().ok()),
+        Some(job.timestamp + 1500)
     );
 }
 
@@ -352,42 +364,36 @@ fn priority_and_lifo_order_is_the_order_a_node_worker_uses() {
 
 #[test]
 fn remove_on_complete_and_remove_on_fail_keep_the_newest_n() {
-    let (_redis, _worker, q) = setup(&[("QUEUE_TEST_OUTCOMES_CONCURRENCY", "1")]);
+    let (_redis, _worker, q) = setup(&[]);
     // FrostGuard's producers use removeOnComplete: 100, removeOnFail: 500; the same semantics with small counts.
+    // One job at a time, so that finish times (the retention order) are distinct.
     let mut jobs = Vec::new();
     for i in 0..6 {
         jobs.push(
             json!({"name": "complete", "data": {"result": i}, "opts": {"removeOnComplete": 2}}),
         );
-    }
-    for i in 0..6 {
         jobs.push(json!({
             "name": "fail",
             "data": {"message": format!("f{i}")},
             "opts": {"attempts": 1, "removeOnFail": {"count": 3}},
         }));
     }
-    let ids = q.add(Value::Array(jobs)).unwrap();
-    let finished = wait_until(Duration::from_secs(60), "12 finished events", || {
-        let events = q.events().ok()?;
-        let done: Vec<Value> = events
-            .into_iter()
-            .filter(|e| e["event"] == "completed" || e["event"] == "failed")
-            .collect();
-        (done.len() >= 12).then_some(done)
-    })
-    .unwrap();
-    let finish_order = |kind: &str| -> Vec<String> {
-        finished
-            .iter()
-            .filter(|e| e["event"] == kind)
-            .map(|e| e["jobId"].as_str().unwrap().to_string())
-            .collect()
-    };
-    let completed_order = finish_order("completed");
-    let failed_order = finish_order("failed");
-    assert_eq!(completed_order.len(), 6);
-    assert_eq!(failed_order.len(), 6);
+    let out = q
+        .call(
+            "run",
+            json!({"jobs": jobs, "sequential": true, "timeoutMs": 30000}),
+        )
+        .unwrap();
+    assert_eq!(out["timedOut"], false, "{out}");
+    let ids: Vec<String> = out["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    // Added (and finished) in this order: complete, fail, complete, fail, ...
+    let completed_order: Vec<String> = ids.iter().step_by(2).cloned().collect();
+    let failed_order: Vec<String> = ids.iter().skip(1).step_by(2).cloned().collect();
 
     let mut kept_completed = q.list(&["completed"]).unwrap();
     let mut kept_failed = q.list(&["failed"]).unwrap();
@@ -406,10 +412,22 @@ fn remove_on_complete_and_remove_on_fail_keep_the_newest_n() {
         "the 3 newest failed jobs are kept"
     );
 
-    // The others are gone entirely (hash removed), not just unlisted.
+    // The others are gone entirely (hash removed), not just unlisted; every job did run.
     let snaps = q.jobs(&ids, false).unwrap();
     let missing = snaps.iter().filter(|j| j.state == "missing").count();
     assert_eq!(missing, 4 + 3, "{snaps:?}");
+    let events = q.events().unwrap();
+    for (id, kind) in completed_order
+        .iter()
+        .map(|id| (id, "completed"))
+        .chain(failed_order.iter().map(|id| (id, "failed")))
+    {
+        assert_eq!(
+            event_times(&events, kind, id).len(),
+            1,
+            "job {id} {kind} once"
+        );
+    }
 }
 
 #[test]
