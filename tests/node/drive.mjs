@@ -89,15 +89,18 @@ async function addJobs(queue, jobs, bulk) {
   return ids;
 }
 
-// Polls until every job is in one of `states`; returns the snapshots and whether the deadline passed first.
-async function waitStates(queue, ids, states, timeoutMs, withLogs) {
+// Polls until every job is in one of `states` (and, with `minStarted`, has been started at least that often);
+// returns the snapshots that met the condition (plus job logs with `withLogs`) and whether the deadline passed.
+async function waitStates(queue, ids, states, timeoutMs, withLogs, minStarted = 0) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const snaps = await snapshots(queue, ids, false);
-    const done = snaps.every((s) => states.includes(s.state));
+    const done = snaps.every((s) => states.includes(s.state) && s.attemptsStarted >= minStarted);
     if (done || Date.now() > deadline) {
-      const final = withLogs ? await snapshots(queue, ids, true) : snaps;
-      return { timedOut: !done, jobs: final };
+      if (withLogs) {
+        for (const snap of snaps) snap.logs = (await queue.getJobLogs(snap.id)).logs;
+      }
+      return { timedOut: !done, jobs: snaps };
     }
     await sleep(25);
   }
@@ -139,10 +142,17 @@ const COMMANDS = {
     return withQueue(input, async (queue) => ({ jobs: await snapshots(queue, input.ids, input.withLogs) }));
   },
 
-  // {ids, states? (default completed/failed), timeoutMs?, withLogs?} → {timedOut, jobs}
+  // {ids, states? (default completed/failed), minStarted?, timeoutMs?, withLogs?} → {timedOut, jobs}
   async wait(input) {
     return withQueue(input, (queue) =>
-      waitStates(queue, input.ids, input.states ?? FINISHED, input.timeoutMs ?? 30000, input.withLogs),
+      waitStates(
+        queue,
+        input.ids,
+        input.states ?? FINISHED,
+        input.timeoutMs ?? 30000,
+        input.withLogs,
+        input.minStarted ?? 0,
+      ),
     );
   },
 

@@ -686,11 +686,20 @@ fn retry_later_with_queue_scope_returns_the_job_to_wait_and_holds_the_queue() {
         )
         .unwrap();
     // Back in wait (not delayed), with one start and no attempt made.
-    let back = wait_until(Duration::from_secs(20), "job back in wait", || {
-        let j = q.job(&id).ok()?;
-        (j.attempts_started >= 1 && j.state == "waiting").then_some(j)
-    })
-    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", q.job(&id), worker.output_text()));
+    let out = q
+        .call(
+            "wait",
+            json!({"ids": [id], "states": ["waiting"], "minStarted": 1, "timeoutMs": 20000}),
+        )
+        .unwrap();
+    assert_eq!(
+        out["timedOut"],
+        false,
+        "job not back in wait: {out}\n{}",
+        worker.output_text()
+    );
+    let back: JobSnapshot =
+        frostguard_tests::serde_json::from_value(out["jobs"][0].clone()).unwrap();
     assert_eq!(back.attempts_made, 0);
     // Another job added while the queue is held must wait too.
     let other = q
