@@ -141,6 +141,21 @@ pub struct QueueOverrides {
     pub stalled_interval_ms: Option<u64>,
     /// `QUEUE_<Q>_MAX_STALLED_COUNT`.
     pub max_stalled_count: Option<u32>,
+    /// `QUEUE_<Q>_JOB_TIMEOUT_MS` (0 turns off a plugin's time budget).
+    pub job_timeout_ms: Option<u64>,
+}
+
+impl QueueOverrides {
+    /// The time budget of one job on this queue: the operator's override, else the plugin's hint
+    /// (`ProcessorInfo::timeout_ms`), else none. An override of 0 means "no timeout", so an operator can
+    /// lift a plugin's budget without inventing a large number; a hint of 0 is read the same way.
+    pub fn job_timeout(&self, plugin_hint: Option<u64>) -> Option<Duration> {
+        match self.job_timeout_ms {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => plugin_hint.filter(|ms| *ms > 0).map(Duration::from_millis),
+        }
+    }
 }
 
 /// Log output format.
@@ -306,13 +321,14 @@ fn parse_num<T: std::str::FromStr>(
 }
 
 /// The per-queue settings and how each is stored.
-const QUEUE_SUFFIXES: [&str; 6] = [
+const QUEUE_SUFFIXES: [&str; 7] = [
     "_CONCURRENCY",
     "_RATE_LIMIT_MAX",
     "_RATE_LIMIT_DURATION_MS",
     "_LOCK_DURATION_MS",
     "_STALLED_INTERVAL_MS",
     "_MAX_STALLED_COUNT",
+    "_JOB_TIMEOUT_MS",
 ];
 
 fn queue_overrides<'v>(
@@ -355,6 +371,7 @@ fn queue_overrides<'v>(
             "_RATE_LIMIT_DURATION_MS" => entry.rate_limit_duration_ms = Some(number(1)?),
             "_LOCK_DURATION_MS" => entry.lock_duration_ms = Some(number(1)?),
             "_STALLED_INTERVAL_MS" => entry.stalled_interval_ms = Some(number(1)?),
+            "_JOB_TIMEOUT_MS" => entry.job_timeout_ms = Some(number(0)?),
             _ => {
                 entry.max_stalled_count = Some(
                     u32::try_from(number(0)?)
@@ -459,6 +476,7 @@ mod tests {
             ("QUEUE_SMS_NOTIFICATIONS_LOCK_DURATION_MS", "60000"),
             ("QUEUE_SMS_NOTIFICATIONS_STALLED_INTERVAL_MS", "5000"),
             ("QUEUE_SMS_NOTIFICATIONS_MAX_STALLED_COUNT", "2"),
+            ("QUEUE_SMS_NOTIFICATIONS_JOB_TIMEOUT_MS", "45000"),
         ])
         .unwrap();
         let q = c.queue("sms-notifications");
@@ -468,6 +486,7 @@ mod tests {
         assert_eq!(q.lock_duration_ms, Some(60000));
         assert_eq!(q.stalled_interval_ms, Some(5000));
         assert_eq!(q.max_stalled_count, Some(2));
+        assert_eq!(q.job_timeout_ms, Some(45000));
         assert_eq!(queue_env_name("email.digests v2"), "EMAIL_DIGESTS_V2");
     }
 
@@ -480,6 +499,31 @@ mod tests {
         // 0 switches a plugin's hint off and needs no duration.
         let c = config(&[("REDIS_HOST", "r"), ("QUEUE_Q_RATE_LIMIT_MAX", "0")]).unwrap();
         assert_eq!(c.queue("q").rate_limit_max, Some(0));
+    }
+
+    #[test]
+    fn job_timeout_is_override_then_plugin_hint_then_none() {
+        let c = config(&[
+            ("REDIS_HOST", "r"),
+            ("QUEUE_A_JOB_TIMEOUT_MS", "300"),
+            ("QUEUE_B_JOB_TIMEOUT_MS", " 0 "),
+        ])
+        .unwrap();
+        let ms = Duration::from_millis;
+        // The operator's value wins over the plugin's hint, and 0 lifts the hint altogether.
+        assert_eq!(c.queue("a").job_timeout(Some(60_000)), Some(ms(300)));
+        assert_eq!(c.queue("b").job_timeout(Some(60_000)), None);
+        // Without an override the plugin's hint applies; without either there is no timeout.
+        assert_eq!(c.queue("c").job_timeout(Some(60_000)), Some(ms(60_000)));
+        assert_eq!(c.queue("c").job_timeout(Some(0)), None);
+        assert_eq!(c.queue("c").job_timeout(None), None);
+        for bad in ["-1", "1.5", "30s", "18446744073709551616"] {
+            let err = config(&[("REDIS_HOST", "r"), ("QUEUE_A_JOB_TIMEOUT_MS", bad)]).unwrap_err();
+            assert!(
+                err.to_string().starts_with("QUEUE_A_JOB_TIMEOUT_MS"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

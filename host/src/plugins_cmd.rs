@@ -80,13 +80,17 @@ fn print_text(args: &PluginsArgs, registry: &Registry) {
                 .rate_limit
                 .map(|r| format!(", rate limit {}/{}ms", r.max, r.duration_ms))
                 .unwrap_or_default();
+            let budget = proc
+                .timeout_ms
+                .map(|ms| format!(", job timeout {ms}ms"))
+                .unwrap_or_default();
             let others = if proc.handles_unknown_names {
                 " (other names: rejected by the plugin)"
             } else {
                 ""
             };
             println!(
-                "    queue {}: concurrency {}{limit}; jobs: {}{others}",
+                "    queue {}: concurrency {}{limit}{budget}; jobs: {}{others}",
                 proc.queue,
                 proc.default_concurrency,
                 proc.job_names.join(", ")

@@ -56,6 +56,7 @@
 //!                 default_concurrency: 2,
 //!                 rate_limit: None,
 //!                 handles_unknown_names: false,
+//!                 timeout_ms: Some(10_000),
 //!             }],
 //!             config_keys: vec!["GREETING".into()],
 //!         }

@@ -49,6 +49,12 @@ pub struct ProcessorInfo {
     /// jobs without calling the plugin.
     #[serde(default)]
     pub handles_unknown_names: bool,
+    /// The plugin's suggested per-job time budget in milliseconds: how long one `process` call may
+    /// reasonably take, including the plugin's own timeouts (HTTP, SQL). The host turns it into the job's
+    /// deadline (`JobView::deadline_ms`) and signals cancellation once it passes, unless the operator sets
+    /// `QUEUE_<Q>_JOB_TIMEOUT_MS`. `None` means no time budget: the job runs as long as it takes.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 impl PluginInfo {
@@ -363,6 +369,22 @@ mod tests {
         assert_eq!(job.max_attempts(), 1);
         assert!(job.is_last_attempt());
         assert_eq!(job.data.get(), r#"{"x":1}"#);
+    }
+
+    /// `timeoutMs` is optional on the wire, so plugins built before it existed still describe themselves.
+    #[test]
+    fn processor_timeout_hint_is_camel_case_and_optional() {
+        let old: ProcessorInfo =
+            serde_json::from_value(json!({"queue": "q", "jobNames": ["a"]})).unwrap();
+        assert_eq!(old.timeout_ms, None);
+        let hinted: ProcessorInfo =
+            serde_json::from_value(json!({"queue": "q", "jobNames": ["a"], "timeoutMs": 60000}))
+                .unwrap();
+        assert_eq!(hinted.timeout_ms, Some(60_000));
+        assert_eq!(
+            serde_json::to_value(&hinted).unwrap()["timeoutMs"],
+            json!(60000)
+        );
     }
 
     #[test]

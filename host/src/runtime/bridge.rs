@@ -5,6 +5,15 @@
 //! and maps the [`Outcome`] to what bullmq-official must do (architecture.md, "Outcome mapping"). It also
 //! applies the host's workarounds for bullmq-official gaps (notes: D1–D4, D10) and honours the shutdown
 //! drain: jobs whose plugin call is cut short by shutdown go back to their queue instead of failing.
+//!
+//! **Time budget.** When the queue has a job timeout (`QUEUE_<Q>_JOB_TIMEOUT_MS`, else the plugin's
+//! `ProcessorInfo::timeout_ms`), the job's deadline is its start plus that budget: the plugin sees it as
+//! `JobView::deadline_ms`, and its `is_cancelled()` turns true once it passes. The bridge still waits for the
+//! plugin call to return (a blocking call cannot be stopped from outside, and leaving it running would break
+//! the queue's concurrency bound while the library renews a lock for a job nobody tracks); only the shutdown
+//! drain ever stops waiting. An attempt whose deadline passed and whose outcome is anything but `Completed`
+//! fails retryably with `job timed out after <N> ms`, so the job's attempts and backoff apply and a job that
+//! always hangs cannot loop forever without consuming attempts; work that did finish still completes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +26,7 @@ use plugin_api::{JobOpts, JobView, Outcome, ProcessorInfo, RetryScope};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::callbacks::{apply, Callbacks};
+use super::callbacks::{apply, deadline_passed, Callbacks};
 use super::health::Health;
 use super::hold::QueueHold;
 use super::metrics::{self, JobResult};
@@ -46,6 +55,8 @@ pub struct QueueBridge {
     pub hold: Arc<QueueHold>,
     /// Health state (whether Redis answered the last ping).
     pub health: Arc<Health>,
+    /// The time budget of one job, if the queue has one (`QueueOverrides::job_timeout`).
+    pub job_timeout: Option<Duration>,
 }
 
 /// Longest wait for Redis before handing an outcome to the library (kept below the default lock duration so
@@ -59,6 +70,11 @@ pub fn processor(bridge: Arc<QueueBridge>) -> ProcessorFn {
         Box::pin(async move { bridge.run(job, token).await })
             as Pin<Box<dyn Future<Output = LibResult> + Send>>
     })
+}
+
+/// Whole milliseconds of `d`, saturating (budgets come from u64 milliseconds, so this is exact for them).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn now_ms() -> u64 {
@@ -103,12 +119,22 @@ impl QueueBridge {
         metrics::active(&self.queue, 1.0);
         let _gauge = ActiveGauge(&self.queue);
 
-        let view = self.view(&job).await;
+        let mut view = self.view(&job).await;
         let started = Instant::now();
+        let (deadline, deadline_ms) = deadline_of(started, now_ms(), self.job_timeout);
+        view.deadline_ms = deadline_ms;
         let (callbacks, mut writes) =
-            Callbacks::new(&self.queue, &id, Arc::clone(&self.drain), token);
+            Callbacks::new(&self.queue, &id, Arc::clone(&self.drain), token, deadline);
         let active = Arc::clone(&self.plugin);
         let mut call = tokio::task::spawn_blocking(move || active.plugin.process(&view, callbacks));
+        let expiry = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        let mut expired = false;
         let mut writes_open = true;
         let ended = loop {
             tokio::select! {
@@ -120,9 +146,21 @@ impl QueueBridge {
                     Ok(outcome) => Ended::Outcome(outcome),
                     Err(e) => Ended::Crashed(e.to_string()),
                 },
+                () = &mut expiry, if !expired => {
+                    // Said when it happens, not when the plugin returns, so a plugin that ignores
+                    // cancellation shows up in the logs while it still holds a slot.
+                    expired = true;
+                    tracing::warn!(
+                        queue = %self.queue, job_id = %id,
+                        timeout_ms = self.job_timeout.map(millis).unwrap_or(0),
+                        "job overran its time budget; asking the plugin to stop and waiting for it to return"
+                    );
+                }
                 _ = self.drain.abandoned() => break Ended::Abandoned,
             }
         };
+        // Judged when the plugin returned, before the remaining writes are applied.
+        let timed_out = deadline_passed(deadline);
         while let Some(w) = writes.try_next() {
             apply(&mut job, &self.queue, w).await;
         }
@@ -144,6 +182,21 @@ impl QueueBridge {
         if self.drain.is_cancelled() && !matches!(outcome, Outcome::Completed { .. }) {
             metrics::job_finished(&self.queue, JobResult::Shutdown, elapsed);
             return self.put_back(&job, "cancelled by shutdown").await;
+        }
+        if timed_out {
+            if let Some(reason) = timeout_failure(self.job_timeout, &outcome) {
+                metrics::job_timed_out(&self.queue);
+                tracing::debug!(
+                    queue = %self.queue, job_id = %id, elapsed_ms = millis(elapsed),
+                    plugin_outcome = %outcome_summary(&outcome),
+                    "the plugin's outcome after the deadline is recorded as a timeout"
+                );
+                return self.retryable_failure(&job, reason, elapsed).await;
+            }
+            tracing::info!(
+                queue = %self.queue, job_id = %id, elapsed_ms = millis(elapsed),
+                "job completed after its deadline; keeping the completed work"
+            );
         }
         match outcome {
             Outcome::Completed { result } => {
@@ -322,6 +375,56 @@ impl QueueBridge {
     }
 }
 
+/// The deadline of an attempt that starts at `started` (wall clock `wall_ms`) with time budget `budget`:
+/// the monotonic instant the host checks and the Unix milliseconds the plugin sees. A budget too large to
+/// add to the clock is treated as no budget rather than a panic.
+fn deadline_of(
+    started: Instant,
+    wall_ms: u64,
+    budget: Option<Duration>,
+) -> (Option<Instant>, Option<u64>) {
+    match budget.and_then(|b| started.checked_add(b).map(|deadline| (b, deadline))) {
+        Some((b, deadline)) => (Some(deadline), Some(wall_ms.saturating_add(millis(b)))),
+        None => (None, None),
+    }
+}
+
+/// The failure reason for an attempt that overran its budget, or `None` when its outcome stands: a job
+/// that completed its work despite the deadline is completed, whatever else it returned becomes a
+/// retryable timeout (attempts and backoff apply).
+fn timeout_failure(budget: Option<Duration>, outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Completed { .. } => None,
+        _ => Some(format!(
+            "job timed out after {} ms",
+            budget.map(millis).unwrap_or(0)
+        )),
+    }
+}
+
+/// A one-line description of an outcome for logs (the plugin's own message, never job data).
+fn outcome_summary(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Completed { .. } => "completed".to_owned(),
+        Outcome::Failed {
+            message,
+            unrecoverable,
+        } => {
+            let kind = if *unrecoverable {
+                "unrecoverable"
+            } else {
+                "failed"
+            };
+            format!("{kind}: {message}")
+        }
+        Outcome::RetryLater {
+            delay_ms,
+            scope,
+            reason,
+        } => format!("retry later ({scope:?}, {delay_ms} ms): {reason}"),
+    }
+}
+
 /// The retry policy as the library parsed it.
 fn library_policy(job: &Job) -> RetryPolicy {
     RetryPolicy {
@@ -346,5 +449,62 @@ fn library_opts(job: &Job) -> JobOpts {
         delay: o.delay,
         priority: o.priority.map(u64::from),
         timeout: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_deadline_is_the_start_plus_the_budget() {
+        let started = Instant::now();
+        let budget = Duration::from_millis(300);
+        let (deadline, wall) = deadline_of(started, 1_000_000, Some(budget));
+        assert_eq!(deadline, Some(started + budget));
+        assert_eq!(wall, Some(1_000_300));
+        assert_eq!(deadline_of(started, 1_000_000, None), (None, None));
+        // Absurd budgets neither panic nor wrap around into the past.
+        assert_eq!(
+            deadline_of(started, u64::MAX - 5, Some(Duration::from_millis(300))).1,
+            Some(u64::MAX)
+        );
+        assert_eq!(deadline_of(started, 0, Some(Duration::MAX)), (None, None));
+    }
+
+    #[test]
+    fn only_completed_work_survives_the_deadline() {
+        let budget = Some(Duration::from_millis(300));
+        assert_eq!(
+            timeout_failure(budget, &Outcome::completed(json!({"done": true}))),
+            None
+        );
+        let timed_out = Some("job timed out after 300 ms".to_owned());
+        // Whatever else the plugin said once cancelled, the attempt is a retryable timeout.
+        for outcome in [
+            Outcome::failed("cancelled"),
+            Outcome::unrecoverable("gave up"),
+            Outcome::retry_job_later(1000, "busy"),
+            Outcome::retry_queue_later(1000, "429"),
+        ] {
+            assert_eq!(timeout_failure(budget, &outcome), timed_out, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn outcome_summaries_carry_the_plugins_message_only() {
+        assert_eq!(
+            outcome_summary(&Outcome::completed(json!({"phone": "+15550100"}))),
+            "completed"
+        );
+        assert_eq!(
+            outcome_summary(&Outcome::unrecoverable("bad number")),
+            "unrecoverable: bad number"
+        );
+        assert_eq!(
+            outcome_summary(&Outcome::retry_queue_later(5, "429")),
+            "retry later (Queue, 5 ms): 429"
+        );
     }
 }

@@ -4,9 +4,15 @@
 //! a write; the bridge's async side applies the writes to Redis in order while the plugin runs, and drains
 //! the rest before it reports the outcome, so Node sees every progress value and log line before the job
 //! completes. The queue is capped so a runaway plugin cannot grow the host's memory without bound.
+//!
+//! "Should I stop?" turns true on shutdown (the drain's cancel phase), when the library cancels the job, and
+//! once the job's deadline (its time budget, `QUEUE_<Q>_JOB_TIMEOUT_MS` or the plugin's hint) has passed.
+//! The deadline is checked against the clock on every call rather than set by a timer, so it holds even if
+//! the host's async side is busy.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bullmq::types::JobProgress;
 use bullmq::worker::CancellationToken;
@@ -36,6 +42,7 @@ pub struct Callbacks {
     dropped: AtomicUsize,
     drain: Arc<DrainState>,
     token: CancellationToken,
+    deadline: Option<Instant>,
     job_id: String,
     queue: String,
 }
@@ -47,12 +54,14 @@ pub struct Writes {
 }
 
 impl Callbacks {
-    /// Callbacks for one job; `drain` is the shutdown state and `token` the library's per-job token.
+    /// Callbacks for one job; `drain` is the shutdown state, `token` the library's per-job token and
+    /// `deadline` the end of the job's time budget, if it has one.
     pub fn new(
         queue: &str,
         job_id: &str,
         drain: Arc<DrainState>,
         token: CancellationToken,
+        deadline: Option<Instant>,
     ) -> (Arc<Self>, Writes) {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
@@ -62,6 +71,7 @@ impl Callbacks {
             dropped: AtomicUsize::new(0),
             drain,
             token,
+            deadline,
             job_id: job_id.to_owned(),
             queue: queue.to_owned(),
         });
@@ -104,7 +114,7 @@ impl JobCallbacks for Callbacks {
     }
 
     fn is_cancelled(&self) -> bool {
-        self.drain.is_cancelled() || self.token.is_cancelled()
+        self.drain.is_cancelled() || self.token.is_cancelled() || deadline_passed(self.deadline)
     }
 }
 
@@ -128,6 +138,11 @@ impl Writes {
     }
 }
 
+/// True once `deadline` (if any) is now or in the past.
+pub fn deadline_passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
 /// Applies one write to the job in Redis; failures are logged, never fatal to the job.
 pub async fn apply(job: &mut Job, queue: &str, write: JobWrite) {
     let result = match write {
@@ -147,7 +162,7 @@ mod tests {
     async fn writes_arrive_in_order_and_cancellation_combines_flags() {
         let drain = DrainState::new();
         let token = CancellationToken::new();
-        let (cb, mut writes) = Callbacks::new("q", "1", drain, token.clone());
+        let (cb, mut writes) = Callbacks::new("q", "1", drain, token.clone(), None);
         cb.progress("25");
         cb.progress("not json");
         cb.log("line 1");
@@ -169,11 +184,28 @@ mod tests {
 
     #[test]
     fn writes_beyond_the_cap_are_dropped() {
-        let (cb, writes) = Callbacks::new("q", "1", DrainState::new(), CancellationToken::new());
+        let (cb, writes) =
+            Callbacks::new("q", "1", DrainState::new(), CancellationToken::new(), None);
         for i in 0..MAX_PENDING_WRITES + 5 {
             cb.log(&format!("l{i}"));
         }
         assert_eq!(writes.pending.load(Ordering::Acquire), MAX_PENDING_WRITES);
         assert_eq!(cb.dropped.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn cancellation_turns_true_at_the_deadline() {
+        let deadline = Instant::now() + std::time::Duration::from_millis(30);
+        let (cb, _writes) = Callbacks::new(
+            "q",
+            "1",
+            DrainState::new(),
+            CancellationToken::new(),
+            Some(deadline),
+        );
+        assert!(!cb.is_cancelled(), "budget not used up yet");
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert!(cb.is_cancelled(), "deadline passed");
+        assert!(!deadline_passed(None), "no deadline never expires");
     }
 }

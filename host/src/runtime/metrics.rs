@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 const COMPLETED: &str = "frostguard_jobs_completed_total";
 const FAILED: &str = "frostguard_jobs_failed_total";
 const RETRIED: &str = "frostguard_jobs_retried_total";
+const TIMED_OUT: &str = "frostguard_jobs_timed_out_total";
 const DURATION: &str = "frostguard_job_duration_seconds";
 const ACTIVE: &str = "frostguard_jobs_active";
 const PLUGINS_LOADED: &str = "frostguard_plugins_loaded";
@@ -42,6 +43,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(
         RETRIED,
         "Jobs handed back for another run, per queue and kind (backoff, later_job, later_queue, shutdown)"
+    );
+    describe_counter!(
+        TIMED_OUT,
+        "Job attempts failed because they overran their time budget (QUEUE_<Q>_JOB_TIMEOUT_MS or the \
+         plugin's hint), per queue; each is also counted as retried or failed"
     );
     describe_histogram!(
         DURATION,
@@ -111,6 +117,11 @@ pub fn job_finished(queue: &str, result: JobResult, elapsed: Duration) {
         other => counter!(RETRIED, "queue" => q.clone(), "kind" => other.label()).increment(1),
     }
     histogram!(DURATION, "queue" => q, "outcome" => result.label()).record(elapsed.as_secs_f64());
+}
+
+/// Records an attempt failed for overrunning its time budget (on top of its [`job_finished`] record).
+pub fn job_timed_out(queue: &str) {
+    counter!(TIMED_OUT, "queue" => queue.to_owned()).increment(1);
 }
 
 /// Records a job that failed before reaching the plugin (unknown job name).

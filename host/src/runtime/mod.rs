@@ -207,6 +207,7 @@ async fn start_all(
             drain: Arc::clone(&drain),
             hold: QueueHold::new(),
             health: Arc::clone(&health),
+            job_timeout: overrides.job_timeout(info.timeout_ms),
         });
         let plan = QueuePlan {
             queue: info.queue.clone(),
@@ -228,7 +229,18 @@ async fn start_all(
                 events,
             });
             health.set_consuming(&plan.queue, true);
-            tracing::info!(queue = %plan.queue, concurrency = plan.concurrency, "queue consuming");
+            // The time budget goes after the fields tests and operators grep for, and only when there is one.
+            match plan.bridge.job_timeout {
+                Some(t) => tracing::info!(
+                    queue = %plan.queue,
+                    concurrency = plan.concurrency,
+                    job_timeout_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+                    "queue consuming"
+                ),
+                None => {
+                    tracing::info!(queue = %plan.queue, concurrency = plan.concurrency, "queue consuming")
+                }
+            }
         });
     }
     let mut any = false;

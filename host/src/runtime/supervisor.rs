@@ -122,6 +122,7 @@ mod tests {
             default_concurrency: conc,
             rate_limit: hint,
             handles_unknown_names: false,
+            timeout_ms: None,
         }
     }
 

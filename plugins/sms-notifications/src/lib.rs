@@ -56,6 +56,17 @@ pub const RATE_LIMIT: RateLimitHint = RateLimitHint {
 };
 /// Bound on the start-up connectivity check of the delivery database (it only logs; it never fails init).
 const INIT_DB_PROBE: Duration = Duration::from_secs(3);
+/// Suggested time budget of one job (`ProcessorInfo::timeout_ms`): above the default Telnyx request timeout
+/// (30 s) plus the delivery row's read and write (each bounded by `delivery::OP_TIMEOUT`), so the host only
+/// cancels a job that is stuck beyond the plugin's own timeouts. An operator who raises
+/// `SMS_REQUEST_TIMEOUT_MS` raises `QUEUE_SMS_NOTIFICATIONS_JOB_TIMEOUT_MS` with it.
+pub const JOB_TIMEOUT_MS: u64 = 60_000;
+const _: () = assert!(
+    JOB_TIMEOUT_MS
+        > (config::DEFAULT_REQUEST_TIMEOUT.as_millis() + 2 * delivery::OP_TIMEOUT.as_millis())
+            as u64
+);
+
 /// How often a running job checks the host's cancellation flag.
 const CANCEL_POLL: Duration = Duration::from_millis(50);
 
@@ -80,6 +91,7 @@ impl Plugin for SmsPlugin {
                 default_concurrency: DEFAULT_CONCURRENCY,
                 rate_limit: Some(RATE_LIMIT),
                 handles_unknown_names: true,
+                timeout_ms: Some(JOB_TIMEOUT_MS),
             }],
             config_keys: config::KEYS.iter().map(|k| (*k).to_owned()).collect(),
         }

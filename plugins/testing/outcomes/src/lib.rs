@@ -42,6 +42,8 @@ impl Plugin for TestOutcomes {
                 default_concurrency: 4,
                 rate_limit: None,
                 handles_unknown_names: false,
+                // No budget of its own: timeout tests set QUEUE_TEST_OUTCOMES_JOB_TIMEOUT_MS instead.
+                timeout_ms: None,
             }],
             config_keys: vec!["FAIL_INIT".into()],
         }

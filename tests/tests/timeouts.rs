@@ -1,0 +1,134 @@
+//! Job time budgets (issue 3, "with the job's deadline and cancellation"): `QUEUE_<Q>_JOB_TIMEOUT_MS` turns
+//! into each attempt's deadline, the plugin's `is_cancelled()` turns true when it passes, and an attempt that
+//! overran fails retryably with `job timed out after <N> ms`, as Node BullMQ sees it. The test plugin's
+//! `sleep` job polls `is_cancelled()` every 10 ms and returns a retryable "cancelled" failure when asked to
+//! stop, which is how a well-behaved plugin reacts.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use frostguard_tests::{free_port, json, wait_until, NodeQueue, RedisServer, Worker, TEST_QUEUE};
+
+const BUDGET_VAR: &str = "QUEUE_TEST_OUTCOMES_JOB_TIMEOUT_MS";
+
+/// `GET path` on the worker's HTTP endpoint; the body, or `None` while it does not answer.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+/// The value of the sample line starting with `series` (`name{labels}`) in a Prometheus text body.
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn an_overrunning_job_times_out_per_attempt_and_a_quick_one_completes() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let http_port = free_port();
+    let worker = Worker::start_test_outcomes(
+        &redis,
+        &[(BUDGET_VAR, "300"), ("HTTP_PORT", &http_port.to_string())],
+    )
+    .expect("host ready");
+    assert!(
+        worker.has_line("queue consuming queue=test-outcomes concurrency=4 job_timeout_ms=300"),
+        "the start line shows the budget after the usual fields:\n{}",
+        worker.output_text()
+    );
+    let q = NodeQueue::new(&redis, TEST_QUEUE);
+
+    let started = Instant::now();
+    let slow = q
+        .add_one("sleep", json!({"ms": 30_000}), json!({"attempts": 2}))
+        .expect("add the slow job");
+    let quick = q
+        .add_one("sleep", json!({"ms": 50}), json!({"attempts": 2}))
+        .expect("add the quick job");
+    let jobs = q
+        .wait_finished(&[slow.clone(), quick.clone()])
+        .expect("both jobs finish");
+    let took = started.elapsed();
+    // Two attempts of 300 ms each plus scheduling and Node start-ups: far below one 30 s sleep.
+    assert!(
+        took < Duration::from_secs(20),
+        "timed-out attempts must not run their 30 s: took {took:?}"
+    );
+
+    let slow_job = jobs.iter().find(|j| j.id == slow).expect("slow job");
+    assert_eq!(slow_job.state, "failed", "{slow_job:?}");
+    assert_eq!(
+        slow_job.failed_reason.as_deref(),
+        Some("job timed out after 300 ms"),
+        "{slow_job:?}"
+    );
+    assert_eq!(
+        slow_job.attempts_made, 2,
+        "the timeout is a retryable failure: both attempts are used"
+    );
+    let (processed, finished) = (
+        slow_job.processed_on.expect("processedOn"),
+        slow_job.finished_on.expect("finishedOn"),
+    );
+    let last_attempt = finished.saturating_sub(processed);
+    assert!(
+        (300..10_000).contains(&last_attempt),
+        "the last attempt ran for its budget, then stopped: {last_attempt} ms"
+    );
+
+    let quick_job = jobs.iter().find(|j| j.id == quick).expect("quick job");
+    assert_eq!(quick_job.state, "completed", "{quick_job:?}");
+    assert_eq!(quick_job.returnvalue, json!({"slept": 50}));
+    assert_eq!(quick_job.attempts_made, 1, "{quick_job:?}");
+
+    assert!(
+        worker.has_line(&format!("job_id={slow}")) && worker.has_line("overran its time budget"),
+        "a WARN names the queue and job when the budget runs out:\n{}",
+        worker.output_text()
+    );
+    let series = format!("frostguard_jobs_timed_out_total{{queue=\"{TEST_QUEUE}\"}}");
+    let counted = wait_until(Duration::from_secs(10), "the timeout metric", || {
+        metric(&http_get(http_port, "/metrics")?, &series).filter(|n| *n >= 2.0)
+    })
+    .expect("timeouts are counted in /metrics");
+    assert_eq!(
+        counted, 2.0,
+        "one per timed-out attempt, none for the quick job"
+    );
+}
+
+#[test]
+fn a_budget_of_zero_means_no_timeout() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let worker = Worker::start_test_outcomes(&redis, &[(BUDGET_VAR, "0")]).expect("host ready");
+    let start_line = worker
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("queue consuming queue=test-outcomes"))
+        .expect("per-queue start line");
+    assert!(
+        !start_line.contains("job_timeout_ms"),
+        "no budget, none shown: {start_line}"
+    );
+    let q = NodeQueue::new(&redis, TEST_QUEUE);
+    // Longer than any budget a test would set, short enough to keep the suite quick.
+    let id = q
+        .add_one("sleep", json!({"ms": 800}), json!({"attempts": 1}))
+        .expect("add the job");
+    let jobs = q.wait_finished(&[id]).expect("the job finishes");
+    assert_eq!(jobs[0].state, "completed", "{:?}", jobs[0]);
+    assert_eq!(jobs[0].returnvalue, json!({"slept": 800}));
+}
