@@ -110,9 +110,6 @@ pub struct JobOpts {
     /// BullMQ priority (0 = none).
     #[serde(default)]
     pub priority: Option<u64>,
-    /// Per-job timeout in ms, if the producer set one; the host turns it into the deadline.
-    #[serde(default)]
-    pub timeout: Option<u64>,
 }
 
 /// One job as a processor sees it.
@@ -125,7 +122,8 @@ pub struct JobView {
     pub name: String,
     /// Queue the job came from.
     pub queue: String,
-    /// The job data exactly as the producer serialised it.
+    /// The job data: the JSON value the producer stored (the host may re-serialise it, so object key order
+    /// and number formatting can differ from the producer's text).
     pub data: Box<RawValue>,
     /// Attempts already made before this one (BullMQ `attemptsMade`).
     pub attempts_made: u32,

@@ -1,6 +1,6 @@
 //! The processor bridge: one BullMQ job in, one plugin call on a blocking thread, one library result out.
 //!
-//! For each job the bridge checks the job name, builds the plugin's [`JobView`] (data verbatim from Redis),
+//! For each job the bridge checks the job name, builds the plugin's [`JobView`] (data from the library's parse),
 //! runs `LoadedPlugin::process` under `spawn_blocking` while applying the plugin's progress and log writes,
 //! and maps the [`Outcome`] to what bullmq-official must do (architecture.md, "Outcome mapping"). It also
 //! applies the host's workarounds for bullmq-official gaps (notes: D1–D4, D10) and honours the shutdown
@@ -448,7 +448,6 @@ fn library_opts(job: &Job) -> JobOpts {
             .and_then(|b| serde_json::to_value(b).ok()),
         delay: o.delay,
         priority: o.priority.map(u64::from),
-        timeout: None,
     }
 }
 
