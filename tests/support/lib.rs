@@ -14,11 +14,14 @@
 //! * [`NodeQueue`] / [`drive`] — run `tests/node/drive.mjs` commands (Node BullMQ producer, getters, events,
 //!   Node workers) with JSON in and out.
 //! * [`FakeHttp`] — records every request and answers from a script.
+//! * FrostGuard fixtures for the SMS tests: [`insert_sms_delivery`], [`delivery_row`], [`assert_delivery`],
+//!   [`sms_sent`], [`telnyx_error`].
 //!
 //! The binary and plugins are looked up in the target directory of the test binary (`target/debug` under
 //! `cargo test`); `FROSTGUARD_WORKER_BIN` and `FROSTGUARD_PLUGIN_DIR_BUILT` override that. Build them first
 //! (`cargo build --workspace`): `cargo test` does not build other packages' binaries and cdylibs.
 
+mod frostguard;
 mod http;
 mod node;
 mod postgres;
@@ -27,6 +30,7 @@ mod redis;
 mod tempdir;
 mod worker;
 
+pub use frostguard::{assert_delivery, delivery_row, insert_sms_delivery, sms_sent, telnyx_error};
 pub use http::{FakeHttp, RecordedRequest, Reply};
 pub use node::{drive, ensure_node_modules, node_dir, JobSnapshot, NodeQueue, NodeTask};
 pub use postgres::Postgres;

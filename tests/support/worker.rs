@@ -129,6 +129,13 @@ impl WorkerBuilder {
         })
     }
 
+    /// [`spawn`](Self::spawn), then wait for `worker ready` ([`Worker::wait_ready`]).
+    pub fn spawn_ready(self) -> anyhow::Result<Worker> {
+        let w = self.spawn()?;
+        w.wait_ready()?;
+        Ok(w)
+    }
+
     /// Runs the command to completion (killing it after `timeout`) and returns its status and output.
     pub fn output(self, timeout: Duration) -> anyhow::Result<Finished> {
         let mut worker = self.spawn()?;
@@ -189,9 +196,7 @@ impl Worker {
         for (k, v) in extra_env {
             b = b.env(*k, *v);
         }
-        let w = b.spawn()?;
-        w.wait_ready()?;
-        Ok(w)
+        b.spawn_ready()
     }
 
     pub fn pid(&self) -> u32 {
