@@ -1,0 +1,100 @@
+//! Interop with the real Node client (issue 3): Node BullMQ 6.7.0 produces and observes, the host
+//! (`frostguard-worker run` with the `test-outcomes` plugin) consumes, each test on its own redis-server.
+//!
+//! One test binary, one module per area:
+//! * [`results`] — what Node sees of finished jobs: return values, failures, attempts, timestamps, events,
+//!   progress and job logs, retention (`removeOnComplete` / `removeOnFail`).
+//! * [`retries`] — backoff (exponential, fixed) and the plugin's retry-later (job and queue scope).
+//! * [`scheduling`] — when jobs run: delays, priority and LIFO order, job schedulers, pause and resume.
+//! * [`concurrency`] — how many jobs run at once: concurrency override, rate limit, a mixed fleet of a Node
+//!   worker and the host.
+//! * [`lifecycle`] — a Redis restart, SIGTERM / SIGINT during a job, a crashed worker's job recovered.
+//! * [`connection`] — how the host finds Redis: `REDIS_HOST`/`REDIS_PORT`/`REDIS_PASSWORD`, a hash-tagged
+//!   prefix, missing configuration.
+//!
+//! The helpers below are shared by the modules.
+
+mod concurrency;
+mod connection;
+mod lifecycle;
+mod results;
+mod retries;
+mod scheduling;
+
+use frostguard_tests::serde_json::Value;
+use frostguard_tests::{JobSnapshot, NodeQueue, RedisServer, Worker, TEST_QUEUE};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A fresh Redis, the host consuming `test-outcomes` (ready), and Node's view of that queue.
+fn setup(env: &[(&str, &str)]) -> (RedisServer, Worker, NodeQueue) {
+    let redis = RedisServer::start().expect("start redis-server");
+    let worker = Worker::start_test_outcomes(&redis, env).expect("host ready");
+    let q = NodeQueue::new(&redis, TEST_QUEUE);
+    (redis, worker, q)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// Waits until job `id` is completed or failed and returns its snapshot.
+fn wait_finished_one(q: &NodeQueue, id: &str) -> JobSnapshot {
+    q.wait_finished(&[id.to_owned()]).unwrap().remove(0)
+}
+
+/// Waits (up to 20 s) until job `id` is in `state` (e.g. `active`: a worker has started it) and returns its
+/// snapshot.
+fn wait_state(q: &NodeQueue, id: &str, state: &str) -> JobSnapshot {
+    q.wait_states(&[id.to_owned()], &[state], Duration::from_secs(20))
+        .unwrap()
+        .remove(0)
+}
+
+/// The job ids of a drive.mjs answer (`out["ids"]`), in the order the jobs were added.
+fn ids_of(out: &Value) -> Vec<String> {
+    out["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The events named `event` for job `id`, oldest first.
+fn events_of<'a>(events: &'a [Value], event: &str, id: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == event && e["jobId"] == id)
+        .collect()
+}
+
+/// Redis times (ms) of the events named `event` for job `id`, oldest first.
+fn event_times(events: &[Value], event: &str, id: &str) -> Vec<u64> {
+    events_of(events, event, id)
+        .iter()
+        .map(|e| e["ms"].as_u64().expect("event ms"))
+        .collect()
+}
+
+/// Asserts that each start in `actives` (ms, oldest first) came at least `min_gap_ms` after the one before,
+/// allowing 20 ms for clock granularity; `what` names the gap in the failure message.
+fn assert_starts_spaced(actives: &[u64], min_gap_ms: u64, what: &str) {
+    for pair in actives.windows(2) {
+        assert!(
+            pair[1] - pair[0] + 20 >= min_gap_ms,
+            "{what} not respected: {actives:?}"
+        );
+    }
+}
+
+/// Asserts that the worker logged a line containing `needle`.
+fn assert_logged(worker: &Worker, needle: &str) {
+    assert!(
+        worker.has_line(needle),
+        "no log line with {needle:?}:\n{}",
+        worker.output_text()
+    );
+}
