@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use frostguard_tests::{
-    json, wait_until, FakeHttp, JobSnapshot, NodeQueue, Postgres, RecordedRequest, RedisServer,
-    Reply, Worker, SMS_PLUGIN, TEST_PLUGIN,
+    assert_delivery, insert_sms_delivery, json, sms_sent, telnyx_error, wait_until, FakeHttp,
+    JobSnapshot, NodeQueue, Postgres, RecordedRequest, RedisServer, Reply, Worker, SMS_PLUGIN,
+    TEST_PLUGIN,
 };
 use serde_json::Value;
 
@@ -40,47 +41,10 @@ fn job_data(scenario: &str, phone: &str, delivery_id: &str) -> Value {
     })
 }
 
-fn insert_delivery(pg: &Postgres) -> String {
-    let id = pg
-        .query_scalar("SELECT gen_random_uuid()::text AS id")
-        .expect("new uuid")
-        .expect("a uuid");
-    pg.execute(&format!(
-        "WITH o AS (INSERT INTO organizations (name, slug) VALUES ('Org', 'org') RETURNING id), \
-         s AS (INSERT INTO sites (organization_id, name) SELECT id, 'Site' FROM o RETURNING id), \
-         a AS (INSERT INTO areas (site_id, name) SELECT id, 'Area' FROM s RETURNING id), \
-         u AS (INSERT INTO units (area_id, name) SELECT id, 'Freezer 1' FROM a RETURNING id), \
-         al AS (INSERT INTO alerts (unit_id, alert_type, severity) \
-                SELECT id, 'alarm_active', 'critical' FROM u RETURNING id) \
-         INSERT INTO notification_deliveries (id, alert_id, channel, recipient) \
-         SELECT '{id}', id, 'sms', '{PHONE}' FROM al"
-    ))
-    .expect("insert delivery");
-    id
-}
-
-fn row(pg: &Postgres, id: &str) -> Value {
-    pg.query_json(&format!(
-        "SELECT status::text, external_id, error_message, retry_count, sent_at IS NOT NULL AS has_sent_at, \
-         failed_at IS NOT NULL AS has_failed_at FROM notification_deliveries WHERE id = '{id}'"
-    ))
-    .expect("read delivery")
-    .into_iter()
-    .next()
-    .expect("delivery row exists")
-}
-
 fn ok(id: &str) -> Reply {
     Reply::json(
         200,
         &json!({"data": {"id": id, "to": [{"phone_number": PHONE, "status": "queued"}]}}),
-    )
-}
-
-fn telnyx_error(status: u16, code: &str, title: &str, detail: &str) -> Reply {
-    Reply::json(
-        status,
-        &json!({"errors": [{"code": code, "title": title, "detail": detail}]}),
     )
 }
 
@@ -145,6 +109,15 @@ fn snapshot<'a>(jobs: &'a [JobSnapshot], id: &str) -> &'a JobSnapshot {
     jobs.iter().find(|j| j.id == id).expect("job snapshot")
 }
 
+/// Asserts job `j`'s state and the attempts it has used.
+fn assert_state(j: &JobSnapshot, state: &str, attempts_made: u32) {
+    assert_eq!(
+        (j.state.as_str(), j.attempts_made),
+        (state, attempts_made),
+        "{j:?}"
+    );
+}
+
 #[test]
 fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
     let redis = RedisServer::start().unwrap();
@@ -159,9 +132,8 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
         .env("DATABASE_URL", pg.url())
         .env("SMS_REQUEST_TIMEOUT_MS", "5000")
         .env("SMS_AUTH_RETRY_DELAY_MS", "1000")
-        .spawn()
+        .spawn_ready()
         .unwrap();
-    worker.wait_ready().unwrap();
     assert!(
         worker.has_line("concurrency=5"),
         "default concurrency 5:\n{}",
@@ -169,7 +141,7 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
     );
 
     // A delivery that an earlier run already sent: the retry must not text the recipient again.
-    let duplicate_row = insert_delivery(&pg);
+    let duplicate_row = insert_sms_delivery(&pg, PHONE);
     pg.execute(&format!(
         "UPDATE notification_deliveries SET status = 'sent', external_id = 'msg-earlier', sent_at = now() \
          WHERE id = '{duplicate_row}'"
@@ -194,7 +166,7 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
                 if *s == "duplicate" {
                     duplicate_row.clone()
                 } else {
-                    insert_delivery(&pg)
+                    insert_sms_delivery(&pg, PHONE)
                 },
             )
         })
@@ -219,15 +191,8 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
 
     // Accepted at once.
     let j = job("ok");
-    assert_eq!(
-        (j.state.as_str(), j.attempts_made),
-        ("completed", 1),
-        "{j:?}"
-    );
-    assert_eq!(
-        j.returnvalue,
-        json!({"success": true, "messageId": "msg-ok"})
-    );
+    assert_state(&j, "completed", 1);
+    assert_eq!(j.returnvalue, sms_sent("msg-ok"));
     let sent = by_scenario(&reqs, "ok");
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].method, "POST");
@@ -242,86 +207,68 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
         json!({"from": FROM, "to": PHONE, "text": "CRITICAL: Temperature alert (ok)"}),
         "no messaging_profile_id when none is configured"
     );
-    let r = row(&pg, &rows["ok"]);
-    assert_eq!(
-        (r["status"].as_str(), r["external_id"].as_str()),
-        (Some("sent"), Some("msg-ok"))
+    assert_delivery(
+        &pg,
+        &rows["ok"],
+        json!({"status": "sent", "external_id": "msg-ok", "has_sent_at": true}),
     );
-    assert_eq!(r["has_sent_at"], true);
 
     // Permanent rejection: failed after one attempt, no retry.
     let j = job("permanent");
-    assert_eq!((j.state.as_str(), j.attempts_made), ("failed", 1), "{j:?}");
+    assert_state(&j, "failed", 1);
     assert_eq!(
         j.failed_reason.as_deref(),
         Some("Permanent SMS failure: 40310: The 'to' address is not a valid mobile number.")
     );
     assert_eq!(by_scenario(&reqs, "permanent").len(), 1);
-    let r = row(&pg, &rows["permanent"]);
-    assert_eq!(r["status"], "failed");
-    assert_eq!(
-        r["error_message"],
-        "40310: The 'to' address is not a valid mobile number."
+    assert_delivery(
+        &pg,
+        &rows["permanent"],
+        json!({
+            "status": "failed",
+            "error_message": "40310: The 'to' address is not a valid mobile number.",
+            "has_failed_at": true,
+        }),
     );
-    assert_eq!(r["has_failed_at"], true);
 
     // 500 then success: one retry under the job's backoff.
     let j = job("flaky");
-    assert_eq!(
-        (j.state.as_str(), j.attempts_made),
-        ("completed", 2),
-        "{j:?}"
-    );
-    assert_eq!(
-        j.returnvalue,
-        json!({"success": true, "messageId": "msg-flaky"})
-    );
+    assert_state(&j, "completed", 2);
+    assert_eq!(j.returnvalue, sms_sent("msg-flaky"));
     assert_eq!(by_scenario(&reqs, "flaky").len(), 2);
-    let r = row(&pg, &rows["flaky"]);
-    assert_eq!(
-        (r["status"].as_str(), r["retry_count"].as_i64()),
-        (Some("sent"), Some(1))
+    assert_delivery(
+        &pg,
+        &rows["flaky"],
+        json!({"status": "sent", "retry_count": 1}),
     );
 
     // Always 503: all five attempts used, then failed, and the row says so (the Node original left it pending).
     let j = job("down");
-    assert_eq!((j.state.as_str(), j.attempts_made), ("failed", 5), "{j:?}");
+    assert_state(&j, "failed", 5);
     assert_eq!(
         j.failed_reason.as_deref(),
         Some("SMS send failed: HTTP 503")
     );
     assert_eq!(by_scenario(&reqs, "down").len(), 5);
-    let r = row(&pg, &rows["down"]);
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["retry_count"], 5);
-    assert_eq!(r["error_message"], "HTTP 503");
+    assert_delivery(
+        &pg,
+        &rows["down"],
+        json!({"status": "failed", "retry_count": 5, "error_message": "HTTP 503"}),
+    );
 
     // 429 with Retry-After: 1 → waited about a second, no attempt consumed.
     let j = job("throttled");
-    assert_eq!(
-        (j.state.as_str(), j.attempts_made),
-        ("completed", 1),
-        "{j:?}"
-    );
-    assert_eq!(
-        j.returnvalue,
-        json!({"success": true, "messageId": "msg-throttled"})
-    );
-    let throttled = by_scenario(&reqs, "throttled");
-    assert_eq!(throttled.len(), 2);
-    let r = row(&pg, &rows["throttled"]);
-    assert_eq!(
-        (r["status"].as_str(), r["retry_count"].as_i64()),
-        (Some("sent"), Some(0))
+    assert_state(&j, "completed", 1);
+    assert_eq!(j.returnvalue, sms_sent("msg-throttled"));
+    assert_eq!(by_scenario(&reqs, "throttled").len(), 2);
+    assert_delivery(
+        &pg,
+        &rows["throttled"],
+        json!({"status": "sent", "retry_count": 0}),
     );
 
     // 401 twice: the queue pauses, no attempt consumed, an error logged each time; then it goes through.
-    let j = job("auth");
-    assert_eq!(
-        (j.state.as_str(), j.attempts_made),
-        ("completed", 1),
-        "{j:?}"
-    );
+    assert_state(&job("auth"), "completed", 1);
     assert_eq!(by_scenario(&reqs, "auth").len(), 3);
     let auth_errors = worker
         .lines()
@@ -333,28 +280,26 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
         "one error line per auth failure:\n{}",
         worker.output_text()
     );
-    assert_eq!(row(&pg, &rows["auth"])["retry_count"], 0);
+    assert_delivery(&pg, &rows["auth"], json!({"retry_count": 0}));
 
     // Invalid number: unrecoverable, never sent, row failed with the reason.
     let j = job("invalid");
-    assert_eq!((j.state.as_str(), j.attempts_made), ("failed", 1), "{j:?}");
+    assert_state(&j, "failed", 1);
     let reason = j.failed_reason.clone().unwrap_or_default();
     assert!(
         reason.starts_with("invalid sms:send job: phoneNumber is not an E.164 number"),
         "{reason}"
     );
     assert!(by_scenario(&reqs, "invalid").is_empty());
-    let r = row(&pg, &rows["invalid"]);
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["error_message"], reason.as_str());
+    assert_delivery(
+        &pg,
+        &rows["invalid"],
+        json!({"status": "failed", "error_message": reason}),
+    );
 
     // Already sent: completed with the recorded id, nothing sent.
     let j = job("duplicate");
-    assert_eq!(
-        (j.state.as_str(), j.attempts_made),
-        ("completed", 1),
-        "{j:?}"
-    );
+    assert_state(&j, "completed", 1);
     assert_eq!(
         j.returnvalue,
         json!({"success": true, "messageId": "msg-earlier", "alreadySent": true})
@@ -392,9 +337,8 @@ fn without_credentials_the_plugin_is_disabled_and_sms_jobs_wait() {
         .redis(&redis)
         .plugins(&[SMS_PLUGIN, TEST_PLUGIN])
         .env("TELNYX_API_BASE_URL", telnyx.url())
-        .spawn()
+        .spawn_ready()
         .unwrap();
-    worker.wait_ready().unwrap();
     let line = worker
         .wait_for_line("plugin disabled", Duration::from_secs(5))
         .unwrap();
@@ -413,7 +357,7 @@ fn without_credentials_the_plugin_is_disabled_and_sms_jobs_wait() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let j = node.job(&id).unwrap();
-    assert_eq!((j.state.as_str(), j.attempts_made), ("waiting", 0), "{j:?}");
+    assert_state(&j, "waiting", 0);
     assert!(telnyx.requests().is_empty());
 }
 
@@ -426,9 +370,8 @@ fn dry_run_completes_jobs_without_calling_telnyx() {
         .plugins(&[SMS_PLUGIN])
         .env("SMS_DRY_RUN", "true")
         .env("TELNYX_API_BASE_URL", telnyx.url())
-        .spawn()
+        .spawn_ready()
         .unwrap();
-    worker.wait_ready().unwrap();
     let node = NodeQueue::new(&redis, QUEUE);
     let ids = node
         .add(json!([{"name": "sms:send", "data": job_data("ok", PHONE, "7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6b"),
