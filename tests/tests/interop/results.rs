@@ -45,8 +45,11 @@ fn add_and_add_bulk_are_completed_with_returnvalue_attempts_and_timestamps() {
         let processed = job.processed_on.expect("processedOn");
         let finished = job.finished_on.expect("finishedOn");
         assert!(job.timestamp >= before - 1000, "{job:?}");
+        // processedOn is the worker's clock when it sent the fetch (with fetch-next, when it finished the
+        // previous job), which can precede a job added in that same instant by a few ms: Node's worker does
+        // the same. Allow that, but not more.
         assert!(
-            processed >= job.timestamp,
+            processed + 50 >= job.timestamp,
             "processedOn before timestamp: {job:?}"
         );
         assert!(
