@@ -38,9 +38,11 @@ function redisOf(input) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function snapshot(queue, id, withLogs) {
+  // State first, then the hash: the other order can pair a hash read while the job was still active (no
+  // returnvalue yet) with a state read just after it completed.
+  const state = await queue.getJobState(id);
   const job = await queue.getJob(id);
   if (!job) return { id, state: 'missing' };
-  const state = await job.getState();
   const snap = {
     id: job.id,
     name: job.name,
