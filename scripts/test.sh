@@ -39,6 +39,10 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The plugin API's crate docs are its manual for plugin authors: broken links fail the build.
+step "cargo doc (plugin-api, warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p frostguard-plugin-api --features harness
+
 # cargo test does not build other packages' binaries and cdylibs: the host and every plugin first.
 step "cargo build --workspace"
 cargo build --workspace

@@ -2,7 +2,8 @@
 //!
 //! Everything here is `#[repr(C)]` and checked by abi_stable when the library is loaded: the abi_stable
 //! header, the interface version (this crate's version) and the recursive layout of [`PluginModule`].
-//! Structured values cross as JSON text (see [`crate::types`]), which keeps this surface small.
+//! Structured values cross as JSON text ([`crate::PluginInfo`], [`crate::JobView`], [`crate::Outcome`]), which
+//! keeps this surface small.
 //!
 //! # Compatibility rule
 //!
