@@ -7,9 +7,9 @@
 //! Modules, in the order a job meets them:
 //! * [`config`]: FrostGuard's variable names, parsed and checked once at init;
 //! * [`validate`]: job data → [`validate::SmsJob`], or an unrecoverable reason;
-//! * [`processor`]: idempotency check, send, row update, outcome;
+//! * [`processor`]: delivery lock, idempotency check, send, row update, outcome;
 //! * [`telnyx`] + [`classify`]: the HTTP call and what each answer means;
-//! * [`delivery`]: the delivery row;
+//! * [`delivery`]: the delivery row and its advisory lock;
 //! * [`redact`]: masking of phone numbers in logs and reasons.
 //!
 //! `process` runs on a host blocking thread; the async work runs on a runtime private to this plugin
@@ -57,14 +57,17 @@ pub const RATE_LIMIT: RateLimitHint = RateLimitHint {
 /// Bound on the start-up connectivity check of the delivery database (it only logs; it never fails init).
 const INIT_DB_PROBE: Duration = Duration::from_secs(3);
 /// Suggested time budget of one job (`ProcessorInfo::timeout_ms`): above the default Telnyx request timeout
-/// (30 s) plus the delivery row's read and write (each bounded by `delivery::OP_TIMEOUT`), so the host only
-/// cancels a job that is stuck beyond the plugin's own timeouts. An operator who raises
+/// (30 s) plus the delivery's lock and row read (one `delivery::OP_TIMEOUT`), recording the send
+/// (`processor::MARK_SENT_BUDGET`) and the unlock (`delivery::UNLOCK_TIMEOUT`), so the host only cancels a
+/// job that is stuck beyond the plugin's own timeouts. An operator who raises
 /// `SMS_REQUEST_TIMEOUT_MS` raises `QUEUE_SMS_NOTIFICATIONS_JOB_TIMEOUT_MS` with it.
 pub const JOB_TIMEOUT_MS: u64 = 60_000;
 const _: () = assert!(
     JOB_TIMEOUT_MS
-        > (config::DEFAULT_REQUEST_TIMEOUT.as_millis() + 2 * delivery::OP_TIMEOUT.as_millis())
-            as u64
+        > (config::DEFAULT_REQUEST_TIMEOUT.as_millis()
+            + delivery::OP_TIMEOUT.as_millis()
+            + processor::MARK_SENT_BUDGET.as_millis()
+            + delivery::UNLOCK_TIMEOUT.as_millis()) as u64
 );
 
 /// How often a running job checks the host's cancellation flag.

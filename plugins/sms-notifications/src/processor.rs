@@ -1,6 +1,11 @@
 //! One `sms:send` job from validated data to an outcome: idempotency check, send, row update, and the
 //! mapping of every failure to what BullMQ should do with the job.
 //!
+//! A tracked job (a `deliveryId` and a database) runs the check, the send and the row update under its
+//! delivery's advisory lock ([`crate::delivery::DeliveryLock`]): two overlapping runs of one delivery (a
+//! stalled job started again while its first run still waits for Telnyx) cannot both read `pending` and
+//! both send. The run that finds the lock taken sends nothing and comes back later, when the row says `sent`.
+//!
 //! Kept free of the ABI types' plumbing (runtime, cancellation, JobView) so the decision logic reads top to
 //! bottom; `lib.rs` wraps it with the plugin's runtime, the job's deadline and cancellation.
 
@@ -13,7 +18,7 @@ use plugin_api::Outcome;
 use uuid::Uuid;
 
 use crate::classify::{ErrorClass, DEFAULT_RATE_LIMIT_DELAY};
-use crate::delivery::DeliveryRepo;
+use crate::delivery::{Claim, DeliveryLock, DeliveryRepo};
 use crate::redact::mask_phone;
 use crate::telnyx::{Accepted, SendError, TelnyxClient};
 use crate::validate::{Invalid, SmsJob};
@@ -22,7 +27,11 @@ use crate::validate::{Invalid, SmsJob};
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// Upper bound for recording a send on the row (all tries together), so a hung database cannot hold a job
 /// long past the provider's answer.
-const MARK_SENT_BUDGET: Duration = Duration::from_secs(12);
+pub const MARK_SENT_BUDGET: Duration = Duration::from_secs(12);
+/// How long a run that found its delivery locked by another run waits before trying again (no attempt is
+/// used). Short, since the other run usually finishes within one Telnyx round trip; by then the row says
+/// `sent` (and the job completes idempotently) or the other run has failed and released the lock.
+pub const BUSY_RETRY_DELAY: Duration = Duration::from_secs(3);
 
 /// Where this run stands among the job's attempts.
 #[derive(Debug, Clone)]
@@ -53,7 +62,7 @@ impl Processor {
     pub async fn reject(&self, invalid: &Invalid, attempt: &Attempt) -> Outcome {
         warn!(job_id = %attempt.job_id, reason = %invalid.reason, "rejecting sms:send job");
         if let (Some(id), Some(repo)) = (invalid.delivery_id, &self.deliveries) {
-            if let Err(e) = repo.mark_failed(id, &invalid.reason).await {
+            if let Err(e) = repo.mark_failed(id, &invalid.reason, None).await {
                 error!(job_id = %attempt.job_id, delivery_id = %id, error = %e, "could not mark the delivery failed");
             }
         }
@@ -64,10 +73,33 @@ impl Processor {
     /// deadline passes; it can stop the job only *before* Telnyx has answered. Once the provider has
     /// answered, the bookkeeping (above all marking the row `sent`, which is what prevents a second SMS on a
     /// re-run) always finishes, bounded by the database timeouts.
+    ///
+    /// The delivery's lock, when taken, is released here on every path; if this future is dropped instead,
+    /// dropping the lock closes its connection, which releases it too.
     pub async fn send(
         &self,
         job: &SmsJob,
         attempt: &Attempt,
+        interrupt: impl Future<Output = &'static str>,
+    ) -> Outcome {
+        let mut lock = None;
+        let outcome = self.send_locked(job, attempt, &mut lock, interrupt).await;
+        if let Some(lock) = lock {
+            if let Err(e) = lock.release().await {
+                warn!(job_id = %attempt.job_id, error = %e,
+                      "could not release the delivery lock; its database connection was closed instead");
+            }
+        }
+        outcome
+    }
+
+    /// [`Processor::send`] with the lock left in `lock` (by [`Processor::check_and_send`]) for the caller
+    /// to release, whichever way this returns.
+    async fn send_locked(
+        &self,
+        job: &SmsJob,
+        attempt: &Attempt,
+        lock: &mut Option<DeliveryLock>,
         interrupt: impl Future<Output = &'static str>,
     ) -> Outcome {
         let to = mask_phone(&job.phone_number);
@@ -77,44 +109,63 @@ impl Processor {
         info!(job_id = %attempt.job_id, to = %to, attempt = attempt.number, max_attempts = attempt.max,
               delivery_id = %delivery, "sending SMS");
         let answer = tokio::select! {
-            answer = self.check_and_send(job, attempt) => answer,
+            answer = self.check_and_send(job, attempt, lock) => answer,
             reason = interrupt => {
                 warn!(job_id = %attempt.job_id, reason, "SMS job interrupted before Telnyx answered");
                 return Outcome::failed(reason);
             }
         };
+        let lock = lock.as_ref();
         match answer {
             Err(outcome) => outcome,
             Ok((Ok(accepted), tracked)) => {
                 info!(job_id = %attempt.job_id, to = %to, message_id = %accepted.message_id, status = %accepted.status,
                       "Telnyx accepted the SMS");
                 if let Some(id) = tracked {
-                    self.record_sent(id, &accepted.message_id, attempt).await;
+                    self.record_sent(id, &accepted.message_id, attempt, lock)
+                        .await;
                 }
                 Outcome::completed(json!({ "success": true, "messageId": accepted.message_id }))
             }
-            Ok((Err(e), tracked)) => self.failed(e, tracked, attempt, &to).await,
+            Ok((Err(e), tracked)) => self.failed(e, tracked, attempt, &to, lock).await,
         }
     }
 
-    /// The idempotency check and the HTTP call: everything that may be abandoned safely. Returns the
-    /// provider's answer with the delivery row to update (if tracked), or an outcome that ends the job early.
+    /// The lock, the idempotency check and the HTTP call: everything that may be abandoned safely. Returns
+    /// the provider's answer with the delivery row to update (if tracked), or an outcome that ends the job
+    /// early. The delivery's lock, once taken, is put in `lock` at once, so that it outlives this future.
     async fn check_and_send(
         &self,
         job: &SmsJob,
         attempt: &Attempt,
+        lock: &mut Option<DeliveryLock>,
     ) -> Result<(Sent, Option<Uuid>), Outcome> {
-        // Idempotency: a retry or a re-run stalled job must not text the recipient twice.
+        // Idempotency: a retry, a re-run stalled job or a run overlapping this one must not text the
+        // recipient twice.
         let mut tracked = job.delivery_id.filter(|_| self.deliveries.is_some());
         if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
-            match repo.load(id).await {
+            let state = match repo.claim(id).await {
                 Err(e) => {
                     warn!(job_id = %attempt.job_id, delivery_id = %id, error = %e, "delivery database unavailable");
                     return Err(Outcome::failed(format!(
                         "delivery tracking database unavailable: {e}"
                     )));
                 }
-                Ok(Some(state)) if state.already_sent() => {
+                Ok(Claim::Busy) => {
+                    info!(job_id = %attempt.job_id, delivery_id = %id, retry_in_ms = BUSY_RETRY_DELAY.as_millis() as u64,
+                          "delivery is being sent by another run; not sending, retrying later");
+                    return Err(Outcome::retry_job_later(
+                        BUSY_RETRY_DELAY.as_millis() as u64,
+                        format!("delivery {id} is being sent by another run"),
+                    ));
+                }
+                Ok(Claim::Held(held, state)) => {
+                    *lock = Some(*held);
+                    state
+                }
+            };
+            match state {
+                Some(state) if state.already_sent() => {
                     let message_id = state.external_id.unwrap_or_default();
                     info!(job_id = %attempt.job_id, delivery_id = %id, status = %state.status, message_id = %message_id,
                           "delivery already sent; not sending again");
@@ -122,9 +173,10 @@ impl Processor {
                         json!({ "success": true, "messageId": message_id, "alreadySent": true }),
                     ));
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => {
+                Some(_) => {}
+                None => {
                     // An alert SMS matters more than its bookkeeping: send, but say loudly that it is untracked.
+                    // The lock is kept all the same: it still keeps overlapping runs from sending twice.
                     warn!(job_id = %attempt.job_id, delivery_id = %id,
                           "delivery row not found; sending without delivery tracking");
                     tracked = None;
@@ -152,9 +204,16 @@ impl Processor {
     }
 
     /// The SMS went out: the row must say so, or a later retry of this job would send it again. Retried a
-    /// few times; if the database still refuses, the job completes anyway (the provider accepted it) and the
-    /// error is logged with the message id so the row can be fixed by hand.
-    async fn record_sent(&self, id: Uuid, message_id: &str, attempt: &Attempt) {
+    /// few times (on the locked connection while it lives); if the database still refuses, the job completes
+    /// anyway (the provider accepted it) and the error is logged with the message id so the row can be fixed
+    /// by hand.
+    async fn record_sent(
+        &self,
+        id: Uuid,
+        message_id: &str,
+        attempt: &Attempt,
+        lock: Option<&DeliveryLock>,
+    ) {
         let Some(repo) = &self.deliveries else { return };
         let tries = async {
             let mut last_error = String::new();
@@ -164,7 +223,7 @@ impl Processor {
                 Duration::from_secs(1),
             ] {
                 tokio::time::sleep(pause).await;
-                match repo.mark_sent(id, message_id).await {
+                match repo.mark_sent(id, message_id, lock).await {
                     Ok(()) => return Ok(()),
                     Err(e) => last_error = e,
                 }
@@ -186,13 +245,14 @@ impl Processor {
         tracked: Option<Uuid>,
         attempt: &Attempt,
         to: &str,
+        lock: Option<&DeliveryLock>,
     ) -> Outcome {
         let reason = e.describe();
         match e.class() {
             ErrorClass::Permanent => {
                 warn!(job_id = %attempt.job_id, to = %to, reason = %reason, "Telnyx rejected the SMS permanently");
                 if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
-                    if let Err(db) = repo.mark_failed(id, &reason).await {
+                    if let Err(db) = repo.mark_failed(id, &reason, lock).await {
                         error!(job_id = %attempt.job_id, delivery_id = %id, error = %db,
                                "could not mark the delivery failed");
                     }
@@ -236,9 +296,9 @@ impl Processor {
                 if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
                     let attempts = i32::try_from(attempt.number).unwrap_or(i32::MAX);
                     let written = if attempt.is_last {
-                        repo.mark_exhausted(id, attempts, &reason).await
+                        repo.mark_exhausted(id, attempts, &reason, lock).await
                     } else {
-                        repo.record_retry(id, attempts).await
+                        repo.record_retry(id, attempts, lock).await
                     };
                     if let Err(db) = written {
                         error!(job_id = %attempt.job_id, delivery_id = %id, error = %db,

@@ -8,11 +8,14 @@
 //!   credentials, no answer) makes of the job and the delivery row.
 //! * [`tracking`] — delivery tracking when the database is down, unreachable at start, not configured, or has
 //!   no row for the job.
+//! * [`concurrency`] — two runs of one delivery at the same time (a stalled job started again while its first
+//!   run waits for Telnyx) send one SMS.
 //! * [`contract`] — the rest of what the host relies on: the plugin's description, refusing to start without
 //!   credentials, dry-run mode, rejecting invalid jobs, shutdown.
 //!
 //! The fixtures below are shared by the modules.
 
+mod concurrency;
 mod contract;
 mod sending;
 mod tracking;
