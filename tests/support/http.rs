@@ -1,19 +1,11 @@
 //! A scripted HTTP/1.1 server standing in for an external provider (e.g. Telnyx): it records every request and
 //! answers each from a script. Keep-alive is supported, so a client that reuses connections works.
-//!
-//! The HTTP side (parsing, keep-alive, Content-Length and chunked bodies, `Expect: 100-continue`) is
-//! [`tiny_http`]; this module adds the recording, the script and the delayed / hanging answers, one thread per
-//! request.
-//!
-//! Dropping the server closes its port and ends its own threads, but connections a client keeps open are the
-//! client's to close: tiny_http's thread for such a connection ends when the client closes it, and a request
-//! sent on it after the drop is never answered. To simulate a provider outage, answer with an error status
-//! or [`Reply::hang`] rather than dropping the server.
 
 use serde_json::Value;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,8 +18,7 @@ pub struct RecordedRequest {
     /// Header names lower-cased, in arrival order.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    /// Index of the TCP connection it came on (0, 1, … in the order of their first requests; a connection is
-    /// identified by the client's socket address): equal indexes mean a reused connection.
+    /// Index of the TCP connection it came on (0, 1, …): equal indexes mean a reused connection.
     pub connection: usize,
 }
 
@@ -59,7 +50,7 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Wait this long before answering.
     pub delay: Duration,
-    /// Never answer (not even when the server is dropped), to exercise client timeouts.
+    /// Never answer (hold the connection until the server is dropped), to exercise client timeouts.
     pub hang: bool,
 }
 
@@ -92,8 +83,6 @@ impl Reply {
         }
     }
 
-    /// Adds a response header. `Content-Length` comes from the body, and tiny_http adds `Date` and `Server`;
-    /// `Connection`, `Transfer-Encoding`, `Trailer` and `Upgrade` are tiny_http's to set and ignored here.
     pub fn header(mut self, name: &str, value: &str) -> Reply {
         self.headers.push((name.to_string(), value.to_string()));
         self
@@ -108,39 +97,17 @@ impl Reply {
 type Handler = dyn Fn(usize, &RecordedRequest) -> Reply + Send + Sync;
 
 struct Shared {
-    state: Mutex<State>,
-    /// Notified when a request is recorded, a request thread ends, or the server stops.
-    changed: Condvar,
+    requests: Mutex<Vec<RecordedRequest>>,
+    arrived: Condvar,
+    stop: AtomicBool,
     handler: Box<Handler>,
 }
 
-#[derive(Default)]
-struct State {
-    requests: Vec<RecordedRequest>,
-    /// Client socket address → connection index.
-    connections: HashMap<SocketAddr, usize>,
-    /// Request threads still running.
-    active: usize,
-    stopped: bool,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// How long dropping the server waits for request threads stuck on a client (one that stalls mid-body or
-/// does not read its answer); hanging and delayed requests are released at once.
-const DROP_GRACE: Duration = Duration::from_secs(2);
-
-/// The server. Dropping it stops accepting and answering, releases hanging and delayed requests (they stay
-/// unanswered) and waits for its request threads (see the module docs for connections the client keeps open).
+/// The server. Dropping it stops accepting, releases hanging requests and joins its threads.
 pub struct FakeHttp {
     port: u16,
-    server: Arc<tiny_http::Server>,
     shared: Arc<Shared>,
-    dispatcher: Option<JoinHandle<()>>,
+    acceptor: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for FakeHttp {
@@ -157,46 +124,23 @@ impl FakeHttp {
     pub fn start(
         handler: impl Fn(usize, &RecordedRequest) -> Reply + Send + Sync + 'static,
     ) -> anyhow::Result<FakeHttp> {
-        let server = tiny_http::Server::http("127.0.0.1:0")
-            .map_err(|e| anyhow::anyhow!("fake HTTP server: {e}"))?;
-        let port = server
-            .server_addr()
-            .to_ip()
-            .map(|a| a.port())
-            .ok_or_else(|| anyhow::anyhow!("fake HTTP server: not an IP address"))?;
-        let server = Arc::new(server);
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            requests: Mutex::new(Vec::new()),
+            arrived: Condvar::new(),
+            stop: AtomicBool::new(false),
             handler: Box::new(handler),
         });
-        let dispatcher = {
-            let server = Arc::clone(&server);
+        let acceptor = {
             let shared = Arc::clone(&shared);
-            std::thread::spawn(move || {
-                // `recv` fails once `unblock` is called (on drop).
-                while let Ok(request) = server.recv() {
-                    {
-                        let mut state = shared.lock();
-                        if state.stopped {
-                            break;
-                        }
-                        state.active += 1;
-                    }
-                    let shared = Arc::clone(&shared);
-                    std::thread::spawn(move || {
-                        answer(request, &shared);
-                        shared.lock().active -= 1;
-                        shared.changed.notify_all();
-                    });
-                }
-            })
+            std::thread::spawn(move || accept_loop(listener, shared))
         };
         Ok(FakeHttp {
             port,
-            server,
             shared,
-            dispatcher: Some(dispatcher),
+            acceptor: Some(acceptor),
         })
     }
 
@@ -216,7 +160,7 @@ impl FakeHttp {
 
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.lock().requests.clone()
+        self.shared.requests.lock().expect("requests lock").clone()
     }
 
     /// Waits until at least `n` requests arrived; returns all of them.
@@ -226,121 +170,263 @@ impl FakeHttp {
         timeout: Duration,
     ) -> anyhow::Result<Vec<RecordedRequest>> {
         let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock();
-        while state.requests.len() < n {
+        let mut reqs = self.shared.requests.lock().expect("requests lock");
+        while reqs.len() < n {
             let now = Instant::now();
             if now >= deadline {
                 anyhow::bail!(
                     "expected {n} requests within {timeout:?}, got {}",
-                    state.requests.len()
+                    reqs.len()
                 );
             }
-            state = self
+            reqs = self
                 .shared
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
+                .arrived
+                .wait_timeout(reqs, deadline - now)
+                .expect("requests lock")
                 .0;
         }
-        Ok(state.requests.clone())
+        Ok(reqs.clone())
     }
 }
 
 impl Drop for FakeHttp {
     fn drop(&mut self) {
-        self.shared.lock().stopped = true;
-        self.shared.changed.notify_all();
-        self.server.unblock();
-        if let Some(d) = self.dispatcher.take() {
-            let _ = d.join();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
         }
-        let deadline = Instant::now() + DROP_GRACE;
-        let mut state = self.shared.lock();
-        while state.active > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        // The `tiny_http::Server` (its listener and accept thread) goes when the last `Arc` does, which is
-        // this one now that the dispatcher has ended.
     }
 }
 
-/// Reads the request's body, records it, and answers it as the handler says (or never, for a hang).
-fn answer(mut request: tiny_http::Request, shared: &Shared) {
-    let mut body = Vec::new();
-    if request.as_reader().read_to_end(&mut body).is_err() {
-        return; // The client went away mid-body; tiny_http closes the connection.
-    }
-    let (n, recorded) = {
-        let mut state = shared.lock();
-        let next = state.connections.len();
-        let connection = match request.remote_addr() {
-            Some(addr) => *state.connections.entry(*addr).or_insert(next),
-            None => next,
-        };
-        let recorded = RecordedRequest {
-            method: request.method().as_str().to_string(),
-            path: request.url().to_string(),
-            headers: request
-                .headers()
-                .iter()
-                .map(|h| {
-                    (
-                        h.field.as_str().as_str().to_ascii_lowercase(),
-                        h.value.as_str().trim().to_string(),
-                    )
-                })
-                .collect(),
-            body,
-            connection,
-        };
-        state.requests.push(recorded.clone());
-        shared.changed.notify_all();
-        (state.requests.len() - 1, recorded)
-    };
-    let reply = (shared.handler)(n, &recorded);
-    // Wait out a hang (until the server stops) or a delay (or until the server stops first).
-    let until = (!reply.hang).then(|| Instant::now() + reply.delay);
-    let mut state = shared.lock();
-    loop {
-        if state.stopped {
-            drop(state);
-            // Give up the response writer without writing: the request stays unanswered (dropping the
-            // `Request` itself would send a 500).
-            drop(request.into_writer());
-            return;
-        }
-        let wait = match until {
-            Some(until) => {
-                let now = Instant::now();
-                if now >= until {
-                    break;
-                }
-                until - now
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections: Vec<JoinHandle<()>> = Vec::new();
+    let mut index = 0;
+    while !shared.stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let shared = Arc::clone(&shared);
+                let conn = index;
+                index += 1;
+                connections.push(std::thread::spawn(move || {
+                    let _ = serve(stream, conn, &shared);
+                }));
             }
-            None => Duration::from_secs(3600),
-        };
-        state = shared
-            .changed
-            .wait_timeout(state, wait)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
-    drop(state);
-    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
-    for (name, value) in &reply.headers {
-        match tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            Ok(header) => response.add_header(header),
-            Err(()) => eprintln!("FakeHttp: invalid reply header {name:?}: {value:?}"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
-    let _ = request.respond(response);
+    for c in connections {
+        let _ = c.join();
+    }
+}
+
+/// Serves requests on one connection until the client closes it or the server stops.
+fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> std::io::Result<()> {
+    // Short read timeouts so that the thread notices `stop` while idle on a kept-alive connection.
+    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(request) = read_request(&mut reader, conn, shared)? else {
+            return Ok(());
+        };
+        let n = {
+            let mut reqs = shared.requests.lock().expect("requests lock");
+            reqs.push(request.clone());
+            shared.arrived.notify_all();
+            reqs.len() - 1
+        };
+        let reply = (shared.handler)(n, &request);
+        if reply.hang {
+            while !shared.stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return Ok(());
+        }
+        let until = Instant::now() + reply.delay;
+        while Instant::now() < until {
+            if shared.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let close = request
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
+        for (k, v) in &reply.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
+        if close {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        writer.write_all(head.as_bytes())?;
+        writer.write_all(&reply.body)?;
+        writer.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads a line, retrying read timeouts while the server runs. `None` at end of stream or on stop.
+fn read_line(
+    reader: &mut BufReader<TcpStream>,
+    shared: &Shared,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<()>> {
+    buf.clear();
+    loop {
+        match reader.read_until(b'\n', buf) {
+            Ok(0) => return Ok(None),
+            Ok(_) if buf.ends_with(b"\n") => return Ok(Some(())),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn read_exact_patiently(
+    reader: &mut BufReader<TcpStream>,
+    shared: &Shared,
+    out: &mut Vec<u8>,
+    mut len: usize,
+) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 8192];
+    while len > 0 {
+        let want = len.min(chunk.len());
+        match reader.read(&mut chunk[..want]) {
+            Ok(0) => return Ok(false),
+            Ok(got) => {
+                out.extend_from_slice(&chunk[..got]);
+                len -= got;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn read_request(
+    reader: &mut BufReader<TcpStream>,
+    conn: usize,
+    shared: &Shared,
+) -> std::io::Result<Option<RecordedRequest>> {
+    let mut line = Vec::new();
+    // Skip blank lines between requests.
+    loop {
+        if read_line(reader, shared, &mut line)?.is_none() {
+            return Ok(None);
+        }
+        if !String::from_utf8_lossy(&line).trim().is_empty() {
+            break;
+        }
+    }
+    let request_line = String::from_utf8_lossy(&line).trim().to_string();
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    loop {
+        if read_line(reader, shared, &mut line)?.is_none() {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        if text.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = text.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            if read_line(reader, shared, &mut line)?.is_none() {
+                return Ok(None);
+            }
+            let size_text = String::from_utf8_lossy(&line);
+            let size_hex = size_text.trim().split(';').next().unwrap_or("0");
+            let size = usize::from_str_radix(size_hex, 16).unwrap_or(0);
+            if size == 0 {
+                // Trailers end with a blank line.
+                loop {
+                    if read_line(reader, shared, &mut line)?.is_none()
+                        || String::from_utf8_lossy(&line).trim().is_empty()
+                    {
+                        break;
+                    }
+                }
+                break;
+            }
+            if !read_exact_patiently(reader, shared, &mut body, size)? {
+                return Ok(None);
+            }
+            // The CRLF after each chunk.
+            if read_line(reader, shared, &mut line)?.is_none() {
+                return Ok(None);
+            }
+        }
+    } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if !read_exact_patiently(reader, shared, &mut body, len)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(RecordedRequest {
+        method,
+        path,
+        headers,
+        body,
+        connection: conn,
+    }))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
 }
