@@ -35,15 +35,29 @@ fn metric(body: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// Starts the host with a 300 ms budget and its HTTP endpoint on a free port. A port that was free when
+/// picked can be taken by a server another test starts in the meantime; the host then exits at once naming
+/// HTTP_PORT, and another port is tried.
+fn start_with_http_port(redis: &RedisServer) -> (Worker, u16) {
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        match Worker::start_test_outcomes(
+            redis,
+            &[(BUDGET_VAR, "300"), ("HTTP_PORT", &port.to_string())],
+        ) {
+            Ok(worker) => return (worker, port),
+            Err(e) if format!("{e:#}").contains("HTTP_PORT") => last_error = format!("{e:#}"),
+            Err(e) => panic!("host did not get ready: {e:#}"),
+        }
+    }
+    panic!("no free HTTP port for the host after 5 tries: {last_error}");
+}
+
 #[test]
 fn an_overrunning_job_times_out_per_attempt_and_a_quick_one_completes() {
     let redis = RedisServer::start().expect("start redis-server");
-    let http_port = free_port();
-    let worker = Worker::start_test_outcomes(
-        &redis,
-        &[(BUDGET_VAR, "300"), ("HTTP_PORT", &http_port.to_string())],
-    )
-    .expect("host ready");
+    let (worker, http_port) = start_with_http_port(&redis);
     assert!(
         worker.has_line("queue consuming queue=test-outcomes concurrency=4 job_timeout_ms=300"),
         "the start line shows the budget after the usual fields:\n{}",
