@@ -3,7 +3,7 @@
 //! For each job the bridge checks the job name, builds the plugin's [`JobView`] (data from the library's parse),
 //! runs `LoadedPlugin::process` under `spawn_blocking` while applying the plugin's progress and log writes,
 //! and maps the [`Outcome`] to what bullmq-official must do (architecture.md, "Outcome mapping"). It also
-//! applies the host's workarounds for bullmq-official gaps (notes: D1–D4, D10) and honours the shutdown
+//! applies the host's workarounds for bullmq-official gaps (docs/bullmq-official.md: D1–D4, D10) and honours the shutdown
 //! drain: jobs whose plugin call is cut short by shutdown go back to their queue instead of failing.
 //!
 //! **Time budget.** When the queue has a job timeout (`QUEUE_<Q>_JOB_TIMEOUT_MS`, else the plugin's
@@ -277,7 +277,7 @@ impl QueueBridge {
     }
 
     /// The job's retry policy as stored by the producer (read only when an attempt failed, since the
-    /// library drops `jitter` and may have lost `attempts`; notes D2/D10), else as the library parsed it.
+    /// library drops `jitter` and may have lost `attempts`; docs/bullmq-official.md D2/D10), else as the library parsed it.
     async fn stored_policy(&self, job: &Job) -> RetryPolicy {
         let stored = match self.admin.raw_job(&self.keys, job.id()).await {
             Ok(RawJob {

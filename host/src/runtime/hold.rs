@@ -1,7 +1,7 @@
 //! Holding one queue's worker for a while: what a plugin's queue-scope "retry later" asks for (a provider
 //! rate-limits us or rejects our credentials).
 //!
-//! Node's worker sleeps its whole fetch loop after a `RateLimitError`; bullmq-official does not (notes D3),
+//! Node's worker sleeps its whole fetch loop after a `RateLimitError`; bullmq-official does not (docs/bullmq-official.md D3),
 //! so the host pauses the queue's worker locally and resumes it when the latest hold expires, unless the
 //! process is shutting down by then. The shared `limiter` key is also set (by the bridge), so other workers
 //! that have a rate limiter — Node's included — hold as well, exactly as with Node's `Queue.rateLimit`.

@@ -1,7 +1,7 @@
 //! The retry policy of a job as Node BullMQ applies it, for the cases bullmq-official gets wrong.
 //!
 //! bullmq-official drops the backoff's `jitter` and resets all options to defaults when any stored option
-//! fails to parse (see /work/notes/bullmq-official.md, D2 and D10). The bridge reads the stored `opts`
+//! fails to parse (see docs/bullmq-official.md, D2 and D10). The bridge reads the stored `opts`
 //! itself; when they carry a jitter, or when the library's view of `attempts` differs from what is stored,
 //! the host schedules the retry itself with Node's formulas instead of letting the library do it.
 

@@ -3,7 +3,7 @@
 //! Worker options come from the operator's `QUEUE_<Q>_*` overrides, then the plugin's hints, then BullMQ's
 //! defaults. Construction needs Redis; when Redis is down at start the supervisor retries with exponential
 //! backoff for as long as it takes (the library itself only reconnects once a worker exists). Once running,
-//! the library's fetch loop survives Redis restarts on its own (notes §5).
+//! the library's fetch loop survives Redis restarts on its own (docs/bullmq-official.md §5).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use plugin_api::ProcessorInfo;
 use super::bridge::{processor, QueueBridge};
 use crate::config::{Config, QueueOverrides};
 
-/// Fixed wait of the library's fetch loop after a Redis error (its default is 15 s; notes D6).
+/// Fixed wait of the library's fetch loop after a Redis error (its default is 15 s; docs/bullmq-official.md D6).
 const FETCH_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Idle BZPOPMIN timeout: bounds how long a closing worker's fetch loop takes to notice (Node: 5 s).
 const DRAIN_DELAY: Duration = Duration::from_secs(2);
