@@ -286,18 +286,23 @@ fn read_line(
             Ok(0) => return Ok(None),
             Ok(_) if buf.ends_with(b"\n") => return Ok(Some(())),
             Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if shared.stop.load(Ordering::SeqCst) {
+            Err(e) => {
+                if !keep_waiting(e, shared)? {
                     return Ok(None);
                 }
             }
-            Err(e) => return Err(e),
         }
+    }
+}
+
+/// After a failed read: `Ok(true)` to read again (a read timeout while the server runs), `Ok(false)` when the
+/// server is stopping, and the error itself for anything else.
+fn keep_waiting(e: std::io::Error, shared: &Shared) -> std::io::Result<bool> {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            Ok(!shared.stop.load(Ordering::SeqCst))
+        }
+        _ => Err(e),
     }
 }
 
@@ -316,17 +321,11 @@ fn read_exact_patiently(
                 out.extend_from_slice(&chunk[..got]);
                 len -= got;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if shared.stop.load(Ordering::SeqCst) {
+            Err(e) => {
+                if !keep_waiting(e, shared)? {
                     return Ok(false);
                 }
             }
-            Err(e) => return Err(e),
         }
     }
     Ok(true)
