@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod http;
+mod output;
 mod plugins;
 mod plugins_cmd;
 mod runtime;
@@ -27,6 +28,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`… | head`): it has all it wanted.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("frostguard-worker: {e:#}");

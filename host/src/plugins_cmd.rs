@@ -10,6 +10,7 @@ use plugin_api::{JobOpts, Outcome, PluginConfig};
 use serde_json::json;
 
 use crate::cli::{PluginsAction, PluginsArgs, RunJobArgs};
+use crate::output::out;
 use crate::plugins::{settings, Registry};
 
 /// Runs `plugins` or `plugins run`.
@@ -47,9 +48,9 @@ fn list(args: &PluginsArgs) -> anyhow::Result<ExitCode> {
             "loaded": loaded,
             "disabled": registry.disabled,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_text(args, &registry);
+        print_text(args, &registry)?;
     }
     let all_ok = registry.dir_error.is_none() && registry.disabled.is_empty();
     Ok(if all_ok {
@@ -59,17 +60,17 @@ fn list(args: &PluginsArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_text(args: &PluginsArgs, registry: &Registry) {
-    println!("plugin directory: {}", args.plugin_dir.display());
+fn print_text(args: &PluginsArgs, registry: &Registry) -> std::io::Result<()> {
+    out!("plugin directory: {}", args.plugin_dir.display());
     if let Some(e) = &registry.dir_error {
-        println!("  error: {e}");
-        return;
+        out!("  error: {e}");
+        return Ok(());
     }
     if registry.active.is_empty() && registry.disabled.is_empty() {
-        println!("  (no plugin files)");
+        out!("  (no plugin files)");
     }
     for p in &registry.active {
-        println!(
+        out!(
             "{}: {} {} — ok",
             p.plugin.path().display(),
             p.info.name,
@@ -89,7 +90,7 @@ fn print_text(args: &PluginsArgs, registry: &Registry) {
             } else {
                 ""
             };
-            println!(
+            out!(
                 "    queue {}: concurrency {}{limit}{budget}; jobs: {}{others}",
                 proc.queue,
                 proc.default_concurrency,
@@ -97,7 +98,7 @@ fn print_text(args: &PluginsArgs, registry: &Registry) {
             );
         }
         if !p.info.config_keys.is_empty() {
-            println!(
+            out!(
                 "    settings: {} (env, or {}<KEY>)",
                 p.info.config_keys.join(", "),
                 settings::env_prefix(&p.info.name)
@@ -110,13 +111,14 @@ fn print_text(args: &PluginsArgs, registry: &Registry) {
             .as_deref()
             .map(|n| format!("{n} "))
             .unwrap_or_default();
-        println!(
+        out!(
             "{}: {name}DISABLED at stage {}: {}",
             d.path.display(),
             d.stage,
             d.reason
         );
     }
+    Ok(())
 }
 
 fn run_job(args: RunJobArgs) -> anyhow::Result<ExitCode> {
@@ -153,7 +155,7 @@ fn run_job(args: RunJobArgs) -> anyhow::Result<ExitCode> {
     spec.timeout = args.timeout_ms.map(Duration::from_millis);
     let run = harness.run(spec);
     harness.shutdown(Duration::from_secs(5));
-    println!("{}", serde_json::to_string_pretty(&run)?);
+    out!("{}", serde_json::to_string_pretty(&run)?);
     Ok(match run.outcome {
         Outcome::Completed { .. } => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::abi::{
     level, HostServices, HostServices_TO, JobServices, JobServices_TO, PluginModuleRef,
 };
+use crate::elf_check::Mismatch;
 use crate::types::{JobView, Outcome, PluginConfig, PluginInfo};
 
 /// The step of loading at which a plugin was rejected.
@@ -243,7 +244,8 @@ impl LoadedPlugin {
 
 /// Rejects what must never reach `dlopen`: a missing or non-ELF file, and a truncated one. The dynamic loader
 /// maps segments past the end of a truncated file and the process dies of SIGBUS when it touches them, so the
-/// segment and section tables are checked against the file's real length first.
+/// segment and section tables are checked against the file's real length first. Then a file built for another
+/// machine or needing a newer glibc is rejected in plain words (`elf_check`; the loader's own are cryptic).
 fn check_file(path: &Path) -> Result<(), LoadError> {
     use object::{Object, ObjectSection, ObjectSegment};
     let reject = |reason: String| LoadError::new(path, LoadStage::File, reason);
@@ -268,7 +270,10 @@ fn check_file(path: &Path) -> Result<(), LoadError> {
             "truncated ELF file: its segments extend past its {len} bytes"
         )));
     }
-    Ok(())
+    crate::elf_check::check(&elf, &bytes).map_err(|mismatch| match mismatch {
+        Mismatch::Machine(reason) => reject(reason),
+        Mismatch::Glibc(reason) => LoadError::new(path, LoadStage::Open, reason),
+    })
 }
 
 fn library_error(path: &Path, err: LibraryError) -> LoadError {

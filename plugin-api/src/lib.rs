@@ -118,6 +118,8 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+#[cfg(feature = "host")]
+mod elf_check;
 mod export;
 mod forward;
 mod plugin;
