@@ -30,8 +30,9 @@ step() {
     echo "==> $* (at $((SECONDS - started)) s)"
 }
 
-step "npm ci (tests/node: bullmq, ioredis)"
+step "npm ci (tests/node: bullmq 6, ioredis; tests/node-bullmq5: bullmq 5.67, FrostGuard's version)"
 (cd tests/node && npm ci --no-audit --no-fund)
+(cd tests/node-bullmq5 && npm ci --no-audit --no-fund)
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -47,14 +48,20 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p frostguard-plugin-api --featur
 step "cargo build --workspace"
 cargo build --workspace
 
+# The interop suite runs once per Node BullMQ line a producer may use: 6.x with everything above (the default),
+# then again with 5.67, the version FrostGuard's API pins (drive.mjs loads it from tests/node-bullmq5).
 if cargo nextest --version >/dev/null 2>&1; then
-    step "cargo nextest run --workspace"
+    step "cargo nextest run --workspace (Node BullMQ 6.7)"
     cargo nextest run --workspace --no-fail-fast "$@"
+    step "interop suite again with Node BullMQ 5.67 (FROSTGUARD_NODE_BULLMQ=5)"
+    FROSTGUARD_NODE_BULLMQ=5 cargo nextest run --workspace --no-fail-fast -E 'binary(interop)' "$@"
     step "doc tests"
     cargo test --workspace --doc
 else
-    step "cargo test --workspace"
+    step "cargo test --workspace (Node BullMQ 6.7)"
     cargo test --workspace --no-fail-fast "$@"
+    step "interop suite again with Node BullMQ 5.67 (FROSTGUARD_NODE_BULLMQ=5)"
+    FROSTGUARD_NODE_BULLMQ=5 cargo test --workspace --no-fail-fast --test interop "$@"
 fi
 
 echo

@@ -28,12 +28,17 @@ mod postgres;
 mod process;
 mod redis;
 mod tempdir;
+mod tls;
 mod worker;
 
 pub use frostguard::{assert_delivery, delivery_row, insert_sms_delivery, sms_sent, telnyx_error};
 pub use http::{FakeHttp, RecordedRequest, Reply};
-pub use node::{drive, ensure_node_modules, node_dir, JobSnapshot, NodeQueue, NodeTask};
-pub use postgres::Postgres;
+pub use node::{
+    bullmq_project_dir, drive, ensure_node_modules, node_bullmq_version, node_dir, JobSnapshot, NodeQueue,
+    NodeTask, NODE_BULLMQ_ENV,
+};
+pub use postgres::{Postgres, Schema};
+pub use tls::{generate_ca, generate_server_cert, CertFiles};
 pub use redis::{RedisServer, Resp};
 pub use tempdir::TempDir;
 pub use worker::{Finished, Worker, WorkerBuilder};

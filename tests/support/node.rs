@@ -9,21 +9,39 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// `tests/node`.
+/// `tests/node`: drive.mjs and the default Node BullMQ (6.x).
 pub fn node_dir() -> PathBuf {
     crate::workspace_root().join("tests").join("node")
 }
 
-/// Runs `npm ci` in `tests/node` if `node_modules` lacks bullmq. Safe to call from parallel test processes:
-/// the install runs under `flock` on `tests/node/.npm-ci.lock`, and at most once per test process.
+/// Selects the Node BullMQ that drive.mjs runs with: `6` (default, `tests/node`) or `5`
+/// (`tests/node-bullmq5`, the 5.67 line FrostGuard's API pins). Read once from this variable, so a whole test
+/// run (e.g. `FROSTGUARD_NODE_BULLMQ=5 cargo nextest run --test interop`) uses one producer version.
+pub const NODE_BULLMQ_ENV: &str = "FROSTGUARD_NODE_BULLMQ";
+
+/// The Node project whose `bullmq` drive.mjs loads, from [`NODE_BULLMQ_ENV`]; `None` for the default
+/// (`tests/node` itself). Panics on a value other than 5 or 6, naming the variable.
+pub fn bullmq_project_dir() -> Option<PathBuf> {
+    match std::env::var(NODE_BULLMQ_ENV).ok().as_deref().map(str::trim) {
+        None | Some("") | Some("6") => None,
+        Some("5") => Some(crate::workspace_root().join("tests").join("node-bullmq5")),
+        Some(other) => panic!("{NODE_BULLMQ_ENV} must be 5 or 6, got {other:?}"),
+    }
+}
+
+/// Runs `npm ci` in `tests/node` (and in the selected BullMQ project, [`bullmq_project_dir`]) where
+/// `node_modules` lacks bullmq. Safe to call from parallel test processes: each install runs under `flock`
+/// on `<dir>/.npm-ci.lock`, and at most once per test process.
 pub fn ensure_node_modules() -> anyhow::Result<()> {
     static DONE: Mutex<bool> = Mutex::new(false);
     let mut done = DONE.lock().expect("npm ci lock");
     if *done {
         return Ok(());
     }
-    let dir = node_dir();
-    if !dir.join("node_modules/bullmq/package.json").is_file() {
+    for dir in std::iter::once(node_dir()).chain(bullmq_project_dir()) {
+        if dir.join("node_modules/bullmq/package.json").is_file() {
+            continue;
+        }
         let status = Command::new("flock")
             .arg(dir.join(".npm-ci.lock"))
             .args([
@@ -47,6 +65,15 @@ pub fn ensure_node_modules() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The version of the Node BullMQ that drive.mjs runs with (e.g. `6.7.0`, `5.67.0`).
+pub fn node_bullmq_version() -> anyhow::Result<String> {
+    let out = drive("bullmqVersion", &json!({}))?;
+    out["version"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("bullmqVersion printed no version: {out}"))
+}
+
 /// A running `node drive.mjs <command> <json>`.
 #[derive(Debug)]
 pub struct NodeTask {
@@ -66,6 +93,7 @@ impl NodeTask {
             .arg(dir.join("drive.mjs"))
             .arg(command)
             .arg(input.to_string())
+            .envs(bullmq_project_dir().map(|d| ("FROSTGUARD_BULLMQ_DIR", d)))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -98,3 +98,21 @@ fn assert_logged(worker: &Worker, needle: &str) {
         worker.output_text()
     );
 }
+
+/// The matrix is real: drive.mjs runs with the Node BullMQ that `FROSTGUARD_NODE_BULLMQ` selects (6.7 by
+/// default, 5.67 — FrostGuard's API's version — with `5`), so `scripts/test.sh` running this suite twice covers
+/// both producer lines.
+#[test]
+fn node_producer_is_the_selected_bullmq_version() {
+    let version = frostguard_tests::node_bullmq_version().unwrap();
+    let expected = if frostguard_tests::bullmq_project_dir().is_some() {
+        "5.67."
+    } else {
+        "6.7."
+    };
+    assert!(
+        version.starts_with(expected),
+        "{} selects {expected}x, drive.mjs runs bullmq {version}",
+        frostguard_tests::NODE_BULLMQ_ENV
+    );
+}
