@@ -11,11 +11,26 @@ pub fn insert_sms_delivery(pg: &Postgres, recipient: &str) -> String {
         .query_scalar("SELECT gen_random_uuid()::text AS id")
         .expect("new uuid")
         .expect("a uuid");
+    // The migrated schema's units need a type and a temperature range; slugs are unique there.
+    let migrated = pg
+        .query_scalar(
+            "SELECT count(*) FROM information_schema.columns \
+             WHERE table_name = 'units' AND column_name = 'unit_type'",
+        )
+        .expect("read the units columns")
+        .as_deref()
+        == Some("1");
+    let unit = if migrated {
+        "INSERT INTO units (area_id, name, unit_type, temp_min, temp_max) \
+         SELECT id, 'Freezer 1', 'freezer', -250, -150 FROM a RETURNING id"
+    } else {
+        "INSERT INTO units (area_id, name) SELECT id, 'Freezer 1' FROM a RETURNING id"
+    };
     pg.execute(&format!(
-        "WITH o AS (INSERT INTO organizations (name, slug) VALUES ('Org', 'org') RETURNING id), \
+        "WITH o AS (INSERT INTO organizations (name, slug) VALUES ('Org', 'org-{id}') RETURNING id), \
          s AS (INSERT INTO sites (organization_id, name) SELECT id, 'Site' FROM o RETURNING id), \
          a AS (INSERT INTO areas (site_id, name) SELECT id, 'Area' FROM s RETURNING id), \
-         u AS (INSERT INTO units (area_id, name) SELECT id, 'Freezer 1' FROM a RETURNING id), \
+         u AS ({unit}), \
          al AS (INSERT INTO alerts (unit_id, alert_type, severity) \
                 SELECT id, 'alarm_active', 'critical' FROM u RETURNING id) \
          INSERT INTO notification_deliveries (id, alert_id, channel, recipient) \
@@ -25,12 +40,14 @@ pub fn insert_sms_delivery(pg: &Postgres, recipient: &str) -> String {
     id
 }
 
-/// The delivery row `id` as a JSON object with `status` (text), `external_id`, `error_message`, `retry_count`
+/// The delivery row `id` as a JSON object with `status` (text), `external_id`, `error_message`, `retry_count` (a
+/// number, whether the column is FrostGuard's `varchar(10)` or an integer)
 /// and the flags `has_sent_at`, `has_failed_at`, `has_last_retry_at` (whether those timestamps are set).
 /// Panics if the row does not exist.
 pub fn delivery_row(pg: &Postgres, id: &str) -> Value {
     pg.query_json(&format!(
-        "SELECT status::text, external_id, error_message, retry_count, sent_at IS NOT NULL AS has_sent_at, \
+        "SELECT status::text, external_id, error_message, retry_count::text::int AS retry_count, \
+         sent_at IS NOT NULL AS has_sent_at, \
          failed_at IS NOT NULL AS has_failed_at, last_retry_at IS NOT NULL AS has_last_retry_at \
          FROM notification_deliveries WHERE id = '{id}'"
     ))

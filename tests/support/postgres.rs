@@ -17,6 +17,39 @@ pub fn schema_path() -> PathBuf {
     crate::workspace_root().join("tests/fixtures/frostguard-schema.sql")
 }
 
+/// Which FrostGuard tables a [`Postgres`] starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// `tests/fixtures/frostguard-schema.sql`: the columns the processors use, `retry_count` an integer.
+    Fixture,
+    /// `tests/fixtures/frostguard-migrated.sql`: the delivery tables exactly as FrostGuard's journaled
+    /// migrations leave a deployed database (`retry_count varchar(10) DEFAULT '0'`).
+    Migrated,
+    /// [`Schema::Migrated`] plus the one statement of FrostGuard's unjournaled migration 0009 that turns
+    /// `retry_count` into an integer (a database someone migrated by hand).
+    MigratedIntegerRetryCount,
+}
+
+impl Schema {
+    fn files(self) -> Vec<PathBuf> {
+        let fixtures = crate::workspace_root().join("tests/fixtures");
+        match self {
+            Schema::Fixture => vec![schema_path()],
+            Schema::Migrated | Schema::MigratedIntegerRetryCount => {
+                vec![fixtures.join("frostguard-migrated.sql")]
+            }
+        }
+    }
+
+    fn extra_sql(self) -> Option<&'static str> {
+        (self == Schema::MigratedIntegerRetryCount).then_some(
+            "ALTER TABLE notification_deliveries \
+             ALTER COLUMN retry_count TYPE integer USING COALESCE(retry_count::integer, 0), \
+             ALTER COLUMN retry_count SET DEFAULT 0",
+        )
+    }
+}
+
 /// The directory with `initdb`, `postgres` and `psql`: `FROSTGUARD_PG_BIN`, else the newest
 /// `/usr/lib/postgresql/<version>/bin` that has `initdb`.
 pub fn pg_bin_dir() -> anyhow::Result<PathBuf> {
@@ -70,11 +103,20 @@ pub struct Postgres {
     user: Option<(u32, u32)>,
     child: Option<ChildGuard>,
     log: Arc<LineLog>,
+    /// With TLS on: the CA that signed the server's certificate.
+    tls: Option<PathBuf>,
 }
 
 impl Postgres {
-    /// initdb, start, create the database and load the schema.
+    /// initdb, start, create the database and load the schema ([`Schema::Fixture`]).
     pub fn start() -> anyhow::Result<Postgres> {
+        Postgres::start_with(Schema::Fixture, false)
+    }
+
+    /// As [`Postgres::start`], with the given tables; with `tls`, the server runs with `ssl=on` and a
+    /// certificate for `127.0.0.1`/`localhost` signed by a CA generated here ([`Postgres::ca_cert`]), and TCP
+    /// clients that do not use TLS are rejected (`hostnossl … reject`), so a connection that works is a TLS one.
+    pub fn start_with(schema: Schema, tls: bool) -> anyhow::Result<Postgres> {
         let bin = pg_bin_dir()?;
         let dir = TempDir::new("pg")?;
         let user = if crate::running_as_root() {
@@ -91,6 +133,7 @@ impl Postgres {
             user,
             child: None,
             log: LineLog::new(),
+            tls: None,
         };
         let mut initdb = pg.server_command("initdb");
         initdb.arg("-D").arg(pg.data_dir()).args([
@@ -109,6 +152,9 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            pg.enable_tls()?;
+        }
         let mut last_err = None;
         for _ in 0..5 {
             pg.port = crate::free_port();
@@ -124,15 +170,54 @@ impl Postgres {
             return Err(e);
         }
         pg.psql_on("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
-        let schema = schema_path();
-        let out = pg.psql_command(DATABASE).arg("-f").arg(&schema).output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "loading {} failed: {}",
-            schema.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for file in schema.files() {
+            let out = pg.psql_command(DATABASE).arg("-f").arg(&file).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "loading {} failed: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Some(sql) = schema.extra_sql() {
+            pg.execute(sql)?;
+        }
         Ok(pg)
+    }
+
+    /// Generates a CA and a server certificate (openssl CLI) in the server's directory, turns `ssl` on and
+    /// makes TCP connections TLS-only.
+    fn enable_tls(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.path().join("tls");
+        std::fs::create_dir(&dir)?;
+        let ca = crate::tls::generate_ca(&dir, "ca", "frostguard-tests CA")?;
+        crate::tls::generate_server_cert(&dir, &ca, "server", &["IP:127.0.0.1", "DNS:localhost"])?;
+        if let Some((uid, gid)) = self.user {
+            for entry in std::fs::read_dir(&dir)? {
+                std::os::unix::fs::chown(entry?.path(), Some(uid), Some(gid))?;
+            }
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+        let conf = format!(
+            "\nssl = on\nssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'\n",
+            dir.display()
+        );
+        let data = self.data_dir();
+        let mut postgresql_conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(&mut postgresql_conf, conf.as_bytes())?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )?;
+        self.tls = Some(ca.cert);
+        Ok(())
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate, when started with TLS.
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.tls.as_deref()
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -220,6 +305,7 @@ impl Postgres {
                 database,
             ])
             .env("PGCONNECT_TIMEOUT", "10")
+            .env("PGSSLMODE", if self.tls.is_some() { "require" } else { "prefer" })
             .stdin(Stdio::null());
         cmd
     }
