@@ -34,13 +34,13 @@ mod worker;
 pub use frostguard::{assert_delivery, delivery_row, insert_sms_delivery, sms_sent, telnyx_error};
 pub use http::{FakeHttp, RecordedRequest, Reply};
 pub use node::{
-    bullmq_project_dir, drive, ensure_node_modules, node_bullmq_version, node_dir, JobSnapshot, NodeQueue,
-    NodeTask, NODE_BULLMQ_ENV,
+    bullmq_project_dir, drive, ensure_node_modules, node_bullmq_version, node_dir, JobSnapshot,
+    NodeQueue, NodeTask, NODE_BULLMQ_ENV,
 };
 pub use postgres::{Postgres, Schema};
-pub use tls::{generate_ca, generate_server_cert, CertFiles};
 pub use redis::{RedisServer, Resp};
 pub use tempdir::TempDir;
+pub use tls::{generate_ca, generate_server_cert, CertFiles};
 pub use worker::{Finished, Worker, WorkerBuilder};
 
 pub use anyhow;

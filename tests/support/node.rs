@@ -22,7 +22,11 @@ pub const NODE_BULLMQ_ENV: &str = "FROSTGUARD_NODE_BULLMQ";
 /// The Node project whose `bullmq` drive.mjs loads, from [`NODE_BULLMQ_ENV`]; `None` for the default
 /// (`tests/node` itself). Panics on a value other than 5 or 6, naming the variable.
 pub fn bullmq_project_dir() -> Option<PathBuf> {
-    match std::env::var(NODE_BULLMQ_ENV).ok().as_deref().map(str::trim) {
+    match std::env::var(NODE_BULLMQ_ENV)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
         None | Some("") | Some("6") => None,
         Some("5") => Some(crate::workspace_root().join("tests").join("node-bullmq5")),
         Some(other) => panic!("{NODE_BULLMQ_ENV} must be 5 or 6, got {other:?}"),

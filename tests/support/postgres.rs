@@ -305,7 +305,14 @@ impl Postgres {
                 database,
             ])
             .env("PGCONNECT_TIMEOUT", "10")
-            .env("PGSSLMODE", if self.tls.is_some() { "require" } else { "prefer" })
+            .env(
+                "PGSSLMODE",
+                if self.tls.is_some() {
+                    "require"
+                } else {
+                    "prefer"
+                },
+            )
             .stdin(Stdio::null());
         cmd
     }

@@ -18,7 +18,11 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| anyhow::anyhow!("cannot run openssl ({e}); install it (Debian: apt-get install openssl)"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run openssl ({e}); install it (Debian: apt-get install openssl)"
+            )
+        })?;
     anyhow::ensure!(
         out.status.success(),
         "openssl {} failed: {}",
@@ -34,10 +38,23 @@ pub fn generate_ca(dir: &Path, name: &str, common_name: &str) -> anyhow::Result<
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-            &format!("/CN={common_name}"), "-keyout", &key, "-out", &cert,
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={common_name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ],
     )?;
     Ok(CertFiles {
@@ -62,7 +79,18 @@ pub fn generate_server_cert(
     );
     openssl(
         dir,
-        &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=frostguard-tests server", "-keyout", &key, "-out", &csr],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=frostguard-tests server",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
     )?;
     std::fs::write(
         dir.join(&ext),
@@ -76,8 +104,21 @@ pub fn generate_server_cert(
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &csr, "-CA", &ca_cert, "-CAkey", &ca_key, "-CAcreateserial", "-days", "1",
-            "-extfile", &ext, "-out", &cert,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_cert,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
         ],
     )?;
     let mut perms = std::fs::metadata(dir.join(&key))?.permissions();
