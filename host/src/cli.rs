@@ -2,20 +2,41 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::config::vars;
 use crate::config::DEFAULT_PLUGIN_DIR;
 
 /// BullMQ worker host for FrostGuard: consumes BullMQ queues with processors loaded from plugins.
 ///
-/// Configuration comes from the environment (REDIS_URL or REDIS_HOST/REDIS_PORT, PLUGIN_DIR, BULLMQ_PREFIX,
-/// QUEUE_<Q>_*, …); see the README.
+/// Configuration comes from the environment; `frostguard-worker help <COMMAND>` lists the variables each
+/// subcommand reads.
 #[derive(Debug, Parser)]
 #[command(name = "frostguard-worker", version, about, long_about = None)]
 pub struct Cli {
     /// What to do; `run` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The command-line definition with each subcommand's "Environment:" section (from the table of
+    /// variables) appended to its help; `run`'s is also shown by the top-level help.
+    pub fn command_with_env_help() -> clap::Command {
+        let mut cmd = Cli::command().after_long_help(vars::help_section(vars::Command::Run));
+        for command in vars::Command::ALL {
+            cmd = cmd.mut_subcommand(command.name(), |sub| {
+                sub.after_help(vars::help_section(command))
+            });
+        }
+        cmd
+    }
+
+    /// Parses the process arguments (exits with usage or help output as clap does).
+    pub fn parse_with_env_help() -> Cli {
+        let matches = Self::command_with_env_help().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// The subcommands.
@@ -32,7 +53,7 @@ pub enum Command {
 #[command(args_conflicts_with_subcommands = true)]
 pub struct PluginsArgs {
     /// Plugin directory to inspect.
-    #[arg(long, env = "PLUGIN_DIR", default_value = DEFAULT_PLUGIN_DIR)]
+    #[arg(long, env = vars::PLUGIN_DIR.name, default_value = DEFAULT_PLUGIN_DIR)]
     pub plugin_dir: PathBuf,
     /// Also initialise each plugin with its configuration from the environment (then shut it down), as
     /// `run` would; without it no plugin code beyond `describe` runs.
@@ -81,4 +102,52 @@ pub struct RunJobArgs {
     /// Plugin setting `KEY=VALUE`, overriding the environment; repeatable.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::config::tests::read_by;
+
+    /// The variable names of the "Environment:" section of `frostguard-worker <command> --help`.
+    fn documented(command: vars::Command) -> BTreeSet<String> {
+        let mut cli = Cli::command_with_env_help();
+        let sub = cli
+            .find_subcommand_mut(command.name())
+            .expect("subcommand exists");
+        let help = sub.render_help().to_string();
+        let section = help
+            .split_once("Environment:\n")
+            .unwrap_or_else(|| panic!("no environment section in:\n{help}"))
+            .1;
+        section
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn help_lists_exactly_the_variables_the_config_code_reads() {
+        for command in vars::Command::ALL {
+            let read: BTreeSet<String> = read_by(command).into_iter().map(str::to_owned).collect();
+            assert_eq!(documented(command), read, "{command:?}");
+        }
+    }
+
+    #[test]
+    fn plugins_takes_its_directory_from_the_table_entry() {
+        let cli = Cli::command();
+        let plugins = cli.find_subcommand("plugins").unwrap();
+        let dir = plugins
+            .get_arguments()
+            .find(|a| a.get_id() == "plugin_dir")
+            .unwrap();
+        assert_eq!(
+            dir.get_env().and_then(|e| e.to_str()),
+            Some(vars::PLUGIN_DIR.name)
+        );
+    }
 }

@@ -1,5 +1,7 @@
-//! Everything `frostguard-worker run` reads from the environment, parsed and validated once at startup.
+//! Everything `frostguard-worker` reads from the environment, parsed and validated once at startup.
 //!
+//! Every variable is an entry of the table in [`vars`] (which `--help` renders) and is read only through
+//! [`Env`], so the documentation and the code cannot drift apart.
 //! [`Config::from_env`] is called before any plugin is loaded, so a missing Redis setting or a malformed
 //! number stops the process at once with a message naming the variable. Per-queue overrides
 //! (`QUEUE_<Q>_*`) are collected here too; the queue names they refer to are only known after plugins load,
@@ -12,14 +14,12 @@ use std::time::Duration;
 
 use bullmq::options::RedisConnectionOptions;
 
+pub mod vars;
+
+pub use vars::Env;
+
 /// Default plugin directory inside the container image.
 pub const DEFAULT_PLUGIN_DIR: &str = "/usr/local/lib/frostguard-worker/plugins";
-/// Default BullMQ key prefix (Node's default).
-pub const DEFAULT_PREFIX: &str = "bull";
-/// Default drain budget: below docker's 30 s stop grace period.
-pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 25_000;
-/// Default port of the health and metrics endpoint.
-pub const DEFAULT_HTTP_PORT: u16 = 9090;
 
 /// A configuration problem, reported before anything starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,54 +188,98 @@ pub struct Config {
 }
 
 /// Environment lookup: `std::env::var` in production, a map in tests.
+#[cfg(test)]
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Where Redis is and which key prefix the queues use: what every subcommand that talks to Redis reads.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Where Redis is.
+    pub target: RedisTarget,
+    /// `BULLMQ_PREFIX`.
+    pub prefix: String,
+}
+
+impl RedisSettings {
+    /// Reads `REDIS_*` and `BULLMQ_PREFIX`.
+    pub fn read(env: &Env<'_>) -> Result<RedisSettings, ConfigError> {
+        let target = redis_target(env)?;
+        let prefix = env.get_or_default(&vars::BULLMQ_PREFIX).unwrap_or_default();
+        if prefix.contains(':') {
+            return Err(invalid(vars::BULLMQ_PREFIX.name, "must not contain ':'"));
+        }
+        Ok(RedisSettings { target, prefix })
+    }
+}
+
+/// How logs are written: read by every subcommand before anything else.
+#[derive(Debug, Clone)]
+pub struct Logging {
+    /// `LOG_FORMAT`.
+    pub format: LogFormat,
+    /// `RUST_LOG`.
+    pub filter: String,
+}
+
+impl Logging {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Logging, ConfigError> {
+        let (get, all) = process_env();
+        Self::read(&Env::new(&get, all))
+    }
+
+    /// Reads `LOG_FORMAT` and `RUST_LOG`.
+    pub fn read(env: &Env<'_>) -> Result<Logging, ConfigError> {
+        Ok(Logging {
+            format: log_format(env)?,
+            filter: env.get_or_default(&vars::RUST_LOG).unwrap_or_default(),
+        })
+    }
+}
+
+/// The process environment as a look-up and a list (non-UTF-8 variables count as unset).
+fn process_env() -> (impl Fn(&str) -> Option<String>, Vec<(String, String)>) {
+    let all: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    (|k: &str| std::env::var(k).ok(), all)
+}
 
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        let lookup = |k: &str| std::env::var(k).ok();
-        Self::from_parts(&lookup, vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        let (get, all) = process_env();
+        Self::read(&Env::new(&get, all))
     }
 
     /// Builds the configuration from a lookup function and the full list of variables (the latter is
     /// scanned for `QUEUE_*` overrides).
+    #[cfg(test)]
     pub fn from_parts<'v>(
         get: Lookup<'_>,
         all: impl IntoIterator<Item = (&'v str, &'v str)>,
     ) -> Result<Config, ConfigError> {
-        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let redis = redis_target(&get)?;
-        let plugin_dir = get("PLUGIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGIN_DIR));
-        let prefix = get("BULLMQ_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
-        if prefix.contains(':') {
-            return Err(invalid("BULLMQ_PREFIX", "must not contain ':'"));
-        }
-        let shutdown_ms =
-            parse_num::<u64>(&get, "SHUTDOWN_TIMEOUT_MS")?.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS);
-        let http_port = match parse_num::<u16>(&get, "HTTP_PORT")? {
-            Some(0) => None,
+        let all = all.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned()));
+        Self::read(&Env::new(get, all))
+    }
+
+    /// Reads everything `run` needs.
+    pub fn read(env: &Env<'_>) -> Result<Config, ConfigError> {
+        let RedisSettings { target, prefix } = RedisSettings::read(env)?;
+        let plugin_dir = PathBuf::from(env.get_or_default(&vars::PLUGIN_DIR).unwrap_or_default());
+        let shutdown_ms = parse_num::<u64>(env, &vars::SHUTDOWN_TIMEOUT_MS)?.unwrap_or_default();
+        let http_port = match parse_num::<u16>(env, &vars::HTTP_PORT)? {
+            Some(0) | None => None,
             Some(p) => Some(p),
-            None => Some(DEFAULT_HTTP_PORT),
         };
-        let log_format = match get("LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(invalid(
-                    "LOG_FORMAT",
-                    format!("expected text or json, got {other:?}"),
-                ))
-            }
-        };
-        let worker_name = get("HOSTNAME")
+        let log_format = log_format(env)?;
+        let worker_name = env
+            .get(&vars::HOSTNAME)
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()));
-        let queues = queue_overrides(all)?;
+        let queues = queue_overrides(env)?;
         Ok(Config {
-            redis,
+            redis: target,
             plugin_dir,
             prefix,
             shutdown_timeout: Duration::from_millis(shutdown_ms),
@@ -260,6 +304,21 @@ impl Config {
     }
 }
 
+fn log_format(env: &Env<'_>) -> Result<LogFormat, ConfigError> {
+    match env
+        .get_or_default(&vars::LOG_FORMAT)
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(invalid(
+            vars::LOG_FORMAT.name,
+            format!("expected text or json, got {other:?}"),
+        )),
+    }
+}
+
 /// The `<Q>` part of `QUEUE_<Q>_*`: upper case, every non-alphanumeric character replaced by `_`.
 pub fn queue_env_name(queue: &str) -> String {
     queue
@@ -274,43 +333,47 @@ pub fn queue_env_name(queue: &str) -> String {
         .collect()
 }
 
-fn redis_target(get: &dyn Fn(&str) -> Option<String>) -> Result<RedisTarget, ConfigError> {
-    if let Some(url) = get("REDIS_URL") {
+fn redis_target(env: &Env<'_>) -> Result<RedisTarget, ConfigError> {
+    if let Some(url) = env.get(&vars::REDIS_URL) {
         let url = url.trim().to_owned();
         let scheme = url.split_once("://").map(|(s, _)| s);
         if !matches!(scheme, Some("redis" | "rediss")) {
             return Err(invalid(
-                "REDIS_URL",
+                vars::REDIS_URL.name,
                 "must start with redis:// or rediss://",
             ));
         }
         return Ok(RedisTarget::Url(url));
     }
-    let Some(host) = get("REDIS_HOST") else {
+    let Some(host) = env.get(&vars::REDIS_HOST) else {
         return Err(ConfigError::NoRedis);
     };
-    let port = parse_num::<u16>(get, "REDIS_PORT")?.unwrap_or(6379);
+    let port = parse_num::<u16>(env, &vars::REDIS_PORT)?.unwrap_or_default();
     if port == 0 {
-        return Err(invalid("REDIS_PORT", "must be between 1 and 65535"));
+        return Err(invalid(
+            vars::REDIS_PORT.name,
+            "must be between 1 and 65535",
+        ));
     }
     Ok(RedisTarget::Host {
         host: host.trim().to_owned(),
         port,
-        username: get("REDIS_USERNAME"),
-        password: get("REDIS_PASSWORD"),
-        db: parse_num::<u8>(get, "REDIS_DB")?,
+        username: env.get(&vars::REDIS_USERNAME),
+        password: env.get(&vars::REDIS_PASSWORD),
+        db: parse_num::<u8>(env, &vars::REDIS_DB)?,
     })
 }
 
+/// The variable's value (or its default value) as a number; `None` when neither is there.
 fn parse_num<T: std::str::FromStr>(
-    get: &dyn Fn(&str) -> Option<String>,
-    var: &str,
+    env: &Env<'_>,
+    var: &'static vars::Var,
 ) -> Result<Option<T>, ConfigError> {
-    match get(var) {
+    match env.get_or_default(var) {
         None => Ok(None),
         Some(raw) => raw.trim().parse::<T>().map(Some).map_err(|_| {
             invalid(
-                var,
+                var.name,
                 format!(
                     "expected a non-negative integer in range, got {:?}",
                     raw.trim()
@@ -320,63 +383,51 @@ fn parse_num<T: std::str::FromStr>(
     }
 }
 
-/// The per-queue settings and how each is stored.
-const QUEUE_SUFFIXES: [&str; 7] = [
-    "_CONCURRENCY",
-    "_RATE_LIMIT_MAX",
-    "_RATE_LIMIT_DURATION_MS",
-    "_LOCK_DURATION_MS",
-    "_STALLED_INTERVAL_MS",
-    "_MAX_STALLED_COUNT",
-    "_JOB_TIMEOUT_MS",
-];
-
-fn queue_overrides<'v>(
-    all: impl IntoIterator<Item = (&'v str, &'v str)>,
-) -> Result<BTreeMap<String, QueueOverrides>, ConfigError> {
+fn queue_overrides(env: &Env<'_>) -> Result<BTreeMap<String, QueueOverrides>, ConfigError> {
     let mut queues: BTreeMap<String, QueueOverrides> = BTreeMap::new();
-    for (var, value) in all {
-        let Some(rest) = var.strip_prefix("QUEUE_") else {
-            continue;
-        };
-        let value = value.trim();
-        if value.is_empty() {
-            continue;
-        }
-        // No suffix ends another one, so the first match is the only match.
-        let Some(suffix) = QUEUE_SUFFIXES.iter().find(|s| rest.ends_with(*s)) else {
-            continue;
-        };
-        let queue = &rest[..rest.len() - suffix.len()];
-        if queue.is_empty() {
-            continue;
-        }
-        let entry = queues.entry(queue.to_owned()).or_default();
-        let number = |min: u64| -> Result<u64, ConfigError> {
-            match value.parse::<u64>() {
-                Ok(n) if n >= min => Ok(n),
-                _ => Err(invalid(
-                    var,
-                    format!("expected an integer >= {min}, got {value:?}"),
-                )),
-            }
-        };
-        match *suffix {
-            "_CONCURRENCY" => {
-                let n = number(1)?;
-                entry.concurrency =
-                    Some(u32::try_from(n).map_err(|_| invalid(var, "concurrency is too large"))?);
-            }
-            "_RATE_LIMIT_MAX" => entry.rate_limit_max = Some(number(0)?),
-            "_RATE_LIMIT_DURATION_MS" => entry.rate_limit_duration_ms = Some(number(1)?),
-            "_LOCK_DURATION_MS" => entry.lock_duration_ms = Some(number(1)?),
-            "_STALLED_INTERVAL_MS" => entry.stalled_interval_ms = Some(number(1)?),
-            "_JOB_TIMEOUT_MS" => entry.job_timeout_ms = Some(number(0)?),
-            _ => {
-                entry.max_stalled_count = Some(
-                    u32::try_from(number(0)?)
-                        .map_err(|_| invalid(var, "max stalled count is too large"))?,
-                )
+    for family in vars::queue_families() {
+        for (var, queue, value) in env.matching(family) {
+            let var = var.as_str();
+            let value = value.trim();
+            let entry = queues.entry(queue).or_default();
+            let number = |min: u64| -> Result<u64, ConfigError> {
+                match value.parse::<u64>() {
+                    Ok(n) if n >= min => Ok(n),
+                    _ => Err(invalid(
+                        var,
+                        format!("expected an integer >= {min}, got {value:?}"),
+                    )),
+                }
+            };
+            match family.name {
+                n if n == vars::QUEUE_CONCURRENCY.name => {
+                    let n = number(1)?;
+                    entry.concurrency = Some(
+                        u32::try_from(n).map_err(|_| invalid(var, "concurrency is too large"))?,
+                    );
+                }
+                n if n == vars::QUEUE_RATE_LIMIT_MAX.name => {
+                    entry.rate_limit_max = Some(number(0)?)
+                }
+                n if n == vars::QUEUE_RATE_LIMIT_DURATION_MS.name => {
+                    entry.rate_limit_duration_ms = Some(number(1)?)
+                }
+                n if n == vars::QUEUE_LOCK_DURATION_MS.name => {
+                    entry.lock_duration_ms = Some(number(1)?)
+                }
+                n if n == vars::QUEUE_STALLED_INTERVAL_MS.name => {
+                    entry.stalled_interval_ms = Some(number(1)?)
+                }
+                n if n == vars::QUEUE_JOB_TIMEOUT_MS.name => {
+                    entry.job_timeout_ms = Some(number(0)?)
+                }
+                n if n == vars::QUEUE_MAX_STALLED_COUNT.name => {
+                    entry.max_stalled_count = Some(
+                        u32::try_from(number(0)?)
+                            .map_err(|_| invalid(var, "max stalled count is too large"))?,
+                    )
+                }
+                other => unreachable!("{other} has no field in QueueOverrides"),
             }
         }
     }
@@ -395,9 +446,9 @@ fn queue_overrides<'v>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars
@@ -524,6 +575,116 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    /// Every variable of the table set to a valid value (two Redis variants: URL, and host with friends).
+    fn full_env(redis_url: bool) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = vars::ALL
+            .iter()
+            .filter(|v| !v.name.contains('<'))
+            .map(|v| {
+                let value = match v.name {
+                    "REDIS_URL" => "redis://localhost:6379",
+                    "LOG_FORMAT" => "json",
+                    "RUST_LOG" => "debug",
+                    "PLUGIN_DIR" | "HOSTNAME" | "REDIS_HOST" | "REDIS_USERNAME"
+                    | "REDIS_PASSWORD" | "BULLMQ_PREFIX" => "x",
+                    _ => "1",
+                };
+                (v.name.to_owned(), value.to_owned())
+            })
+            .filter(|(k, _)| redis_url || k != "REDIS_URL")
+            .collect();
+        for family in vars::queue_families() {
+            let name = family.name.replace("<Q>", "Q");
+            vars.push((name, "1".to_owned()));
+        }
+        vars
+    }
+
+    /// What `read` consults from a full environment, over both Redis variants.
+    fn consulted_by(read: impl Fn(&Env<'_>)) -> BTreeSet<&'static str> {
+        let mut seen = BTreeSet::new();
+        for redis_url in [true, false] {
+            let all = full_env(redis_url);
+            let map: HashMap<String, String> = all.iter().cloned().collect();
+            let get = |k: &str| map.get(k).cloned();
+            let env = Env::new(&get, all);
+            read(&env);
+            seen.extend(env.consulted());
+        }
+        seen
+    }
+
+    /// The variables each subcommand's configuration code reads, as recorded (the plugin settings family is
+    /// read per declared key by `plugins::settings`, and `plugins` takes `PLUGIN_DIR` through clap).
+    pub(crate) fn read_by(command: vars::Command) -> BTreeSet<&'static str> {
+        let mut seen = match command {
+            vars::Command::Run => consulted_by(|env| {
+                Logging::read(env).unwrap();
+                Config::read(env).unwrap();
+            }),
+            vars::Command::Plugins => consulted_by(|env| {
+                Logging::read(env).unwrap();
+            }),
+        };
+        if matches!(command, vars::Command::Run | vars::Command::Plugins) {
+            seen.insert(vars::PLUGIN_SETTING.name);
+        }
+        if command == vars::Command::Plugins {
+            seen.insert(vars::PLUGIN_DIR.name);
+        }
+        seen
+    }
+
+    #[test]
+    fn each_command_reads_exactly_its_table_entries() {
+        for command in vars::Command::ALL {
+            let table: BTreeSet<&str> = vars::for_command(command).map(|v| v.name).collect();
+            assert_eq!(read_by(command), table, "{command:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_environment_sets_every_queue_override() {
+        let all = full_env(false);
+        let map: HashMap<String, String> = all.iter().cloned().collect();
+        let get = |k: &str| map.get(k).cloned();
+        let c = Config::read(&Env::new(&get, all)).unwrap();
+        let q = c.queue("q");
+        // One field per family: a family added to the table without a field fails in `queue_overrides`.
+        assert_eq!(
+            q,
+            QueueOverrides {
+                concurrency: Some(1),
+                rate_limit_max: Some(1),
+                rate_limit_duration_ms: Some(1),
+                lock_duration_ms: Some(1),
+                stalled_interval_ms: Some(1),
+                max_stalled_count: Some(1),
+                job_timeout_ms: Some(1),
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_come_from_the_table() {
+        let c = config(&[("REDIS_HOST", "r")]).unwrap();
+        let value = |v: &vars::Var| match v.default {
+            vars::Default::Value(d) => d,
+            other => panic!("{} has no default value: {other:?}", v.name),
+        };
+        assert_eq!(
+            c.shutdown_timeout.as_millis().to_string(),
+            value(&vars::SHUTDOWN_TIMEOUT_MS)
+        );
+        assert_eq!(c.http_port.unwrap().to_string(), value(&vars::HTTP_PORT));
+        assert_eq!(c.prefix, value(&vars::BULLMQ_PREFIX));
+        assert_eq!(c.plugin_dir, PathBuf::from(value(&vars::PLUGIN_DIR)));
+        assert!(c
+            .redis
+            .redacted()
+            .ends_with(&format!(":{}", value(&vars::REDIS_PORT))));
     }
 
     #[test]

@@ -13,15 +13,14 @@ mod shutdown;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
-use crate::config::LogFormat;
+use crate::config::{LogFormat, Logging};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(log_format_from_env());
+    let cli = Cli::parse_with_env_help();
+    init_logging(&logging_from_env());
     let result = match cli.command {
         Some(Command::Plugins(args)) => plugins_cmd::main(args),
         Some(Command::Run) | None => run(),
@@ -40,21 +39,21 @@ fn main() -> ExitCode {
 
 /// `LOG_FORMAT` is validated again (with a proper error) by `Config::from_env` for `run`; here an unknown
 /// value just falls back to text so that the error itself can be printed.
-fn log_format_from_env() -> LogFormat {
-    match std::env::var("LOG_FORMAT").as_deref().map(str::trim) {
-        Ok("json") => LogFormat::Json,
-        _ => LogFormat::Text,
-    }
+fn logging_from_env() -> Logging {
+    Logging::from_env().unwrap_or(Logging {
+        format: LogFormat::Text,
+        filter: "info".to_owned(),
+    })
 }
 
 /// Logs go to stderr (stdout is kept for command output such as `plugins --json`); `RUST_LOG` filters,
-/// default `info`.
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// default `info` (also when the filter cannot be parsed).
+fn init_logging(logging: &Logging) {
+    let filter = EnvFilter::try_new(&logging.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
+    match logging.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }

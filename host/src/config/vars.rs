@@ -1,0 +1,376 @@
+//! The one table of environment variables the host reads: name, meaning, default and the subcommands that
+//! read it.
+//!
+//! The configuration code reads variables only through [`Env::get`] / [`Env::matching`], which take an entry
+//! of this table, and `--help` renders the same table per subcommand. A test records what the configuration
+//! code actually reads and compares it with the table and with the rendered help, so the documentation
+//! cannot drift from the code. To add a variable: add a `pub const` entry here, list it in [`ALL`], read it
+//! through [`Env`].
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+/// A subcommand that reads the environment (the help of each lists its variables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Command {
+    /// `run` (the default).
+    Run,
+    /// `plugins` and `plugins run`.
+    Plugins,
+}
+
+impl Command {
+    /// Every subcommand, in help order.
+    pub const ALL: [Command; 2] = [Command::Run, Command::Plugins];
+
+    /// The subcommand's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Run => "run",
+            Command::Plugins => "plugins",
+        }
+    }
+}
+
+/// What happens when a variable is not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Default {
+    /// Nothing: the setting is off or another variable decides.
+    None,
+    /// This value is used; the configuration code parses it exactly like a value from the environment.
+    Value(&'static str),
+    /// Described, not a literal value (e.g. "the plugin's hint").
+    Note(&'static str),
+}
+
+/// One environment variable (or a family of them, such as `QUEUE_<Q>_CONCURRENCY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Var {
+    /// The name; a family has one placeholder in angle brackets (`<Q>`, `<NAME>`).
+    pub name: &'static str,
+    /// What it does, one sentence for `--help`.
+    pub meaning: &'static str,
+    /// The default.
+    pub default: Default,
+    /// The subcommands that read it.
+    pub commands: &'static [Command],
+}
+
+impl Var {
+    /// For a family `QUEUE_<Q>_SUFFIX`, the part after the placeholder (`_SUFFIX`).
+    pub fn queue_suffix(&self) -> Option<&'static str> {
+        self.name.strip_prefix("QUEUE_<Q>")
+    }
+
+    /// Whether `command` reads this variable.
+    pub fn read_by(&self, command: Command) -> bool {
+        self.commands.contains(&command)
+    }
+}
+
+use Command::{Plugins, Run};
+
+const REDIS_USERS: &[Command] = &[Run];
+const EVERYONE: &[Command] = &[Run, Plugins];
+
+/// `REDIS_URL`.
+pub const REDIS_URL: Var = Var {
+    name: "REDIS_URL",
+    meaning: "Redis as a redis:// or rediss:// URL (may carry user, password and database); \
+              wins over REDIS_HOST",
+    default: Default::None,
+    commands: REDIS_USERS,
+};
+/// `REDIS_HOST`.
+pub const REDIS_HOST: Var = Var {
+    name: "REDIS_HOST",
+    meaning: "Redis host name, when REDIS_URL is not set (one of the two is required)",
+    default: Default::None,
+    commands: REDIS_USERS,
+};
+/// `REDIS_PORT`.
+pub const REDIS_PORT: Var = Var {
+    name: "REDIS_PORT",
+    meaning: "Redis port, with REDIS_HOST",
+    default: Default::Value("6379"),
+    commands: REDIS_USERS,
+};
+/// `REDIS_USERNAME`.
+pub const REDIS_USERNAME: Var = Var {
+    name: "REDIS_USERNAME",
+    meaning: "Redis ACL user name, with REDIS_HOST",
+    default: Default::None,
+    commands: REDIS_USERS,
+};
+/// `REDIS_PASSWORD`.
+pub const REDIS_PASSWORD: Var = Var {
+    name: "REDIS_PASSWORD",
+    meaning: "Redis password, with REDIS_HOST",
+    default: Default::None,
+    commands: REDIS_USERS,
+};
+/// `REDIS_DB`.
+pub const REDIS_DB: Var = Var {
+    name: "REDIS_DB",
+    meaning: "Redis database index, with REDIS_HOST",
+    default: Default::Note("0"),
+    commands: REDIS_USERS,
+};
+/// `BULLMQ_PREFIX`.
+pub const BULLMQ_PREFIX: Var = Var {
+    name: "BULLMQ_PREFIX",
+    meaning:
+        "BullMQ key prefix, as the producers use it; a hash tag such as {bull} for Redis Cluster",
+    default: Default::Value("bull"),
+    commands: REDIS_USERS,
+};
+/// `PLUGIN_DIR`.
+pub const PLUGIN_DIR: Var = Var {
+    name: "PLUGIN_DIR",
+    meaning: "directory of plugin .so files (or --plugin-dir)",
+    default: Default::Value(super::DEFAULT_PLUGIN_DIR),
+    commands: &[Run, Plugins],
+};
+/// `SHUTDOWN_TIMEOUT_MS`.
+pub const SHUTDOWN_TIMEOUT_MS: Var = Var {
+    name: "SHUTDOWN_TIMEOUT_MS",
+    meaning: "how long in-flight jobs may finish after SIGTERM or SIGINT",
+    // Below docker's 30 s stop grace period.
+    default: Default::Value("25000"),
+    commands: &[Run],
+};
+/// `HTTP_PORT`.
+pub const HTTP_PORT: Var = Var {
+    name: "HTTP_PORT",
+    meaning: "port of /healthz, /readyz and /metrics; 0 disables the endpoint",
+    default: Default::Value("9090"),
+    commands: &[Run],
+};
+/// `HOSTNAME`.
+pub const HOSTNAME: Var = Var {
+    name: "HOSTNAME",
+    meaning: "worker name shown in BullMQ's worker list and as a job's processedBy",
+    default: Default::None,
+    commands: &[Run],
+};
+/// `LOG_FORMAT`.
+pub const LOG_FORMAT: Var = Var {
+    name: "LOG_FORMAT",
+    meaning: "log lines on stderr as text or json",
+    default: Default::Value("text"),
+    commands: EVERYONE,
+};
+/// `RUST_LOG`.
+pub const RUST_LOG: Var = Var {
+    name: "RUST_LOG",
+    meaning: "log filter (tracing EnvFilter syntax, e.g. info,frostguard_worker=debug)",
+    default: Default::Value("info"),
+    commands: EVERYONE,
+};
+/// `QUEUE_<Q>_CONCURRENCY`.
+pub const QUEUE_CONCURRENCY: Var = Var {
+    name: "QUEUE_<Q>_CONCURRENCY",
+    meaning: "jobs at once on queue <Q> (at least 1)",
+    default: Default::Note("the plugin's default, else 1"),
+    commands: &[Run],
+};
+/// `QUEUE_<Q>_RATE_LIMIT_MAX`.
+pub const QUEUE_RATE_LIMIT_MAX: Var = Var {
+    name: "QUEUE_<Q>_RATE_LIMIT_MAX",
+    meaning: "at most this many jobs per QUEUE_<Q>_RATE_LIMIT_DURATION_MS (set both); 0 lifts the plugin's hint",
+    default: Default::Note("the plugin's hint, else no limit"),
+    commands: &[Run],
+};
+/// `QUEUE_<Q>_RATE_LIMIT_DURATION_MS`.
+pub const QUEUE_RATE_LIMIT_DURATION_MS: Var = Var {
+    name: "QUEUE_<Q>_RATE_LIMIT_DURATION_MS",
+    meaning: "the rate limit's window",
+    default: Default::Note("the plugin's hint"),
+    commands: &[Run],
+};
+/// `QUEUE_<Q>_LOCK_DURATION_MS`.
+pub const QUEUE_LOCK_DURATION_MS: Var = Var {
+    name: "QUEUE_<Q>_LOCK_DURATION_MS",
+    meaning: "BullMQ job lock duration",
+    default: Default::Note("30000"),
+    commands: &[Run],
+};
+/// `QUEUE_<Q>_STALLED_INTERVAL_MS`.
+pub const QUEUE_STALLED_INTERVAL_MS: Var = Var {
+    name: "QUEUE_<Q>_STALLED_INTERVAL_MS",
+    meaning: "how often stalled jobs are looked for",
+    default: Default::Note("30000"),
+    commands: &[Run],
+};
+/// `QUEUE_<Q>_MAX_STALLED_COUNT`.
+pub const QUEUE_MAX_STALLED_COUNT: Var = Var {
+    name: "QUEUE_<Q>_MAX_STALLED_COUNT",
+    meaning: "how often a job may stall before it fails",
+    default: Default::Note("1"),
+    commands: &[Run],
+};
+/// `QUEUE_<Q>_JOB_TIMEOUT_MS`.
+pub const QUEUE_JOB_TIMEOUT_MS: Var = Var {
+    name: "QUEUE_<Q>_JOB_TIMEOUT_MS",
+    meaning: "time budget of one attempt; an overrun fails the attempt retryably; 0 = no timeout",
+    default: Default::Note("the plugin's hint, else none"),
+    commands: &[Run],
+};
+/// `PLUGIN_<NAME>_<KEY>`.
+pub const PLUGIN_SETTING: Var = Var {
+    name: "PLUGIN_<NAME>_<KEY>",
+    meaning:
+        "a setting <KEY> a plugin declares (see `frostguard-worker plugins`); wins over plain <KEY>",
+    default: Default::Note("the plain <KEY> variable"),
+    commands: &[Run, Plugins],
+};
+
+/// Every variable, in help order.
+pub const ALL: &[&Var] = &[
+    &REDIS_URL,
+    &REDIS_HOST,
+    &REDIS_PORT,
+    &REDIS_USERNAME,
+    &REDIS_PASSWORD,
+    &REDIS_DB,
+    &BULLMQ_PREFIX,
+    &PLUGIN_DIR,
+    &SHUTDOWN_TIMEOUT_MS,
+    &HTTP_PORT,
+    &HOSTNAME,
+    &LOG_FORMAT,
+    &RUST_LOG,
+    &QUEUE_CONCURRENCY,
+    &QUEUE_RATE_LIMIT_MAX,
+    &QUEUE_RATE_LIMIT_DURATION_MS,
+    &QUEUE_LOCK_DURATION_MS,
+    &QUEUE_STALLED_INTERVAL_MS,
+    &QUEUE_MAX_STALLED_COUNT,
+    &QUEUE_JOB_TIMEOUT_MS,
+    &PLUGIN_SETTING,
+];
+
+/// The `QUEUE_<Q>_*` families.
+pub fn queue_families() -> impl Iterator<Item = &'static Var> {
+    ALL.iter().copied().filter(|v| v.queue_suffix().is_some())
+}
+
+/// The variables `command` reads, in help order.
+pub fn for_command(command: Command) -> impl Iterator<Item = &'static Var> {
+    ALL.iter().copied().filter(move |v| v.read_by(command))
+}
+
+/// The "Environment:" section of a subcommand's `--help`.
+pub fn help_section(command: Command) -> String {
+    let vars: Vec<&Var> = for_command(command).collect();
+    let width = vars.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let mut out = String::from("Environment:\n");
+    for v in vars {
+        let default = match v.default {
+            Default::None => String::new(),
+            Default::Value(d) | Default::Note(d) => format!(" [default: {d}]"),
+        };
+        out.push_str(&format!("  {:width$}  {}{}\n", v.name, v.meaning, default));
+    }
+    if command == Command::Run {
+        out.push_str(
+            "\n<Q> is the queue name upper-cased with every other character as _ \
+             (sms-notifications -> SMS_NOTIFICATIONS); <NAME> is the plugin name in the same form.\n",
+        );
+    }
+    out
+}
+
+/// The environment as the configuration code sees it: named look-ups through table entries only, and a
+/// scan for the `QUEUE_<Q>_*` families. Blank values count as unset. Every entry consulted is remembered,
+/// so a test can compare what the code reads with the table.
+pub struct Env<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    all: Vec<(String, String)>,
+    consulted: RefCell<BTreeSet<&'static str>>,
+}
+
+impl<'a> Env<'a> {
+    /// An environment from a look-up function and the complete list of variables (scanned for families).
+    pub fn new(
+        get: &'a dyn Fn(&str) -> Option<String>,
+        all: impl IntoIterator<Item = (String, String)>,
+    ) -> Env<'a> {
+        Env {
+            get,
+            all: all.into_iter().collect(),
+            consulted: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// The value of `var` when set and not blank.
+    pub fn get(&self, var: &'static Var) -> Option<String> {
+        debug_assert!(!var.name.contains('<'), "{} is a family", var.name);
+        self.consulted.borrow_mut().insert(var.name);
+        (self.get)(var.name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The value of `var`, else its default value (for entries with [`Default::Value`]).
+    pub fn get_or_default(&self, var: &'static Var) -> Option<String> {
+        self.get(var).or(match var.default {
+            Default::Value(d) => Some(d.to_owned()),
+            _ => None,
+        })
+    }
+
+    /// The set, non-blank variables of the family `var` (`QUEUE_<Q>_…`): `(variable, <Q>, value)`.
+    pub fn matching(&self, var: &'static Var) -> Vec<(String, String, String)> {
+        let suffix = var.queue_suffix().expect("a QUEUE_<Q>_ family");
+        self.consulted.borrow_mut().insert(var.name);
+        self.all
+            .iter()
+            .filter(|(_, value)| !value.trim().is_empty())
+            .filter_map(|(name, value)| {
+                let queue = name.strip_prefix("QUEUE_")?.strip_suffix(suffix)?;
+                (!queue.is_empty()).then(|| (name.clone(), queue.to_owned(), value.clone()))
+            })
+            .collect()
+    }
+
+    /// The names of the entries consulted so far.
+    #[cfg(test)]
+    pub fn consulted(&self) -> BTreeSet<&'static str> {
+        self.consulted.borrow().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_every_entry_serves_a_command() {
+        let names: BTreeSet<_> = ALL.iter().map(|v| v.name).collect();
+        assert_eq!(names.len(), ALL.len());
+        for v in ALL {
+            assert!(!v.commands.is_empty(), "{} is read by nobody", v.name);
+            assert!(!v.meaning.is_empty(), "{} has no meaning", v.name);
+        }
+    }
+
+    #[test]
+    fn no_queue_suffix_ends_another() {
+        // A variable must belong to one family only.
+        for a in queue_families() {
+            for b in queue_families() {
+                if a.name != b.name {
+                    let (a, b) = (a.queue_suffix().unwrap(), b.queue_suffix().unwrap());
+                    assert!(!a.ends_with(b), "{a} ends with {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn help_section_lists_defaults() {
+        let help = help_section(Command::Run);
+        assert!(help.contains("SHUTDOWN_TIMEOUT_MS"), "{help}");
+        assert!(help.contains("[default: 25000]"), "{help}");
+        assert!(!help_section(Command::Plugins).contains("SHUTDOWN_TIMEOUT_MS"));
+    }
+}
