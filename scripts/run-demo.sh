@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs the main job end to end on this machine, with nothing left behind:
 #   1. builds the worker and the plugins (release) and copies them to target/plugins and target/test-plugins;
-#   2. starts a throwaway redis-server, a throwaway PostgreSQL with the FrostGuard schema, and a local fake
-#      Telnyx (no SMS is sent), all on free ports;
-#   3. starts frostguard-worker with the SMS plugin and the test plugin;
+#   2. starts a throwaway redis-server, a throwaway PostgreSQL with the FrostGuard schema and a seeded
+#      organization, a local fake Telnyx (no SMS is sent) and a local fake Resend (no email is sent), all on
+#      free ports;
+#   3. starts frostguard-worker with the SMS, email digest and test plugins;
 #   4. enqueues sample FrostGuard jobs from Node BullMQ (sms:send on sms-notifications, test-outcomes jobs)
 #      and prints them as Node sees them once processed, plus the SMS delivery rows;
-#   5. stops the worker with SIGTERM and removes everything it started.
+#   5. creates a user's daily digest job scheduler from Node BullMQ (as FrostGuard's API does), waits for
+#      the host to send the digest to the fake Resend, prints the job, the next iteration and the path of the
+#      rendered email (kept in target/demo-digest/ for a look in a browser);
+#   6. stops the worker with SIGTERM and removes everything else it started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/lib.sh"
@@ -96,8 +100,23 @@ psql_demo -d frostguard -c "
                 SELECT id, 'alarm_active', 'critical' FROM u RETURNING id)
     INSERT INTO notification_deliveries (id, alert_id, channel, recipient)
     SELECT '$DELIVERY_ID', id, 'sms', '+15551234567' FROM al"
+# For the digest: more alerts of the last day (one unit's name with HTML-special characters) and a manager
+# whose profile asks for a daily digest at 09:00 Chicago time.
+DIGEST_USER=7d2f0c4e-0000-4000-8000-0000000000a1
+psql_demo -d frostguard -c "
+    UPDATE alerts SET message = 'Walk-in freezer at -2.0C (limit -18C)';
+    WITH a AS (SELECT id FROM areas LIMIT 1),
+         u AS (INSERT INTO units (area_id, name) SELECT id, 'Reach-in <prep> & \"salads\"' FROM a RETURNING id)
+    INSERT INTO alerts (unit_id, alert_type, severity, status, message, triggered_at)
+    SELECT id, 'door_open', 'warning', 'resolved', 'Door open for 6 minutes', now() - interval '3 hours' FROM u
+    UNION ALL SELECT id, 'alarm_active', 'critical', 'acknowledged', 'Temperature 9.1C above 5C', now() - interval '5 hours' FROM u;
+    INSERT INTO alerts (unit_id, alert_type, severity, message, triggered_at)
+    SELECT id, 'low_battery', 'info', 'Sensor battery at 15%', now() - interval '9 hours' FROM units WHERE name = 'Walk-in freezer';
+    INSERT INTO profiles (user_id, organization_id, email, full_name, digest_daily, digest_weekly, timezone)
+    SELECT '$DIGEST_USER', id, 'manager@demo-foods.example', 'Demo Manager', true, true, 'America/Chicago'
+    FROM organizations"
 ORG_ID=$(psql_demo -d frostguard -At -c "SELECT id FROM organizations")
-ALERT_ID=$(psql_demo -d frostguard -At -c "SELECT id FROM alerts")
+ALERT_ID=$(psql_demo -d frostguard -At -c "SELECT alert_id FROM notification_deliveries")
 DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/frostguard"
 echo "$DATABASE_URL"
 
@@ -106,6 +125,14 @@ TELNYX_PORT=$(free_port)
 node scripts/fake-telnyx.mjs "$TELNYX_PORT" &
 pids+=($!)
 wait_for 10 "fake Telnyx" node -e "require('net').connect($TELNYX_PORT,'127.0.0.1').on('connect',()=>process.exit(0)).on('error',()=>process.exit(1))"
+
+say "starting a fake Resend (local, nothing is sent)"
+RESEND_PORT=$(free_port)
+DIGEST_OUT="$ROOT/target/demo-digest"
+rm -rf "$DIGEST_OUT"
+node scripts/fake-resend.mjs "$RESEND_PORT" "$DIGEST_OUT" &
+pids+=($!)
+wait_for 10 "fake Resend" node -e "require('net').connect($RESEND_PORT,'127.0.0.1').on('connect',()=>process.exit(0)).on('error',()=>process.exit(1))"
 
 say "starting frostguard-worker"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -123,6 +150,11 @@ env -i PATH="$PATH" HOME="${HOME:-/tmp}" \
     TELNYX_PHONE_NUMBER=+15550001000 \
     TELNYX_API_BASE_URL="http://127.0.0.1:$TELNYX_PORT" \
     DATABASE_URL="$DATABASE_URL" \
+    RESEND_API_KEY=re_demo_key \
+    RESEND_API_BASE_URL="http://127.0.0.1:$RESEND_PORT" \
+    EMAIL_FROM_ADDRESS="FreshTrack Pro <digests@demo-foods.example>" \
+    UNSUBSCRIBE_SECRET=demo-unsubscribe-secret \
+    APP_URL=https://app.freshtrack.app \
     "$TARGET/release/frostguard-worker" run >"$WORK/worker.log" 2>&1 &
 WORKER_PID=$!
 pids+=($WORKER_PID)
@@ -176,6 +208,25 @@ drive run "{
 
 say "SMS delivery rows in PostgreSQL"
 psql_demo -d frostguard -c "SELECT id, status, external_id, error_message, sent_at IS NOT NULL AS sent FROM notification_deliveries"
+
+say "a daily digest from a Node job scheduler (cron 0 9 * * *, America/Chicago, first run immediately)"
+SCHEDULER="digest-daily-$DIGEST_USER"
+FIRST_JOB=$(drive upsert-scheduler "{
+  \"redis\": \"$REDIS_URL_DEMO\", \"queue\": \"email-digests\", \"id\": \"$SCHEDULER\",
+  \"repeat\": {\"pattern\": \"0 9 * * *\", \"tz\": \"America/Chicago\", \"immediately\": true},
+  \"template\": {\"name\": \"email:digest\",
+    \"data\": {\"organizationId\": \"$ORG_ID\", \"userId\": \"$DIGEST_USER\", \"period\": \"daily\"},
+    \"opts\": {\"attempts\": 3, \"backoff\": {\"type\": \"exponential\", \"delay\": 2000},
+              \"removeOnComplete\": 100, \"removeOnFail\": 500}}}" |
+    node -e 'let r="";process.stdin.on("data",c=>r+=c).on("end",()=>console.log(JSON.parse(r).firstJobId))')
+drive wait "{\"redis\": \"$REDIS_URL_DEMO\", \"queue\": \"email-digests\", \"ids\": [\"$FIRST_JOB\"], \"timeoutMs\": 60000}" |
+    report email-digests
+NEXT=$(drive list "{\"redis\": \"$REDIS_URL_DEMO\", \"queue\": \"email-digests\", \"states\": [\"delayed\"]}" |
+    node -e 'let r="";process.stdin.on("data",c=>r+=c).on("end",()=>console.log(JSON.parse(r).ids.join(" ")))')
+echo "next iteration (delayed until 09:00 America/Chicago): $NEXT"
+[ -f "$DIGEST_OUT/email-1.html" ] || { echo "run-demo: no digest reached the fake Resend" >&2; exit 1; }
+echo "rendered digest: $DIGEST_OUT/email-1.html (text: email-1.txt, request: email-1.json)"
+grep -m1 '"subject"' "$DIGEST_OUT/email-1.json"
 
 say "stopping the worker (SIGTERM)"
 kill -TERM "$WORKER_PID"

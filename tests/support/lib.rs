@@ -57,6 +57,8 @@ pub const TEST_QUEUE: &str = "test-outcomes";
 pub const TEST_PLUGIN: &str = "fg_test_outcomes";
 /// Library name of the SMS plugin.
 pub const SMS_PLUGIN: &str = "fg_sms_notifications";
+/// Library name of the email digest plugin.
+pub const EMAIL_PLUGIN: &str = "fg_email_digests";
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
