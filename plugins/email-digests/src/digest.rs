@@ -326,7 +326,9 @@ mod tests {
                 resolved: 2
             }
         );
-        let shape: Vec<(u128, Vec<(u128, Vec<u128>)>)> = d
+        /// (site, [(unit, [alert])]) by the last digits of their ids.
+        type Shape = Vec<(u128, Vec<(u128, Vec<u128>)>)>;
+        let shape: Shape = d
             .sites
             .iter()
             .map(|s| {

@@ -87,7 +87,7 @@ pub fn digest() -> Digest {
             downtown,
         ));
     }
-    rows.sort_by(|a, b| b.triggered_at.cmp(&a.triggered_at));
+    rows.sort_by_key(|a| std::cmp::Reverse(a.triggered_at));
     let total = rows.len();
     Digest::build(
         Some("Acme Foods & \"Cold\" Storage".to_owned()),

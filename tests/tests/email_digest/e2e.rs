@@ -126,7 +126,7 @@ fn a_node_job_scheduler_digest_is_sent_and_the_next_iteration_scheduled() {
         ids.contains(&next_id).then_some(ids)
     })
     .unwrap();
-    assert_eq!(delayed, [next_id.clone()]);
+    assert_eq!(delayed, std::slice::from_ref(&next_id));
     let next = q.job(&next_id).unwrap();
     assert_eq!(next.data, data(ACME, USER_NY, "daily"));
     assert_eq!(next.opts["attempts"], 3);
