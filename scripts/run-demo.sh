@@ -108,8 +108,10 @@ psql_demo -d frostguard -c "
     WITH a AS (SELECT id FROM areas LIMIT 1),
          u AS (INSERT INTO units (area_id, name) SELECT id, 'Reach-in <prep> & \"salads\"' FROM a RETURNING id)
     INSERT INTO alerts (unit_id, alert_type, severity, status, message, triggered_at)
-    SELECT id, 'door_open', 'warning', 'resolved', 'Door open for 6 minutes', now() - interval '3 hours' FROM u
-    UNION ALL SELECT id, 'alarm_active', 'critical', 'acknowledged', 'Temperature 9.1C above 5C', now() - interval '5 hours' FROM u;
+    SELECT id, 'door_open'::alert_type, 'warning'::alert_severity, 'resolved'::alert_status,
+           'Door open for 6 minutes', now() - interval '3 hours' FROM u
+    UNION ALL SELECT id, 'alarm_active', 'critical', 'acknowledged', 'Temperature 9.1C above 5C',
+           now() - interval '5 hours' FROM u;
     INSERT INTO alerts (unit_id, alert_type, severity, message, triggered_at)
     SELECT id, 'low_battery', 'info', 'Sensor battery at 15%', now() - interval '9 hours' FROM units WHERE name = 'Walk-in freezer';
     INSERT INTO profiles (user_id, organization_id, email, full_name, digest_daily, digest_weekly, timezone)
