@@ -48,20 +48,23 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p frostguard-plugin-api --featur
 step "cargo build --workspace"
 cargo build --workspace
 
-# The interop suite runs once per Node BullMQ line a producer may use: 6.x with everything above (the default),
-# then again with 5.67, the version FrostGuard's API pins (drive.mjs loads it from tests/node-bullmq5).
+# The interop suite and the digest end-to-end tests (job schedulers) run once per Node BullMQ line a producer may
+# use: 6.x with everything above (the default), then again with 5.67, the version FrostGuard's API pins
+# (drive.mjs loads it from tests/node-bullmq5).
 if cargo nextest --version >/dev/null 2>&1; then
     step "cargo nextest run --workspace (Node BullMQ 6.7)"
     cargo nextest run --workspace --no-fail-fast "$@"
-    step "interop suite again with Node BullMQ 5.67 (FROSTGUARD_NODE_BULLMQ=5)"
-    FROSTGUARD_NODE_BULLMQ=5 cargo nextest run --workspace --no-fail-fast -E 'binary(interop)' "$@"
+    step "interop suite and digest scheduler tests again with Node BullMQ 5.67 (FROSTGUARD_NODE_BULLMQ=5)"
+    FROSTGUARD_NODE_BULLMQ=5 cargo nextest run --workspace --no-fail-fast \
+        -E 'binary(interop) | (binary(email_digest) & test(/^e2e::/))' "$@"
     step "doc tests"
     cargo test --workspace --doc
 else
     step "cargo test --workspace (Node BullMQ 6.7)"
     cargo test --workspace --no-fail-fast "$@"
-    step "interop suite again with Node BullMQ 5.67 (FROSTGUARD_NODE_BULLMQ=5)"
+    step "interop suite and digest scheduler tests again with Node BullMQ 5.67 (FROSTGUARD_NODE_BULLMQ=5)"
     FROSTGUARD_NODE_BULLMQ=5 cargo test --workspace --no-fail-fast --test interop "$@"
+    FROSTGUARD_NODE_BULLMQ=5 cargo test --workspace --no-fail-fast --test email_digest e2e:: "$@"
 fi
 
 echo

@@ -61,9 +61,20 @@ fn next_nine_in_new_york(after_ms: i64) -> i64 {
 
 /// FrostGuard's scheduler for a user's daily digest at 09:00 in their zone (`digest-schedulers.ts`), with
 /// `immediately` so that the first iteration runs now: the host sends it and schedules the next at 09:00
-/// New York time, which stays delayed.
+/// New York time, which stays delayed. scripts/test.sh runs this module with Node BullMQ 6.7 and again with
+/// 5.67 (`FROSTGUARD_NODE_BULLMQ=5`), FrostGuard's pin; the test checks which one created the scheduler.
 #[test]
 fn a_node_job_scheduler_digest_is_sent_and_the_next_iteration_scheduled() {
+    let version = frostguard_tests::node_bullmq_version().unwrap();
+    let expected = if frostguard_tests::bullmq_project_dir().is_some() {
+        "5.67."
+    } else {
+        "6.7."
+    };
+    assert!(
+        version.starts_with(expected),
+        "scheduler created by bullmq {version}, expected {expected}x"
+    );
     let (_redis, _pg, resend, _worker, q) = start(vec![], accepted("em-scheduled"));
     let scheduler = format!("digest-daily-{USER_NY}");
     q.call(
