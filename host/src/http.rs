@@ -100,11 +100,26 @@ mod tests {
         let (status, body) = get_status(addr, "/readyz").await;
         assert_eq!(status, 503);
         assert!(body.contains("\"ready\":false"), "{body}");
-        health.set_redis_up(true);
-        health.set_consuming("q", true);
+        // The health setters also set the gauges; record them into this test's recorder.
+        metrics::with_local_recorder(&recorder, || {
+            health.set_redis_up(true);
+            health.set_consuming("q", true);
+        });
         assert_eq!(get_status(addr, "/readyz").await.0, 200);
+
+        let (status, body) = get_status(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        for sample in [
+            "frostguard_redis_up 1",
+            "frostguard_queue_consuming{queue=\"q\"} 1",
+        ] {
+            assert!(
+                body.lines().any(|l| l == sample),
+                "/metrics lacks the sample line {sample:?}:\n{body}"
+            );
+        }
+
         health.set_shutting_down();
         assert_eq!(get_status(addr, "/readyz").await.0, 503);
-        assert_eq!(get_status(addr, "/metrics").await.0, 200);
     }
 }

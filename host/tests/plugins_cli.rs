@@ -150,7 +150,26 @@ fn init_failures_are_reported_with_init() {
     dir.put("libfg_test_outcomes.so", &outcomes());
     let args = ["--plugin-dir", dir.0.to_str().unwrap(), "--init"];
     let ok = plugins(&args, &[]);
-    assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
+    let text = stdout(&ok);
+    assert_eq!(ok.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("libfg_test_outcomes.so: test-outcomes 0.1.0 — ok")
+            && text.contains("queue test-outcomes: concurrency 4")
+            && !text.contains("DISABLED"),
+        "{text}"
+    );
+    // --init really ran the plugin's init (and its shutdown): the plugin's own log lines say so, and a
+    // listing without --init has neither.
+    let log = String::from_utf8_lossy(&ok.stderr);
+    assert!(
+        log.contains("test-outcomes plugin initialised") && log.contains("test-outcomes plugin shut down"),
+        "{log}"
+    );
+    let listed = plugins(&args[..2], &[]);
+    assert!(
+        !String::from_utf8_lossy(&listed.stderr).contains("plugin initialised"),
+        "a listing without --init must not init plugins"
+    );
     let out = plugins(&args, &[("PLUGIN_TEST_OUTCOMES_FAIL_INIT", "true")]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");

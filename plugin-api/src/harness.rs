@@ -31,6 +31,10 @@ pub struct JobSpec {
     pub data: Value,
     /// Attempts already made (to exercise last-attempt behaviour).
     pub attempts_made: u32,
+    /// Times the job was started, this run included. `None` means `attempts_made + 1`, a job that never
+    /// stalled nor waited; set it higher to play a job that was started again without using an attempt
+    /// (retry-later, a stalled job run again, a shutdown that put it back).
+    pub attempts_started: Option<u32>,
     /// Job options (attempts, backoff, …).
     pub opts: JobOpts,
     /// Cancel the job after this long (the host's deadline), if set.
@@ -45,6 +49,7 @@ impl JobSpec {
             name: name.to_owned(),
             data,
             attempts_made: 0,
+            attempts_started: None,
             opts: JobOpts::default(),
             timeout: None,
         }
@@ -136,7 +141,9 @@ impl Harness {
                     queue: spec.queue,
                     data,
                     attempts_made: spec.attempts_made,
-                    attempts_started: spec.attempts_made + 1,
+                    attempts_started: spec
+                        .attempts_started
+                        .unwrap_or(spec.attempts_made + 1),
                     opts: spec.opts,
                     timestamp: now,
                     deadline_ms: spec.timeout.map(|t| now + t.as_millis() as u64),

@@ -80,6 +80,30 @@ fn retry_later_carries_delay_and_scope() {
     }
 }
 
+/// A job started again without using an attempt (after retry-later, a stall or a shutdown) has
+/// `attemptsStarted` above `attemptsMade + 1`; the harness lets a test play that run.
+#[test]
+fn attempts_started_is_set_apart_from_attempts_made() {
+    let h = harness();
+    let mut spec = job("retry-later", json!({"delayMs": 10}));
+    assert!(
+        matches!(h.run(spec.clone()).outcome, Outcome::RetryLater { .. }),
+        "first start (attemptsStarted defaults to attemptsMade + 1 = 1) asks to retry later"
+    );
+    spec.attempts_started = Some(2);
+    assert_eq!(
+        h.run(spec.clone()).outcome,
+        Outcome::completed(json!({"retriedAfterDelay": true, "attemptsStarted": 2}))
+    );
+    spec.attempts_made = 3;
+    spec.attempts_started = Some(7);
+    assert_eq!(
+        h.run(spec).outcome,
+        Outcome::completed(json!({"retriedAfterDelay": true, "attemptsStarted": 7})),
+        "attemptsStarted is passed as set, not derived from attemptsMade"
+    );
+}
+
 #[test]
 fn a_panicking_job_fails_and_the_next_job_still_works() {
     let h = harness();
