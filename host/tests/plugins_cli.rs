@@ -162,7 +162,8 @@ fn init_failures_are_reported_with_init() {
     // listing without --init has neither.
     let log = String::from_utf8_lossy(&ok.stderr);
     assert!(
-        log.contains("test-outcomes plugin initialised") && log.contains("test-outcomes plugin shut down"),
+        log.contains("test-outcomes plugin initialised")
+            && log.contains("test-outcomes plugin shut down"),
         "{log}"
     );
     let listed = plugins(&args[..2], &[]);

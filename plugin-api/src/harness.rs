@@ -141,9 +141,7 @@ impl Harness {
                     queue: spec.queue,
                     data,
                     attempts_made: spec.attempts_made,
-                    attempts_started: spec
-                        .attempts_started
-                        .unwrap_or(spec.attempts_made + 1),
+                    attempts_started: spec.attempts_started.unwrap_or(spec.attempts_made + 1),
                     opts: spec.opts,
                     timestamp: now,
                     deadline_ms: spec.timeout.map(|t| now + t.as_millis() as u64),

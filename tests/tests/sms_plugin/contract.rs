@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use crate::{
     accepted, assert_masked_number_logged, assert_no_personal_data, config, data, failed, job,
-    load, sent, Tracked, KEY, PHONE, QUEUE,
+    load, record_text, sent, Tracked, KEY, PHONE, QUEUE,
 };
 use frostguard_tests::{
     assert_delivery, insert_sms_delivery, json, plugin_lib, FakeHttp, Postgres, Reply, SMS_PLUGIN,
 };
 use plugin_api::harness::{Harness, JobSpec};
 use plugin_api::host::LoadStage;
-use plugin_api::{Outcome, PluginConfig};
+use plugin_api::{Outcome, PluginConfig, RateLimitHint};
 use serde_json::Value;
 
 #[test]
@@ -25,7 +25,15 @@ fn describes_queue_concurrency_rate_limit_and_config_keys() {
     let p = info.processor(QUEUE).expect("serves sms-notifications");
     assert_eq!(p.job_names, vec!["sms:send".to_owned()]);
     assert_eq!(p.default_concurrency, 5);
-    assert!(p.rate_limit.is_some());
+    // A burst ceiling of 10 sends per second (operators override it per queue), and a 60 s job budget.
+    assert_eq!(
+        p.rate_limit,
+        Some(RateLimitHint {
+            max: 10,
+            duration_ms: 1000
+        })
+    );
+    assert_eq!(p.timeout_ms, Some(60_000));
     for key in [
         "TELNYX_API_KEY",
         "TELNYX_PHONE_NUMBER",
@@ -124,7 +132,7 @@ fn invalid_data_fails_unrecoverably_without_http_and_marks_the_row() {
         let delivery = insert_sms_delivery(&t.pg, PHONE);
         let mut d = data(Some(&delivery));
         mutate(&mut d);
-        let run = t.h.run(job(d, 0));
+        let run = t.h.run(job(d.clone(), 0));
         let (message, unrecoverable) = failed(&run);
         assert!(unrecoverable, "{message}");
         assert!(
@@ -136,7 +144,28 @@ fn invalid_data_fails_unrecoverably_without_http_and_marks_the_row() {
             &delivery,
             json!({"status": "failed", "error_message": message, "has_failed_at": true}),
         );
+        // The rejection is logged (so the check below is not passed by silence), with the reason and
+        // without this job's number or text, whatever form they took.
+        assert!(
+            logs_mention(&run.logs, "rejecting sms:send job", want),
+            "{:?}",
+            run.logs
+        );
         assert_no_personal_data(&run.logs);
+        for field in ["phoneNumber", "message"] {
+            let value = match &d[field] {
+                Value::String(text) => text.clone(),
+                Value::Null => continue,
+                other => other.to_string(),
+            };
+            if value.chars().count() >= 4 {
+                assert!(
+                    !run.logs.iter().any(|l| record_text(l).contains(&value)),
+                    "a log record carries the job's {field}: {:?}",
+                    run.logs
+                );
+            }
+        }
     }
     assert!(
         t.telnyx.requests().is_empty(),
@@ -174,4 +203,10 @@ fn shutdown_stops_the_private_runtime_promptly_and_later_jobs_are_not_sent() {
     let (message, unrecoverable) = failed(&after);
     assert!(!unrecoverable, "{message}");
     assert_eq!(telnyx.requests().len(), 1);
+}
+
+/// Whether one record's message contains `message` and the record (fields included) contains `detail`.
+fn logs_mention(logs: &[plugin_api::host::ForwardedLog], message: &str, detail: &str) -> bool {
+    logs.iter()
+        .any(|l| l.message.contains(message) && record_text(l).contains(detail))
 }

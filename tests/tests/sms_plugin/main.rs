@@ -178,6 +178,14 @@ fn assert_masked_number_logged(logs: &[ForwardedLog]) {
     );
 }
 
+/// For a run that handled the number: it is logged, and only masked ([`assert_masked_number_logged`] and
+/// [`assert_no_personal_data`]). A run that logged nothing fails here, where [`assert_no_personal_data`]
+/// alone would pass.
+fn assert_number_logged_only_masked(logs: &[ForwardedLog]) {
+    assert_masked_number_logged(logs);
+    assert_no_personal_data(logs);
+}
+
 /// No log line may carry the full number, the message body or the API key.
 fn assert_no_personal_data(logs: &[ForwardedLog]) {
     for l in logs {

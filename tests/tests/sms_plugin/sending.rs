@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    accepted, assert_masked_number_logged, assert_no_personal_data, assert_telnyx_request, config,
-    data, failed, job, load, logged, retried_later, sent, Tracked, MASKED, PHONE,
+    accepted, assert_masked_number_logged, assert_no_personal_data,
+    assert_number_logged_only_masked, assert_telnyx_request, config, data, failed, job, load,
+    logged, retried_later, sent, Tracked, MASKED, PHONE,
 };
 use frostguard_tests::{assert_delivery, insert_sms_delivery, json, telnyx_error, FakeHttp, Reply};
 use plugin_api::host::LogLevel;
@@ -89,7 +90,7 @@ fn permanent_error_fails_unrecoverably_and_marks_the_row_failed() {
         "has_failed_at": true,
         "external_id": null,
     }));
-    assert_no_personal_data(&run.logs);
+    assert_number_logged_only_masked(&run.logs);
 }
 
 #[test]
@@ -111,7 +112,7 @@ fn opt_out_is_permanent_and_its_detail_is_scrubbed_of_the_number() {
         ))
     );
     t.assert_row(json!({"error_message": format!("40300: {MASKED} has opted out.")}));
-    assert_no_personal_data(&run.logs);
+    assert_number_logged_only_masked(&run.logs);
 }
 
 #[test]
@@ -204,7 +205,7 @@ fn rejected_credentials_pause_the_queue_log_an_error_every_time_and_never_fail_t
             "an error is logged on every auth failure: {:?}",
             run.logs
         );
-        assert_no_personal_data(&run.logs);
+        assert_number_logged_only_masked(&run.logs);
     }
     assert_eq!(t.telnyx.requests().len(), 2);
     t.assert_row(json!({"status": "pending", "retry_count": 0}));
@@ -241,18 +242,23 @@ fn the_job_deadline_bounds_a_hanging_send() {
         &[("SMS_REQUEST_TIMEOUT_MS", "30000")],
     ));
     let mut spec = job(data(None), 0);
-    spec.timeout = Some(Duration::from_millis(800));
+    spec.timeout = Some(Duration::from_millis(2000));
     let started = Instant::now();
     let run = h.run(spec);
     let took = started.elapsed();
     let (message, unrecoverable) = failed(&run);
     assert!(!unrecoverable);
-    // The request timeout is cut to the time left before the host's deadline (minus a margin).
+    // The request timeout is cut to the time left before the host's deadline minus the plugin's 500 ms
+    // margin: at most 1500 ms here, and well above 1000 ms unless the machine stalled half a second between
+    // building the job and sending it.
+    let cut_ms: u64 = message
+        .strip_prefix("SMS send failed: no answer from Telnyx within ")
+        .and_then(|rest| rest.strip_suffix(" ms"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not the request timeout cut to the deadline: {message}"));
+    assert!((1000..=1500).contains(&cut_ms), "{message}");
     assert!(
-        message.starts_with("SMS send failed: no answer from Telnyx within")
-            || message.contains("deadline")
-            || message.contains("cancelled"),
-        "{message}"
+        took >= Duration::from_millis(cut_ms) && took < Duration::from_secs(10),
+        "took {took:?}, far below the 30 s request timeout"
     );
-    assert!(took < Duration::from_secs(3), "took {took:?}");
 }
