@@ -131,8 +131,14 @@ fn a_plugin_built_for_another_machine_is_disabled_naming_both_machines() {
 
 /// Runs the host with its stdout on a pipe whose reader has already gone: the first write fails with EPIPE.
 fn with_closed_stdout(args: &[&str]) -> Output {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
+    // The write end of a pipe whose only reader (the stdin of `true`) is gone once `true` has exited;
+    // std::io::pipe would say this more plainly but is newer than the workspace's rust-version.
+    let mut reader = Command::new("true")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run true");
+    let writer = reader.stdin.take().expect("piped stdin");
+    reader.wait().expect("true exits");
     Command::new(BIN)
         .args(args)
         .env_remove("PLUGIN_DIR")
