@@ -7,7 +7,7 @@ use super::seed::*;
 use super::*;
 use chrono::{Days, NaiveTime, TimeZone, Utc};
 use chrono_tz::America::New_York;
-use frostguard_tests::{wait_until, NodeQueue, RedisServer, Worker};
+use frostguard_tests::{NodeQueue, RedisServer, Worker};
 
 /// Redis, a seeded PostgreSQL, a fake Resend and the host consuming `email-digests`.
 fn start(replies: Vec<Reply>, then: Reply) -> (RedisServer, Postgres, FakeHttp, Worker, NodeQueue) {
@@ -77,34 +77,30 @@ fn a_node_job_scheduler_digest_is_sent_and_the_next_iteration_scheduled() {
     );
     let (_redis, _pg, resend, _worker, q) = start(vec![], accepted("em-scheduled"));
     let scheduler = format!("digest-daily-{USER_NY}");
-    q.call(
-        "upsert-scheduler",
-        json!({
-            "id": scheduler,
-            "repeat": {"pattern": "0 9 * * *", "tz": "America/New_York", "immediately": true},
-            "template": {
-                "name": "email:digest",
-                "data": {"organizationId": ACME, "userId": USER_NY, "period": "daily"},
-                "opts": {"attempts": 3, "backoff": {"type": "exponential", "delay": 2000},
-                         "removeOnComplete": 100, "removeOnFail": 500},
-            },
-        }),
-    )
-    .unwrap();
+    let created = q
+        .call(
+            "upsert-scheduler",
+            json!({
+                "id": scheduler,
+                "repeat": {"pattern": "0 9 * * *", "tz": "America/New_York", "immediately": true},
+                "template": {
+                    "name": "email:digest",
+                    "data": {"organizationId": ACME, "userId": USER_NY, "period": "daily"},
+                    "opts": {"attempts": 3, "backoff": {"type": "exponential", "delay": 2000},
+                             "removeOnComplete": 100, "removeOnFail": 500},
+                },
+            }),
+        )
+        .unwrap();
+    let first = created["firstJobId"]
+        .as_str()
+        .expect("first iteration id")
+        .to_owned();
 
-    let first = wait_until(
-        Duration::from_secs(30),
-        "the first digest completed",
-        || {
-            q.events()
-                .ok()?
-                .iter()
-                .find(|e| e["event"] == "completed")
-                .map(|e| e["jobId"].as_str().unwrap().to_owned())
-        },
-    )
-    .unwrap();
-    let job = q.job(&first).unwrap();
+    let job = q
+        .wait_finished(std::slice::from_ref(&first))
+        .unwrap()
+        .remove(0);
     assert_eq!(job.state, "completed", "{job:?}");
     assert_eq!(
         job.returnvalue,
@@ -132,13 +128,19 @@ fn a_node_job_scheduler_digest_is_sent_and_the_next_iteration_scheduled() {
 
     // The host created the next iteration from the cron pattern in the user's zone; nothing runs it yet.
     let next_id = format!("repeat:{scheduler}:{}", next_nine_in_new_york(due));
-    let delayed = wait_until(Duration::from_secs(10), "next iteration delayed", || {
-        let ids = q.list(&["delayed"]).ok()?;
-        ids.contains(&next_id).then_some(ids)
-    })
-    .unwrap();
-    assert_eq!(delayed, std::slice::from_ref(&next_id));
-    let next = q.job(&next_id).unwrap();
+    let next = q
+        .wait_states(
+            std::slice::from_ref(&next_id),
+            &["delayed"],
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        q.list(&["delayed", "wait", "active"]).unwrap(),
+        std::slice::from_ref(&next_id),
+        "one next iteration, nothing else queued"
+    );
     assert_eq!(next.data, data(ACME, USER_NY, "daily"));
     assert_eq!(next.opts["attempts"], 3);
     let schedulers = q.call("schedulers", json!({})).unwrap();
