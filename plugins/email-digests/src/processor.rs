@@ -119,7 +119,11 @@ impl Processor {
             warn!(job_id = %attempt.job_id, error = %e, "digest database unavailable");
             Outcome::failed(format!("digest database unavailable: {e}"))
         };
-        let profile = self.store.profile(job.user_id).await.map_err(db)?;
+        let profile = self
+            .store
+            .profile(job.user_id, job.organization_id)
+            .await
+            .map_err(db)?;
         if let Some(skip) = digest::skip(profile.as_ref(), job.period, job.organization_id) {
             info!(job_id = %attempt.job_id, user_id = %job.user_id, period = job.period.as_str(),
                   reason = skip.reason(), "digest skipped");

@@ -21,9 +21,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Each job runs three short reads one after the other; twice the default concurrency of 2 is plenty.
 const POOL_SIZE: usize = 4;
 
+/// A user may have a profile in more than one organization: the one in the job's organization wins.
 const PROFILE_SQL: &str =
     "SELECT organization_id, email, full_name, email_enabled, digest_daily, digest_weekly, \
-     digest_site_ids, timezone FROM profiles WHERE user_id = $1 ORDER BY id LIMIT 1";
+     digest_site_ids, timezone FROM profiles WHERE user_id = $1 \
+     ORDER BY (organization_id = $2) DESC, id LIMIT 1";
 
 const ORGANIZATION_SQL: &str = "SELECT name FROM organizations WHERE id = $1";
 
@@ -83,12 +85,16 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// The profile of auth user `user_id` (`profiles.user_id`), if any.
-    pub async fn profile(&self, user_id: Uuid) -> Result<Option<Profile>, String> {
+    /// The profile of auth user `user_id` (`profiles.user_id`), preferring the one in `organization_id`.
+    pub async fn profile(
+        &self,
+        user_id: Uuid,
+        organization_id: Uuid,
+    ) -> Result<Option<Profile>, String> {
         bounded(async {
             let conn = self.pool.get().await.map_err(|e| e.to_string())?;
             let row = conn
-                .query_opt(PROFILE_SQL, &[&user_id])
+                .query_opt(PROFILE_SQL, &[&user_id, &organization_id])
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(row.map(|r| Profile {

@@ -5,6 +5,8 @@
 //! the last 24 hours (5 rows + "+ 2 more"), one of them with markup in its message, and one 25 hours old
 //! (weekly only); its airport site has alerts 3 hours, 3 days and 8 days old. `OTHER` has an alert in the
 //! window that no ACME digest may show. `QUIET` has no alerts. `BUSY` has 60 alerts in the last 24 hours.
+//! `USER_NY` also has a profile in `OTHER` (with the lowest id, digests off): an ACME digest must use the ACME
+//! profile.
 
 use frostguard_tests::Postgres;
 
@@ -103,7 +105,9 @@ pub fn seed(pg: &Postgres) {
            ('{USER_WEEKLY_OFF}', '{ACME}', 'daily@example.com', NULL, true, true, false, NULL, 'UTC'), \
            ('{USER_MOVED}', '{OTHER}', 'moved@example.com', NULL, true, true, true, NULL, 'UTC'), \
            ('{USER_QUIET}', '{QUIET}', 'quiet@example.com', NULL, true, true, true, NULL, 'UTC'), \
-           ('{USER_BUSY}', '{BUSY}', 'busy@example.com', 'Busy', true, true, true, NULL, 'UTC');",
+           ('{USER_BUSY}', '{BUSY}', 'busy@example.com', 'Busy', true, true, true, NULL, 'UTC'); \
+         INSERT INTO profiles (id, user_id, organization_id, email, email_enabled, digest_daily, timezone) VALUES \
+           ('00000000-0000-4000-8000-000000000001', '{USER_NY}', '{OTHER}', 'dana@other.example', true, false, 'UTC');",
         acme = sql_text(ACME_NAME),
         downtown = sql_text(DOWNTOWN_NAME),
         cooler = sql_text(COOLER_NAME),
