@@ -46,6 +46,20 @@ pub enum Command {
     Run,
     /// List the plugins of a directory, or run one job through a plugin without Redis.
     Plugins(PluginsArgs),
+    /// Per queue: job counts (as Node's getJobCounts reports them), paused state, workers connected and the
+    /// age of the oldest waiting job.
+    Stats(StatsArgs),
+}
+
+/// `stats [--json] [QUEUE…]`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Queues to show; every queue found under the prefix when none is given.
+    #[arg(value_name = "QUEUE")]
+    pub queues: Vec<String>,
 }
 
 /// `plugins [--plugin-dir DIR] [--init] [--json]` or `plugins run …`.

@@ -182,6 +182,8 @@ pub struct Config {
     pub http_port: Option<u16>,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// `METRICS_QUEUE_DEPTH_INTERVAL_MS`; `None` when set to 0 (no depth gauges).
+    pub depth_interval: Option<Duration>,
     /// Worker name shown in Node's `getWorkers` and as `processedBy` (from `HOSTNAME`).
     pub worker_name: Option<String>,
     queues: BTreeMap<String, QueueOverrides>,
@@ -201,6 +203,12 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<RedisSettings, ConfigError> {
+        let (get, all) = process_env();
+        Self::read(&Env::new(&get, all))
+    }
+
     /// Reads `REDIS_*` and `BULLMQ_PREFIX`.
     pub fn read(env: &Env<'_>) -> Result<RedisSettings, ConfigError> {
         let target = redis_target(env)?;
@@ -273,6 +281,9 @@ impl Config {
             Some(p) => Some(p),
         };
         let log_format = log_format(env)?;
+        let depth_interval = parse_num::<u64>(env, &vars::METRICS_QUEUE_DEPTH_INTERVAL_MS)?
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
         let worker_name = env
             .get(&vars::HOSTNAME)
             .map(|h| h.trim().to_owned())
@@ -285,6 +296,7 @@ impl Config {
             shutdown_timeout: Duration::from_millis(shutdown_ms),
             http_port,
             log_format,
+            depth_interval,
             worker_name,
             queues,
         })
@@ -627,6 +639,10 @@ pub(crate) mod tests {
             vars::Command::Plugins => consulted_by(|env| {
                 Logging::read(env).unwrap();
             }),
+            vars::Command::Stats => consulted_by(|env| {
+                Logging::read(env).unwrap();
+                RedisSettings::read(env).unwrap();
+            }),
         };
         if matches!(command, vars::Command::Run | vars::Command::Plugins) {
             seen.insert(vars::PLUGIN_SETTING.name);
@@ -680,6 +696,10 @@ pub(crate) mod tests {
         );
         assert_eq!(c.http_port.unwrap().to_string(), value(&vars::HTTP_PORT));
         assert_eq!(c.prefix, value(&vars::BULLMQ_PREFIX));
+        assert_eq!(
+            c.depth_interval.unwrap().as_millis().to_string(),
+            value(&vars::METRICS_QUEUE_DEPTH_INTERVAL_MS)
+        );
         assert_eq!(c.plugin_dir, PathBuf::from(value(&vars::PLUGIN_DIR)));
         assert!(c
             .redis

@@ -8,8 +8,10 @@ mod http;
 mod output;
 mod plugins;
 mod plugins_cmd;
+mod queue_stats;
 mod runtime;
 mod shutdown;
+mod stats_cmd;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
     init_logging(&logging_from_env());
     let result = match cli.command {
         Some(Command::Plugins(args)) => plugins_cmd::main(args),
+        Some(Command::Stats(args)) => stats_cmd::main(args),
         Some(Command::Run) | None => run(),
     };
     match result {

@@ -17,17 +17,20 @@ pub enum Command {
     Run,
     /// `plugins` and `plugins run`.
     Plugins,
+    /// `stats`.
+    Stats,
 }
 
 impl Command {
     /// Every subcommand, in help order.
-    pub const ALL: [Command; 2] = [Command::Run, Command::Plugins];
+    pub const ALL: [Command; 3] = [Command::Run, Command::Plugins, Command::Stats];
 
     /// The subcommand's name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Command::Run => "run",
             Command::Plugins => "plugins",
+            Command::Stats => "stats",
         }
     }
 }
@@ -68,10 +71,10 @@ impl Var {
     }
 }
 
-use Command::{Plugins, Run};
+use Command::{Plugins, Run, Stats};
 
-const REDIS_USERS: &[Command] = &[Run];
-const EVERYONE: &[Command] = &[Run, Plugins];
+const REDIS_USERS: &[Command] = &[Run, Stats];
+const EVERYONE: &[Command] = &[Run, Plugins, Stats];
 
 /// `REDIS_URL`.
 pub const REDIS_URL: Var = Var {
@@ -144,6 +147,14 @@ pub const HTTP_PORT: Var = Var {
     name: "HTTP_PORT",
     meaning: "port of /healthz, /readyz and /metrics; 0 disables the endpoint",
     default: Default::Value("9090"),
+    commands: &[Run],
+};
+/// `METRICS_QUEUE_DEPTH_INTERVAL_MS`.
+pub const METRICS_QUEUE_DEPTH_INTERVAL_MS: Var = Var {
+    name: "METRICS_QUEUE_DEPTH_INTERVAL_MS",
+    meaning: "how often the queue depth gauges of /metrics are read from Redis (one script call per queue); \
+              0 turns them off",
+    default: Default::Value("5000"),
     commands: &[Run],
 };
 /// `HOSTNAME`.
@@ -237,6 +248,7 @@ pub const ALL: &[&Var] = &[
     &PLUGIN_DIR,
     &SHUTDOWN_TIMEOUT_MS,
     &HTTP_PORT,
+    &METRICS_QUEUE_DEPTH_INTERVAL_MS,
     &HOSTNAME,
     &LOG_FORMAT,
     &RUST_LOG,

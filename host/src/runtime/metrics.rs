@@ -22,6 +22,9 @@ const PLUGINS_DISABLED: &str = "frostguard_plugins_disabled";
 const PLUGIN_DISABLED: &str = "frostguard_plugin_disabled";
 const QUEUE_CONSUMING: &str = "frostguard_queue_consuming";
 const REDIS_UP: &str = "frostguard_redis_up";
+const QUEUE_JOBS: &str = "frostguard_queue_jobs";
+const QUEUE_PAUSED: &str = "frostguard_queue_paused";
+const QUEUE_OLDEST_WAITING: &str = "frostguard_queue_oldest_waiting_seconds";
 
 /// Job duration buckets in seconds: from a fast no-op to a slow provider call.
 const DURATION_BUCKETS: [f64; 12] = [
@@ -66,6 +69,17 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "1 while the queue's BullMQ worker is consuming"
     );
     describe_gauge!(REDIS_UP, "1 while Redis answers the host's ping");
+    describe_gauge!(
+        QUEUE_JOBS,
+        "Jobs in the queue per state, as Node's Queue.getJobCounts() reports them (a paused queue keeps its \
+         jobs in waiting)"
+    );
+    describe_gauge!(QUEUE_PAUSED, "1 while the queue is paused");
+    describe_gauge!(
+        QUEUE_OLDEST_WAITING,
+        Unit::Seconds,
+        "How long the job waiting longest for a worker has been ready to run (0 when none waits)"
+    );
     Ok(handle)
 }
 
@@ -151,4 +165,14 @@ pub fn queue_consuming(queue: &str, consuming: bool) {
 /// Sets whether Redis answers.
 pub fn redis_up(up: bool) {
     gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Sets a queue's depth gauges from one snapshot.
+pub fn queue_depth(queue: &str, snapshot: &crate::queue_stats::Snapshot, now_ms: u64) {
+    for (state, count) in snapshot.counts.by_state() {
+        gauge!(QUEUE_JOBS, "queue" => queue.to_owned(), "state" => state).set(count as f64);
+    }
+    gauge!(QUEUE_PAUSED, "queue" => queue.to_owned()).set(if snapshot.paused { 1.0 } else { 0.0 });
+    gauge!(QUEUE_OLDEST_WAITING, "queue" => queue.to_owned())
+        .set(snapshot.oldest_waiting_ms(now_ms) as f64 / 1000.0);
 }

@@ -7,6 +7,7 @@
 
 mod bridge;
 mod callbacks;
+mod depth;
 mod events;
 pub mod health;
 mod hold;
@@ -192,6 +193,14 @@ async fn start_all(
         admin.clone(),
         REDIS_PING_PERIOD,
     ));
+
+    if let (Some(_), Some(period)) = (config.http_port, config.depth_interval) {
+        let queues = processors
+            .iter()
+            .map(|(_, info)| QueueKeys::new(&info.queue, Some(&config.prefix)))
+            .collect();
+        tokio::spawn(depth::refresh(admin.clone(), queues, period));
+    }
 
     let mut starting = tokio::task::JoinSet::new();
     for (plugin, info) in processors {

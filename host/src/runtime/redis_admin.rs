@@ -107,3 +107,17 @@ impl AdminRedis {
             .with_context(|| format!("rate-limiting queue {}", keys.name()))
     }
 }
+
+impl AdminRedis {
+    /// One depth snapshot of a queue (see [`crate::queue_stats`]).
+    pub async fn queue_snapshot(
+        &self,
+        reader: &crate::queue_stats::Reader,
+        keys: &QueueKeys,
+    ) -> anyhow::Result<crate::queue_stats::Snapshot> {
+        let mut conn = self.conn.connection();
+        tokio::time::timeout(COMMAND_TIMEOUT, reader.read(&mut conn, keys))
+            .await
+            .context("Redis command timed out")?
+    }
+}
