@@ -49,6 +49,9 @@ pub enum Command {
     /// Per queue: job counts (as Node's getJobCounts reports them), paused state, workers connected and the
     /// age of the oldest waiting job.
     Stats(StatsArgs),
+    /// Add one job as Node's Queue.add would; prints its id, or with --wait its outcome (exit status 1 when
+    /// it failed).
+    Enqueue(EnqueueArgs),
 }
 
 /// `stats [--json] [QUEUE…]`.
@@ -60,6 +63,27 @@ pub struct StatsArgs {
     /// Queues to show; every queue found under the prefix when none is given.
     #[arg(value_name = "QUEUE")]
     pub queues: Vec<String>,
+}
+
+/// `enqueue QUEUE NAME DATA [--opts JSON] [--wait]`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Queue name.
+    pub queue: String,
+    /// Job name.
+    pub name: String,
+    /// Job data as JSON.
+    pub data: String,
+    /// Job options as JSON, with Node's names (attempts, backoff, delay, priority, lifo, jobId,
+    /// removeOnComplete, removeOnFail, deduplication).
+    #[arg(long, value_name = "JSON")]
+    pub opts: Option<String>,
+    /// Wait until the job completed or failed for good and print the outcome.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many milliseconds (exit status 1); 0 waits indefinitely.
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// `plugins [--plugin-dir DIR] [--init] [--json]` or `plugins run …`.

@@ -639,7 +639,7 @@ pub(crate) mod tests {
             vars::Command::Plugins => consulted_by(|env| {
                 Logging::read(env).unwrap();
             }),
-            vars::Command::Stats => consulted_by(|env| {
+            vars::Command::Stats | vars::Command::Enqueue => consulted_by(|env| {
                 Logging::read(env).unwrap();
                 RedisSettings::read(env).unwrap();
             }),

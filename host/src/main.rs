@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod enqueue_cmd;
 mod http;
 mod output;
 mod plugins;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Plugins(args)) => plugins_cmd::main(args),
         Some(Command::Stats(args)) => stats_cmd::main(args),
+        Some(Command::Enqueue(args)) => enqueue_cmd::main(args),
         Some(Command::Run) | None => run(),
     };
     match result {

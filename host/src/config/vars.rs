@@ -19,11 +19,18 @@ pub enum Command {
     Plugins,
     /// `stats`.
     Stats,
+    /// `enqueue`.
+    Enqueue,
 }
 
 impl Command {
     /// Every subcommand, in help order.
-    pub const ALL: [Command; 3] = [Command::Run, Command::Plugins, Command::Stats];
+    pub const ALL: [Command; 4] = [
+        Command::Run,
+        Command::Plugins,
+        Command::Stats,
+        Command::Enqueue,
+    ];
 
     /// The subcommand's name on the command line.
     pub fn name(self) -> &'static str {
@@ -31,6 +38,7 @@ impl Command {
             Command::Run => "run",
             Command::Plugins => "plugins",
             Command::Stats => "stats",
+            Command::Enqueue => "enqueue",
         }
     }
 }
@@ -71,10 +79,10 @@ impl Var {
     }
 }
 
-use Command::{Plugins, Run, Stats};
+use Command::{Enqueue, Plugins, Run, Stats};
 
-const REDIS_USERS: &[Command] = &[Run, Stats];
-const EVERYONE: &[Command] = &[Run, Plugins, Stats];
+const REDIS_USERS: &[Command] = &[Run, Stats, Enqueue];
+const EVERYONE: &[Command] = &[Run, Plugins, Stats, Enqueue];
 
 /// `REDIS_URL`.
 pub const REDIS_URL: Var = Var {

@@ -2,6 +2,7 @@
 //! against Node's `getJobCounts()`, and the `--help` environment sections.
 
 mod depth;
+mod enqueue;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
