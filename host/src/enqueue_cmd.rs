@@ -113,9 +113,11 @@ pub fn job_options(opts: &Value) -> Result<JobOptions, String> {
             match b.get("type").and_then(Value::as_str) {
                 Some("fixed") => Some(BackoffStrategy::Fixed(delay)),
                 Some("exponential") => Some(BackoffStrategy::Exponential(delay)),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "backoff.type must be \"fixed\" or \"exponential\" for enqueue, got {other:?}"
-                )),
+                ))
+                }
             }
         }
         Some(v) => {
