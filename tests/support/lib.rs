@@ -21,9 +21,11 @@
 //! `cargo test`); `FROSTGUARD_WORKER_BIN` and `FROSTGUARD_PLUGIN_DIR_BUILT` override that. Build them first
 //! (`cargo build --workspace`): `cargo test` does not build other packages' binaries and cdylibs.
 
+mod events;
 mod frostguard;
 mod http;
 mod node;
+mod ports;
 mod postgres;
 mod process;
 mod redis;
@@ -31,14 +33,16 @@ mod tempdir;
 mod tls;
 mod worker;
 
+pub use events::{queue_events, wait_for_event};
 pub use frostguard::{assert_delivery, delivery_row, insert_sms_delivery, sms_sent, telnyx_error};
 pub use http::{FakeHttp, RecordedRequest, Reply};
 pub use node::{
     bullmq_project_dir, drive, ensure_node_modules, node_bullmq_version, node_dir, JobSnapshot,
     NodeQueue, NodeTask, NODE_BULLMQ_ENV,
 };
+pub use ports::{free_port, reserved_port, PortReservation};
 pub use postgres::{Postgres, Schema};
-pub use redis::{RedisServer, Resp};
+pub use redis::{Monitor, RedisServer, Resp};
 pub use tempdir::TempDir;
 pub use tls::{generate_ca, generate_server_cert, CertFiles};
 pub use worker::{Finished, Worker, WorkerBuilder};
@@ -47,7 +51,6 @@ pub use anyhow;
 pub use serde_json;
 pub use serde_json::json;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -100,13 +103,6 @@ pub fn plugin_lib(lib_name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it). Servers started on it retry with a
-/// new port if another process took it in between.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout` with `what` in the message.

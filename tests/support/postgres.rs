@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL with the FrostGuard schema loaded.
 
+use crate::ports::PortReservation;
 use crate::process::{ChildGuard, LineLog};
 use crate::tempdir::TempDir;
 use serde_json::Value;
@@ -98,6 +99,8 @@ fn server_user() -> anyhow::Result<(u32, u32)> {
 #[derive(Debug)]
 pub struct Postgres {
     port: u16,
+    /// Keeps other tests' [`crate::free_port`] off the port while the server is stopped.
+    reservation: Option<PortReservation>,
     bin: PathBuf,
     dir: TempDir,
     user: Option<(u32, u32)>,
@@ -128,6 +131,7 @@ impl Postgres {
         };
         let mut pg = Postgres {
             port: 0,
+            reservation: None,
             bin,
             dir,
             user,
@@ -158,6 +162,7 @@ impl Postgres {
         let mut last_err = None;
         for _ in 0..5 {
             pg.port = crate::free_port();
+            pg.reservation = Some(PortReservation::new(pg.port)?);
             match pg.spawn() {
                 Ok(()) => {
                     last_err = None;

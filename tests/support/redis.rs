@@ -1,5 +1,6 @@
 //! A throwaway `redis-server` and a minimal RESP client for assertions.
 
+use crate::ports::PortReservation;
 use crate::process::{ChildGuard, LineLog};
 use crate::tempdir::TempDir;
 use std::io::{BufRead, BufReader, Write};
@@ -12,6 +13,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    /// Keeps other tests' [`crate::free_port`] off the port while the server is down between a kill and a
+    /// restart.
+    _reservation: PortReservation,
     extra_args: Vec<String>,
     child: Option<ChildGuard>,
     log: Arc<LineLog>,
@@ -28,13 +32,7 @@ impl RedisServer {
     pub fn start_with_args(extra_args: &[&str]) -> anyhow::Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..5 {
-            let mut server = RedisServer {
-                port: crate::free_port(),
-                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-                child: None,
-                log: LineLog::new(),
-                dir: TempDir::new("redis")?,
-            };
+            let mut server = RedisServer::unstarted(extra_args)?;
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 // Most likely the port was taken between picking and binding: try another one.
@@ -42,6 +40,31 @@ impl RedisServer {
             }
         }
         Err(last_err.expect("at least one attempt"))
+    }
+
+    /// A server that is not running yet, its port reserved: the case of a worker started before its Redis
+    /// exists. [`RedisServer::launch`] starts it.
+    pub fn reserve() -> anyhow::Result<RedisServer> {
+        RedisServer::unstarted(&[])
+    }
+
+    fn unstarted(extra_args: &[&str]) -> anyhow::Result<RedisServer> {
+        let port = crate::free_port();
+        Ok(RedisServer {
+            port,
+            _reservation: PortReservation::new(port)?,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: LineLog::new(),
+            dir: TempDir::new("redis")?,
+        })
+    }
+
+    /// Starts a server made by [`RedisServer::reserve`] on its reserved port (the same as [`restart`]).
+    ///
+    /// [`restart`]: RedisServer::restart
+    pub fn launch(&mut self) -> anyhow::Result<()> {
+        self.restart()
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -129,7 +152,7 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port (after [`RedisServer::kill`]), retrying while the port is still
-    /// held by the old process's sockets.
+    /// held by the old process's sockets. The port stayed reserved meanwhile, so no other test took it.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -152,9 +175,64 @@ impl RedisServer {
         conn.cmd(args)
     }
 
+    /// Starts a `MONITOR` connection: every command the server runs from now on, one line each (`<time>
+    /// [<db> <client>] "<command>" "<arg>" ...`), to wait for what a worker did rather than sleep.
+    pub fn monitor(&self) -> anyhow::Result<Monitor> {
+        let mut conn = RespConn::connect(self.port)?;
+        if let Some(p) = self.password() {
+            conn.cmd(&["AUTH", &p])?;
+        }
+        let ok = conn.cmd(&["MONITOR"])?;
+        anyhow::ensure!(ok == Resp::Simple("OK".into()), "MONITOR answered {ok:?}");
+        let stream = conn.reader.into_inner();
+        stream.set_read_timeout(None)?;
+        let log = LineLog::new();
+        log.follow(
+            &format!("monitor:{}", self.port),
+            stream.try_clone()?,
+            false,
+        );
+        Ok(Monitor { log, stream })
+    }
+
     /// The server's own log lines so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.log.snapshot()
+    }
+}
+
+/// The commands a Redis server runs, as `MONITOR` reports them ([`RedisServer::monitor`]). Closed on drop.
+#[derive(Debug)]
+pub struct Monitor {
+    log: Arc<LineLog>,
+    stream: TcpStream,
+}
+
+impl Monitor {
+    /// Lines received so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.snapshot()
+    }
+
+    /// Waits for a line at index >= `from` satisfying `pred`; returns its index and text.
+    pub fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<(usize, String)> {
+        self.log.wait_for(from, timeout, pred).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no such command within {timeout:?}; seen:\n{}",
+                self.log.snapshot().join("\n")
+            )
+        })
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
