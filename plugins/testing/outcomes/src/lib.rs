@@ -1,8 +1,8 @@
 //! Test-only plugin (`test-outcomes` queue) whose job names exercise every processor outcome, so the harness,
 //! the loader and the host runtime can be tested against a real `cdylib`. Never shipped in the image.
 //!
-//! Job names: `complete`, `fail`, `fail-unrecoverable`, `fail-until`, `retry-later`, `panic`, `sleep`,
-//! `progress`, `log`. Setting `FAIL_INIT=true` makes `init` refuse to start.
+//! Job names: `complete`, `fail`, `fail-unrecoverable`, `fail-until`, `retry-later`, `panic`, `sleep`
+//! (`{"ms", "ignoreCancel"}`), `progress`, `log`. Setting `FAIL_INIT=true` makes `init` refuse to start.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -100,7 +100,11 @@ impl Plugin for TestOutcomes {
                 }
             }
             "panic" => panic!("test panic: {}", text("message", "boom")),
-            "sleep" => sleep(number("ms", 1000), ctx),
+            "sleep" => sleep(
+                number("ms", 1000),
+                data.get("ignoreCancel").and_then(Value::as_bool) == Some(true),
+                ctx,
+            ),
             "progress" => {
                 ctx.progress(json!(25));
                 ctx.progress(json!({ "step": "half" }));
@@ -123,11 +127,13 @@ impl Plugin for TestOutcomes {
     }
 }
 
-/// Sleeps `ms`, checking for cancellation every 10 ms as a well-behaved long job must.
-fn sleep(ms: u64, ctx: &JobContext<'_>) -> Outcome {
+/// Sleeps `ms`, checking for cancellation every 10 ms as a well-behaved long job must; with `ignore_cancel`
+/// (job data `"ignoreCancel": true`) it plays a plugin that never looks, which the host's shutdown must
+/// still get past.
+fn sleep(ms: u64, ignore_cancel: bool, ctx: &JobContext<'_>) -> Outcome {
     let until = Instant::now() + Duration::from_millis(ms);
     while Instant::now() < until {
-        if ctx.is_cancelled() {
+        if !ignore_cancel && ctx.is_cancelled() {
             return Outcome::failed("cancelled");
         }
         thread::sleep(Duration::from_millis(10));
