@@ -317,7 +317,7 @@ const COMMANDS = {
   // A Node Worker and whatever else consumes the queue (the host) share `count` jobs named `name` (default
   // `complete`). The Node worker counts its own runs per job id in a Redis hash. Waits until every job is
   // completed (or the deadline), then reports who completed what, and every job that the event stream shows
-  // active or completed other than exactly once. → {jobs, timedOut, states, byNode, byOther, wrongValue,
+  // active or completed other than exactly once. `gateKey`: see below. → {jobs, timedOut, states, byNode, byOther, wrongValue,
   // nodeRunsTotal, nodeRanTwice: [id], activeNotOnce: [[id, n]], completedNotOnce: [[id, n]]}
   async 'mixed-fleet'(input) {
     const count = input.count;
@@ -326,10 +326,18 @@ const COMMANDS = {
     const redis = redisOf(input);
     // A long event stream so that every job's events can be counted afterwards.
     const queue = queueOf(input, { streams: { events: { maxLen: 1000000 } } });
+    // With `gateKey`, the Node worker's jobs wait (already counted as runs) until that Redis key exists: the
+    // test opens the gate once the host has completed a job, so that both workers are known to take part.
+    const gate = redisOf(input);
+    let gateOpen = !input.gateKey;
     const worker = new Worker(
       input.queue,
       async (job) => {
         await redis.hincrby(runsKey, job.id, 1);
+        while (!gateOpen) {
+          gateOpen = (await gate.exists(input.gateKey)) === 1;
+          if (!gateOpen) await sleep(20);
+        }
         return { processedBy: 'node', i: job.data.i };
       },
       { connection: connectionOf(input), prefix, concurrency: input.concurrency ?? 4 },
@@ -396,6 +404,7 @@ const COMMANDS = {
       await worker.close();
       await queue.close();
       redis.disconnect();
+      gate.disconnect();
     }
   },
 

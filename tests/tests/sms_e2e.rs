@@ -135,8 +135,8 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
         .spawn_ready()
         .unwrap();
     assert!(
-        worker.has_line("concurrency=5"),
-        "default concurrency 5:\n{}",
+        worker.has_line("queue consuming queue=sms-notifications concurrency=5 job_timeout_ms=60000"),
+        "the plugin's default concurrency (5) and time budget (60 s) on the queue's start line:\n{}",
         worker.output_text()
     );
 
@@ -275,12 +275,17 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
         .iter()
         .filter(|l| l.contains("rejected our credentials"))
         .count();
-    assert!(
-        auth_errors >= 2,
+    assert_eq!(
+        auth_errors,
+        2,
         "one error line per auth failure:\n{}",
         worker.output_text()
     );
-    assert_delivery(&pg, &rows["auth"], json!({"retry_count": 0}));
+    assert_delivery(
+        &pg,
+        &rows["auth"],
+        json!({"status": "sent", "external_id": "msg-auth", "retry_count": 0}),
+    );
 
     // Invalid number: unrecoverable, never sent, row failed with the reason.
     let j = job("invalid");
@@ -355,10 +360,84 @@ fn without_credentials_the_plugin_is_disabled_and_sms_jobs_wait() {
             sms_job_options(),
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Not a matter of waiting long enough: the worker runs (a job of the other plugin's queue goes through
+    // after the SMS job was added) and has a BullMQ worker connection (named `bull:` + base64 of the queue)
+    // for that queue only; none for `sms-notifications`.
+    let other = NodeQueue::new(&redis, "test-outcomes")
+        .run(json!([{"name": "complete", "data": {"result": "other queue"}}]))
+        .unwrap();
+    assert_eq!(other[0].state, "completed", "{:?}", other[0]);
+    let clients = redis.cmd(&["CLIENT", "LIST"]).unwrap();
+    let clients = clients.as_str().unwrap_or_default();
+    assert!(
+        clients.contains("name=bull:dGVzdC1vdXRjb21lcw== "),
+        "{clients}"
+    );
+    assert!(
+        !clients.contains("name=bull:c21zLW5vdGlmaWNhdGlvbnM="),
+        "{clients}"
+    );
     let j = node.job(&id).unwrap();
     assert_state(&j, "waiting", 0);
+    assert_eq!(j.attempts_started, 0, "{j:?}");
     assert!(telnyx.requests().is_empty());
+}
+
+/// Personal data stays out of the log however the host is configured: at debug level (the host's and its
+/// libraries' debug lines included) and as JSON, the number shows only masked, and neither the full number,
+/// the message text nor the API key appear.
+#[test]
+fn at_debug_level_and_as_json_the_log_carries_the_number_only_masked() {
+    let redis = RedisServer::start().unwrap();
+    let telnyx = fake_telnyx();
+    let worker = Worker::builder()
+        .redis(&redis)
+        .plugins(&[SMS_PLUGIN])
+        .env("TELNYX_API_KEY", KEY)
+        .env("TELNYX_PHONE_NUMBER", FROM)
+        .env("TELNYX_API_BASE_URL", telnyx.url())
+        .env("RUST_LOG", "debug")
+        .env("LOG_FORMAT", "json")
+        .spawn_ready()
+        .unwrap();
+    let node = NodeQueue::new(&redis, QUEUE);
+    let ids = node
+        .add(json!([
+            {"name": "sms:send", "data": job_data("ok", PHONE, "7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6b"), "opts": sms_job_options()},
+            {"name": "sms:send", "data": job_data("permanent", PHONE, "7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6c"), "opts": sms_job_options()},
+        ]))
+        .unwrap();
+    let done = node.wait_finished(&ids).unwrap();
+    assert_state(&done[0], "completed", 1);
+    assert_state(&done[1], "failed", 1);
+    // The line that names the number is there, as JSON, with the number masked.
+    let sending = worker
+        .wait_for_line(
+            "Telnyx rejected the SMS permanently",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let record: Value = serde_json::from_str(&sending).expect("a JSON log line");
+    assert!(record.to_string().contains("+1555*****67"), "{record}");
+    let lines = worker.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("DEBUG")),
+        "debug lines are on"
+    );
+    for line in &lines {
+        assert!(
+            !line.contains(PHONE),
+            "a log line carries the full phone number: {line}"
+        );
+        assert!(
+            !line.contains(KEY),
+            "a log line carries the API key: {line}"
+        );
+        assert!(
+            !line.contains("Temperature alert"),
+            "a log line carries the message body: {line}"
+        );
+    }
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! Node worker and the host on one queue) completing every job exactly once.
 
 use crate::{assert_logged, setup};
-use frostguard_tests::json;
 use frostguard_tests::serde_json::Value;
+use frostguard_tests::{json, wait_until, NodeQueue, RedisServer, Worker, TEST_QUEUE};
+use std::time::Duration;
 
 #[test]
 fn worker_rate_limit_is_honoured() {
@@ -61,14 +62,38 @@ fn concurrency_override_bounds_parallel_jobs() {
 
 #[test]
 fn mixed_fleet_of_node_worker_and_host_completes_each_job_exactly_once() {
-    let (_redis, _worker, q) = setup(&[]);
+    let redis = RedisServer::start().unwrap();
+    let q = NodeQueue::new(&redis, TEST_QUEUE);
     let count = 3000;
-    let out = q
-        .call(
+    let gate = "fleet-gate";
+    // The Node worker starts first and holds the jobs it takes until the gate opens; the host starts once
+    // Node has taken one, and the gate opens once the host has completed one. So both take part for sure
+    // (not by the odds of 3,000 jobs), and from then on they compete for the rest.
+    let fleet = q
+        .spawn(
             "mixed-fleet",
-            json!({"count": count, "concurrency": 4, "timeoutMs": 240000}),
+            json!({"count": count, "concurrency": 4, "timeoutMs": 240000, "gateKey": gate}),
         )
         .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the Node worker took a job",
+        || {
+            let runs = redis.cmd(&["HLEN", "bull:test-outcomes:node-runs"]).ok()?;
+            (runs.as_int()? > 0).then_some(())
+        },
+    )
+    .unwrap();
+    let worker = Worker::start_test_outcomes(&redis, &[]).unwrap();
+    wait_until(Duration::from_secs(60), "the host completed a job", || {
+        let done = redis.cmd(&["ZCARD", "bull:test-outcomes:completed"]).ok()?;
+        (done.as_int()? > 0).then_some(())
+    })
+    .unwrap();
+    redis.cmd(&["SET", gate, "open"]).unwrap();
+    let out = fleet
+        .join(Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e}\n{}", worker.output_text()));
     assert_eq!(out["timedOut"], false, "states: {}", out["states"]);
     assert_eq!(
         out["states"],

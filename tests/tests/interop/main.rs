@@ -23,7 +23,7 @@ mod scheduling;
 
 use frostguard_tests::serde_json::Value;
 use frostguard_tests::{JobSnapshot, NodeQueue, RedisServer, Worker, TEST_QUEUE};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A fresh Redis, the host consuming `test-outcomes` (ready), and Node's view of that queue.
 fn setup(env: &[(&str, &str)]) -> (RedisServer, Worker, NodeQueue) {
@@ -43,14 +43,6 @@ fn now_ms() -> u64 {
 /// Waits until job `id` is completed or failed and returns its snapshot.
 fn wait_finished_one(q: &NodeQueue, id: &str) -> JobSnapshot {
     q.wait_finished(&[id.to_owned()]).unwrap().remove(0)
-}
-
-/// Waits (up to 20 s) until job `id` is in `state` (e.g. `active`: a worker has started it) and returns its
-/// snapshot.
-fn wait_state(q: &NodeQueue, id: &str, state: &str) -> JobSnapshot {
-    q.wait_states(&[id.to_owned()], &[state], Duration::from_secs(20))
-        .unwrap()
-        .remove(0)
 }
 
 /// The job ids of a drive.mjs answer (`out["ids"]`), in the order the jobs were added.

@@ -2,8 +2,9 @@
 //! retry-later outcome, which delays the job (job scope) or holds the whole queue (queue scope) without
 //! consuming an attempt.
 
-use crate::{assert_starts_spaced, event_times, events_of, setup, wait_finished_one, wait_state};
-use frostguard_tests::{json, JobSnapshot};
+use crate::{assert_starts_spaced, event_times, events_of, setup, wait_finished_one};
+use frostguard_tests::{json, wait_until};
+use std::time::Duration;
 
 #[test]
 fn exponential_backoff_retries_with_growing_delays_then_fails_with_attempts_made_3() {
@@ -35,19 +36,20 @@ fn exponential_backoff_retries_with_growing_delays_then_fails_with_attempts_made
             n + 2
         );
     }
-    // The `delayed` events carry the due time: the host's failure time + the exponential backoff. The event's
-    // own (Redis) time is a little later than the host's clock reading, so allow for that latency.
+    // The `delayed` events carry the due time the host chose: after the attempt started (its `active` event)
+    // and before the `delayed` event was written, it added the backoff to its clock. So, as ordering that
+    // holds however slow the machine: due - start >= backoff >= due - written.
     let delayed = events_of(&events, "delayed", &id);
     assert_eq!(delayed.len(), 2, "two retries were scheduled: {events:?}");
     for (n, ev) in delayed.iter().enumerate() {
         let due: u64 = ev["delay"].as_str().unwrap().parse().unwrap();
-        let scheduled_at = ev["ms"].as_u64().unwrap();
-        let backoff = due as i64 - scheduled_at as i64;
-        let wanted = (delay << n) as i64;
+        let written = ev["ms"].as_u64().unwrap();
+        let wanted = delay << n;
         assert!(
-            (wanted - 250..=wanted + 250).contains(&backoff),
-            "retry {} scheduled {backoff} ms ahead, want {wanted} ms",
-            n + 1
+            due >= actives[n] + wanted && due <= written + wanted,
+            "retry {} due at {due}: attempt started at {}, retry written at {written}, backoff {wanted} ms",
+            n + 1,
+            actives[n]
         );
     }
 }
@@ -81,19 +83,31 @@ fn retry_later_with_job_scope_delays_the_job_without_consuming_an_attempt() {
             json!({"attempts": 1}),
         )
         .unwrap();
-    let delayed = wait_state(&q, &id, "delayed");
-    assert_eq!(delayed.attempts_made, 0, "no attempt consumed: {delayed:?}");
-    assert_eq!(delayed.attempts_started, 1);
     let job = wait_finished_one(&q, &id);
     assert_eq!(job.state, "completed", "{job:?}");
     assert_eq!(
         job.returnvalue,
         json!({"retriedAfterDelay": true, "attemptsStarted": 2})
     );
-    assert_eq!(job.attempts_made, 1, "{job:?}");
-    let actives = event_times(&q.events().unwrap(), "active", &id);
-    assert_eq!(actives.len(), 2);
+    assert_eq!(job.attempts_made, 1, "two starts, one attempt: {job:?}");
+    // Through the delayed set (asserted from the event stream after the fact, not caught live), due the
+    // requested delay after the first start at the earliest, and started again no earlier.
+    let events = q.events().unwrap();
+    let actives = event_times(&events, "active", &id);
+    assert_eq!(actives.len(), 2, "{events:?}");
+    let delayed = events_of(&events, "delayed", &id);
+    assert_eq!(delayed.len(), 1, "{events:?}");
+    let due: u64 = delayed[0]["delay"].as_str().unwrap().parse().unwrap();
+    assert!(
+        due >= actives[0] + 1500,
+        "due {due}, first start {}",
+        actives[0]
+    );
     assert_starts_spaced(&actives, 1500, "second start after the requested delay");
+    assert!(
+        event_times(&events, "failed", &id).is_empty(),
+        "retry-later is no failure: {events:?}"
+    );
 }
 
 #[test]
@@ -107,22 +121,17 @@ fn retry_later_with_queue_scope_returns_the_job_to_wait_and_holds_the_queue() {
             json!({"attempts": 1}),
         )
         .unwrap();
-    // Back in wait (not delayed), with one start and no attempt made.
-    let out = q
-        .call(
-            "wait",
-            json!({"ids": [id], "states": ["waiting"], "minStarted": 1, "timeoutMs": 20000}),
-        )
-        .unwrap();
-    assert_eq!(
-        out["timedOut"],
-        false,
-        "job not back in wait: {out}\n{}",
-        worker.output_text()
-    );
-    let back: JobSnapshot =
-        frostguard_tests::serde_json::from_value(out["jobs"][0].clone()).unwrap();
-    assert_eq!(back.attempts_made, 0);
+    // Back in wait (not delayed) once the host has handled the first start: the `waiting` event after the
+    // first `active` says so, read from the event stream after the fact.
+    wait_until(Duration::from_secs(20), "the job back in wait", || {
+        let events = q.events().ok()?;
+        let first_start = events_of(&events, "active", &id).first()?["ms"].as_u64()?;
+        events_of(&events, "waiting", &id)
+            .iter()
+            .any(|e| e["ms"].as_u64() >= Some(first_start))
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.output_text()));
     // Another job added while the queue is held must wait too.
     let other = q
         .add_one("complete", json!({"result": "other"}), json!({}))
@@ -136,17 +145,22 @@ fn retry_later_with_queue_scope_returns_the_job_to_wait_and_holds_the_queue() {
     );
     assert_eq!(rl.attempts_made, 1);
     assert_eq!(other_job.state, "completed");
+    // Ordering in one clock (the event stream's): the hold began after the first start, so no start of
+    // either job can come sooner than `hold` after it.
     let events = q.events().unwrap();
-    let first_start = event_times(&events, "active", &id)[0];
+    let starts = event_times(&events, "active", &id);
+    assert_eq!(starts.len(), 2, "{events:?}");
+    let first_start = starts[0];
     assert!(
-        rl.processed_on.unwrap() + 50 >= first_start + hold,
+        starts[1] >= first_start + hold,
         "job restarted {} ms after its first start; queue hold {hold} ms",
-        rl.processed_on.unwrap() - first_start
+        starts[1] - first_start
     );
+    let other_start = event_times(&events, "active", &other)[0];
     assert!(
-        other_job.processed_on.unwrap() + 50 >= first_start + hold,
+        other_start >= first_start + hold,
         "another job ran {} ms after the hold began ({hold} ms)",
-        other_job.processed_on.unwrap() - first_start
+        other_start.saturating_sub(first_start)
     );
     assert!(
         event_times(&events, "delayed", &id).is_empty(),

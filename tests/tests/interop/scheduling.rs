@@ -1,7 +1,7 @@
 //! When jobs run: `delay`, priority and LIFO order (compared with a Node worker's order), job schedulers
 //! created by Node, and pause / resume from Node.
 
-use crate::{events_of, now_ms, setup, wait_finished_one};
+use crate::{events_of, setup, wait_finished_one};
 use frostguard_tests::serde_json::Value;
 use frostguard_tests::{json, wait_until, JobSnapshot, NodeQueue, RedisServer, Worker, TEST_QUEUE};
 use std::time::Duration;
@@ -152,8 +152,9 @@ fn a_job_scheduler_created_by_node_keeps_producing_with_only_the_host_consuming(
 
 #[test]
 fn pause_and_resume_from_node_are_honoured() {
-    let (_redis, _worker, q) = setup(&[]);
+    let (redis, _worker, q) = setup(&[]);
     q.pause().unwrap();
+    let monitor = redis.monitor().unwrap();
     let ids = q
         .add(json!([
             {"name": "complete", "data": {"result": 1}},
@@ -161,18 +162,40 @@ fn pause_and_resume_from_node_are_honoured() {
             {"name": "complete", "data": {"result": 3}},
         ]))
         .unwrap();
-    // Observe the paused queue for a while: nothing may start.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Not a pause long enough to hope the host would have acted: wait until it has looked for work after
+    // the jobs were there. Its fetch loop blocks on the queue's marker (BZPOPMIN) after each fetch that
+    // found nothing, so a BZPOPMIN run after this ECHO (which ran after the adds) follows such a fetch.
+    let mark = format!("jobs-added-{}", ids.join("-"));
+    redis.cmd(&["ECHO", &mark]).unwrap();
+    let (after_add, _) = monitor
+        .wait_for(0, Duration::from_secs(10), |l| l.contains(&mark))
+        .unwrap();
+    monitor
+        .wait_for(after_add, Duration::from_secs(30), |l| {
+            l.to_ascii_lowercase()
+                .contains("\"bzpopmin\" \"bull:test-outcomes:marker\"")
+        })
+        .unwrap();
     let jobs = q.jobs(&ids, false).unwrap();
     for job in &jobs {
         assert_eq!(job.state, "waiting", "paused queue ran a job: {job:?}");
         assert_eq!(job.attempts_started, 0);
     }
-    let resumed_at = now_ms();
     q.resume().unwrap();
     let jobs = q.wait_finished(&ids).unwrap();
     for job in &jobs {
         assert_eq!(job.state, "completed", "{job:?}");
-        assert!(job.processed_on.unwrap() + 50 >= resumed_at, "{job:?}");
+    }
+    // In the event stream's order: the `resumed` event comes before every start.
+    let events = q.events().unwrap();
+    let at = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred);
+    let resumed = at(&|e| e["event"] == "resumed").expect("a resumed event");
+    for id in &ids {
+        let started = at(&|e| e["event"] == "active" && e["jobId"] == id.as_str())
+            .unwrap_or_else(|| panic!("job {id} never started: {events:?}"));
+        assert!(
+            started > resumed,
+            "job {id} started before the resume: {events:?}"
+        );
     }
 }

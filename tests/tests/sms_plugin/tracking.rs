@@ -56,7 +56,8 @@ fn without_a_database_it_sends_untracked_and_says_so_once_at_init() {
 #[test]
 fn a_database_down_at_start_does_not_disable_sending_but_jobs_wait_for_it() {
     let telnyx = FakeHttp::scripted(vec![], accepted("never")).unwrap();
-    let closed = frostguard_tests::free_port();
+    // Held for this test, with nothing listening: no other test's server can appear there.
+    let (closed, _held) = frostguard_tests::reserved_port();
     let h = load(config(
         &telnyx,
         None,
