@@ -1,4 +1,4 @@
-//! Job time budgets (issue 3, "with the job's deadline and cancellation"): `QUEUE_<Q>_JOB_TIMEOUT_MS` turns
+//! Job time budgets: `QUEUE_<Q>_JOB_TIMEOUT_MS` turns
 //! into each attempt's deadline, the plugin's `is_cancelled()` turns true when it passes, and an attempt that
 //! overran fails retryably with `job timed out after <N> ms`, as Node BullMQ sees it. The test plugin's
 //! `sleep` job polls `is_cancelled()` every 10 ms and returns a retryable "cancelled" failure when asked to

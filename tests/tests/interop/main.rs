@@ -1,4 +1,4 @@
-//! Interop with the real Node client (issue 3): Node BullMQ 6.7.0 produces and observes, the host
+//! Interop with the real Node client: Node BullMQ 6.7.0 produces and observes, the host
 //! (`frostguard-worker run` with the `test-outcomes` plugin) consumes, each test on its own redis-server.
 //!
 //! One test binary, one module per area:
