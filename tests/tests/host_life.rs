@@ -286,7 +286,10 @@ fn max_stalled_count_zero_fails_a_job_at_its_first_stall() {
     // With the default (1) the next worker would run it again (see the interop lifecycle tests); with 0 the
     // first stall fails it for good, whatever attempts are left.
     let _next = Worker::start_test_outcomes(&redis, &env).unwrap();
-    let job = q.wait_finished(&[id.clone()]).unwrap().remove(0);
+    let job = q
+        .wait_finished(std::slice::from_ref(&id))
+        .unwrap()
+        .remove(0);
     assert_eq!(job.state, "failed", "{job:?}");
     assert_eq!(
         job.failed_reason.as_deref(),
@@ -384,7 +387,10 @@ fn backoff_jitter_keeps_each_retry_within_half_and_all_of_the_backoff() {
             json!({"attempts": 5, "backoff": {"type": "fixed", "delay": max, "jitter": 0.5}}),
         )
         .unwrap();
-    let job = q.wait_finished(&[id.clone()]).unwrap().remove(0);
+    let job = q
+        .wait_finished(std::slice::from_ref(&id))
+        .unwrap()
+        .remove(0);
     assert_eq!(job.state, "failed", "{job:?}");
     assert_eq!(job.attempts_made, 5, "{job:?}");
     let events = queue_events(&redis, "bull", TEST_QUEUE).unwrap();
