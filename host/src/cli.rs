@@ -86,7 +86,7 @@ pub struct EnqueueArgs {
     pub timeout_ms: Option<u64>,
 }
 
-/// `plugins [--plugin-dir DIR] [--init] [--json]` or `plugins run …`.
+/// `plugins [--plugin-dir DIR] [--init] [--json]`, `plugins run …` or `plugins new …`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct PluginsArgs {
@@ -111,6 +111,26 @@ pub enum PluginsAction {
     /// Run one job through a built plugin without Redis and print the outcome, progress, job log lines and
     /// the plugin's log records as JSON. Exit status 0 when the job completed, 1 otherwise.
     Run(RunJobArgs),
+    /// Write a new plugin crate (outside this repository) that builds, passes its harness test and runs a job
+    /// as generated; see docs/plugins.md.
+    New(NewPluginArgs),
+}
+
+/// Arguments of `plugins new`.
+#[derive(Debug, Args)]
+pub struct NewPluginArgs {
+    /// Plugin, package and library name: lower-case letters, digits and single dashes.
+    pub name: String,
+    /// The BullMQ queue its processor consumes (default: NAME).
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Directory to create the crate in; must not exist or be empty (default: ./NAME).
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// The `plugin-api/` directory of a frostguard-worker checkout to depend on (default: the checkout this
+    /// binary was built from). A relative path is written relative to the new crate, an absolute one as is.
+    #[arg(long)]
+    pub api_path: Option<PathBuf>,
 }
 
 /// Arguments of `plugins run`.

@@ -9,6 +9,7 @@ mod http;
 mod output;
 mod plugins;
 mod plugins_cmd;
+mod plugins_new;
 mod queue_stats;
 mod runtime;
 mod shutdown;

@@ -1,5 +1,6 @@
 //! `frostguard-worker plugins`: what an operator runs to see which plugins a directory holds and whether they
-//! load, and `plugins run` to push one job through a plugin without Redis.
+//! load, `plugins run` to push one job through a plugin without Redis, and `plugins new` (in `plugins_new`)
+//! to start a plugin crate.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::plugins::{settings, Registry};
 pub fn main(args: PluginsArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(PluginsAction::Run(run)) => run_job(run),
+        Some(PluginsAction::New(new)) => crate::plugins_new::main(new),
         None => list(&args),
     }
 }

@@ -13,6 +13,10 @@
 //! of the callback traits. So upgrade plugins first (or together with the host); an older plugin in a newer
 //! host is rejected at load with the reason, and its queues are simply not consumed. The host enforces this
 //! through abi_stable's version and layout checks before it calls any plugin code.
+//!
+//! Nothing else about the build has to match: only `repr(C)` layouts, abi_stable's self-describing types
+//! (each owned value carries its destructor) and JSON text cross the boundary, so a plugin may be built with
+//! another rustc, another optimisation level and other versions of its own dependencies than the host.
 
 // `#[sabi_trait]` expands to impls inside a generated const block, which rustc >= 1.80 flags; the code is
 // abi_stable's and correct.

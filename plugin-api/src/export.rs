@@ -47,7 +47,17 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Why a plugin built with `panic = "abort"` is refused: this crate is compiled with the plugin's panic
+/// strategy (cargo applies a profile's `panic` to the whole build), so the check sees the plugin's setting.
+pub const PANIC_ABORT_REFUSAL: &str =
+    "built with panic = \"abort\": a panic would abort the host instead of \
+     failing the job; build the plugin with panic = \"unwind\" (the default)";
+
 extern "C" fn describe<P: PluginInstance>() -> RResult<RString, RString> {
+    // `catch_unwind` below, and every entry point's, only works when panics unwind.
+    if cfg!(panic = "abort") {
+        return RResult::RErr(PANIC_ABORT_REFUSAL.into());
+    }
     let described = catch_unwind(|| serde_json::to_string(&P::describe()));
     match described {
         Ok(Ok(json)) => RResult::ROk(json.into()),

@@ -112,8 +112,11 @@
 //! ## Compatibility
 //!
 //! See [`abi`] for the rule the host enforces at load time: same `0.MINOR` of this crate, plugin at least as
-//! new as the host. Build plugins with `panic = "unwind"` (the default); with `panic = "abort"` a plugin
-//! panic kills the host.
+//! new as the host. The plugin must also be built for the host's target, against a glibc no newer than the
+//! host's, and with `panic = "unwind"` (the default; a plugin built with `panic = "abort"` is refused, since
+//! one panic would kill the host). The compiler version, the optimisation level and the plugin's other
+//! dependencies (its own tokio or serde included) do not matter. The repository's `docs/plugins.md` is the
+//! plugin author's guide, and `frostguard-worker plugins new NAME` writes a starting crate.
 
 #![warn(missing_docs)]
 

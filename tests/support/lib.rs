@@ -45,7 +45,7 @@ pub use postgres::{Postgres, Schema};
 pub use redis::{Monitor, RedisServer, Resp};
 pub use tempdir::TempDir;
 pub use tls::{generate_ca, generate_server_cert, CertFiles};
-pub use worker::{Finished, Worker, WorkerBuilder};
+pub use worker::{worker_bin, Finished, Worker, WorkerBuilder};
 
 pub use anyhow;
 pub use serde_json;
