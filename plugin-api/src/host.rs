@@ -296,18 +296,22 @@ fn library_error(path: &Path, err: LibraryError) -> LoadError {
             ..
         } => (
             LoadStage::Abi,
-            format!(
-                "built against frostguard-plugin-api {actual_version}, this host has {expected_version} \
-                 (a plugin needs the same 0.MINOR and a version at least the host's)"
-            ),
+            api_version_mismatch(&actual_version.to_string(), &expected_version.to_string()),
         ),
-        LibraryError::AbiInstability(e) => (
-            LoadStage::Abi,
-            format!(
-                "incompatible plugin ABI layout: {}",
-                summarize_layout_error(&e.to_string())
-            ),
-        ),
+        LibraryError::AbiInstability(e) => {
+            let summary = summarize_layout_error(&e.to_string());
+            // Another 0.MINOR with an unchanged layout passes abi_stable's version check and is caught by the
+            // layout check, which compares the package version recorded in every type.
+            let versions = summary
+                .strip_prefix("incompatible package versions (host expects ")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .and_then(|rest| rest.split_once(", plugin has "));
+            let reason = match versions {
+                Some((host, plugin)) => api_version_mismatch(plugin, host),
+                None => format!("incompatible plugin ABI layout: {summary}"),
+            };
+            (LoadStage::Abi, reason)
+        }
         LibraryError::RootModule { err, .. } => (
             LoadStage::Abi,
             format!("the plugin's root module constructor failed: {err}"),
@@ -315,6 +319,13 @@ fn library_error(path: &Path, err: LibraryError) -> LoadError {
         other => (LoadStage::Abi, one_line(&other.to_string(), 300)),
     };
     LoadError::new(path, stage, reason)
+}
+
+fn api_version_mismatch(plugin: &str, host: &str) -> String {
+    format!(
+        "built against frostguard-plugin-api {plugin}, this host has {host} (a plugin needs the same 0.MINOR \
+         and a version at least the host's)"
+    )
 }
 
 /// abi_stable reports a layout mismatch as a dump of both layouts (hundreds of lines) whose verdict reads

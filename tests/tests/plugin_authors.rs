@@ -122,14 +122,21 @@ fn run(cmd: &mut Command) -> Output {
 
 /// Builds the crate in `cmd`'s directory and returns its `cdylib`; the crate itself must compile without a
 /// warning.
-fn build_cdylib(mut cmd: Command) -> PathBuf {
-    let out = run(cmd.args(["build", "--message-format=json-render-diagnostics"]));
+fn build_cdylib(mut cmd: Command, extra: &[&str]) -> PathBuf {
+    let out = run(cmd
+        .args(["build", "--message-format=json-render-diagnostics"])
+        .args(extra));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("warning"), "{stderr}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "cdylib"))
+        })
         .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
         .filter_map(|f| f.as_str().map(PathBuf::from))
         .find(|f| f.extension().is_some_and(|e| e == "so"))
@@ -211,9 +218,7 @@ fn new_plugin_built_by_another_toolchain_passes_its_test_and_runs_jobs_in_the_ho
     let out = run(cargo(&toolchain, &krate, &target).args(["test", "--release"]));
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("test result: ok. 3 passed"), "{report}");
-    let mut build = cargo(&toolchain, &krate, &target);
-    build.arg("--release");
-    let lib = build_cdylib(build);
+    let lib = build_cdylib(cargo(&toolchain, &krate, &target), &["--release"]);
     let lib_bytes = std::fs::read(&lib).unwrap();
     let stamp = version.replacen("rustc ", "rustc version ", 1);
     assert!(
@@ -309,9 +314,10 @@ fn a_plugin_with_its_own_tokio_and_serde_versions_runs_jobs() {
             "the fixture must use another {krate} than the host"
         );
     }
-    let mut build = cargo(&pinned_toolchain(), &fixture, &workspace_target());
-    build.arg("--locked");
-    let lib = build_cdylib(build);
+    let lib = build_cdylib(
+        cargo(&pinned_toolchain(), &fixture, &workspace_target()),
+        &["--locked"],
+    );
 
     let run = plugins_run(&lib, "own-deps", "double", json!({"ms": 5}));
     assert_eq!(
@@ -415,7 +421,7 @@ fn a_plugin_built_against_another_api_minor_is_disabled_naming_both_versions() {
         "author-minor",
         &["--api-path", api.to_str().unwrap()],
     );
-    let lib = build_cdylib(cargo(&pinned_toolchain(), &krate, &workspace_target()));
+    let lib = build_cdylib(cargo(&pinned_toolchain(), &krate, &workspace_target()), &[]);
     let (stage, reason) = rejection(&lib);
     assert_eq!(stage, "abi", "{reason}");
     assert!(
@@ -430,7 +436,7 @@ fn a_plugin_built_with_panic_abort_is_disabled() {
     let krate = plugins_new(scratch.path(), "fg-author-abort", "author-abort", &[]);
     let mut build = cargo(&pinned_toolchain(), &krate, &workspace_target());
     build.env("CARGO_PROFILE_DEV_PANIC", "abort");
-    let lib = build_cdylib(build);
+    let lib = build_cdylib(build, &[]);
     let (stage, reason) = rejection(&lib);
     assert_eq!(stage, "describe", "{reason}");
     assert!(
