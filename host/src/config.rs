@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -180,6 +181,12 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `HTTP_PORT`; `None` when set to 0 (endpoint disabled).
     pub http_port: Option<u16>,
+    /// `HTTP_ADDR`: the address the endpoint binds (all interfaces by default).
+    pub http_addr: IpAddr,
+    /// `HTTP_MAX_CONNECTIONS`: connections the endpoint serves at once.
+    pub http_max_connections: usize,
+    /// `HTTP_HEADER_TIMEOUT_MS`: time a client has to send a request head (also the keep-alive idle timeout).
+    pub http_header_timeout: Duration,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
     /// `METRICS_QUEUE_DEPTH_INTERVAL_MS`; `None` when set to 0 (no depth gauges).
@@ -280,6 +287,34 @@ impl Config {
             Some(0) | None => None,
             Some(p) => Some(p),
         };
+        let http_addr = match env.get_or_default(&vars::HTTP_ADDR) {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(raw) => raw.trim().parse::<IpAddr>().map_err(|_| {
+                invalid(
+                    vars::HTTP_ADDR.name,
+                    format!(
+                        "expected an IP address such as 127.0.0.1 or ::, got {:?}",
+                        raw.trim()
+                    ),
+                )
+            })?,
+        };
+        let http_max_connections =
+            parse_num::<usize>(env, &vars::HTTP_MAX_CONNECTIONS)?.unwrap_or(64);
+        if http_max_connections == 0 {
+            return Err(invalid(
+                vars::HTTP_MAX_CONNECTIONS.name,
+                "must be at least 1",
+            ));
+        }
+        let http_header_timeout_ms =
+            parse_num::<u64>(env, &vars::HTTP_HEADER_TIMEOUT_MS)?.unwrap_or(5000);
+        if http_header_timeout_ms == 0 {
+            return Err(invalid(
+                vars::HTTP_HEADER_TIMEOUT_MS.name,
+                "must be at least 1",
+            ));
+        }
         let log_format = log_format(env)?;
         let depth_interval = parse_num::<u64>(env, &vars::METRICS_QUEUE_DEPTH_INTERVAL_MS)?
             .filter(|ms| *ms > 0)
@@ -295,6 +330,9 @@ impl Config {
             prefix,
             shutdown_timeout: Duration::from_millis(shutdown_ms),
             http_port,
+            http_addr,
+            http_max_connections,
+            http_header_timeout: Duration::from_millis(http_header_timeout_ms),
             log_format,
             depth_interval,
             worker_name,
@@ -355,6 +393,7 @@ fn redis_target(env: &Env<'_>) -> Result<RedisTarget, ConfigError> {
                 "must start with redis:// or rediss://",
             ));
         }
+        check_redis_url(&url)?;
         return Ok(RedisTarget::Url(url));
     }
     let Some(host) = env.get(&vars::REDIS_HOST) else {
@@ -374,6 +413,33 @@ fn redis_target(env: &Env<'_>) -> Result<RedisTarget, ConfigError> {
         password: env.get(&vars::REDIS_PASSWORD),
         db: parse_num::<u8>(env, &vars::REDIS_DB)?,
     })
+}
+
+/// Rejects a `REDIS_URL` that can never connect (no host, a port outside 1..=65535, a database that is not a
+/// number), so the process stops at start with the reason instead of retrying for ever. The reason never
+/// repeats the URL: it may carry a password.
+fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+    use redis::IntoConnectionInfo as _;
+    let info = url
+        .into_connection_info()
+        .map_err(|_| {
+            invalid(
+                vars::REDIS_URL.name,
+                "not a usable Redis URL (check the host, a port between 1 and 65535 and the database number)",
+            )
+        })?;
+    let port = match info.addr() {
+        redis::ConnectionAddr::Tcp(_, port) => Some(*port),
+        redis::ConnectionAddr::TcpTls { port, .. } => Some(*port),
+        _ => None,
+    };
+    if port == Some(0) {
+        return Err(invalid(
+            vars::REDIS_URL.name,
+            "port must be between 1 and 65535",
+        ));
+    }
+    Ok(())
 }
 
 /// The variable's value (or its default value) as a number; `None` when neither is there.

@@ -31,6 +31,8 @@ pub struct DrainState {
     cancelled: AtomicBool,
     abandoned: AtomicBool,
     in_flight: AtomicUsize,
+    /// In-flight jobs whose plugin call has returned and whose outcome waits for Redis to record it.
+    recording: AtomicUsize,
     idle: Notify,
     abandon: Notify,
 }
@@ -49,7 +51,34 @@ impl Drop for InFlight {
     }
 }
 
+/// Held while a job's plugin call has returned and its outcome is being written to Redis; the drain
+/// counts such jobs apart from plugins that are still running.
+#[derive(Debug)]
+pub struct Recording {
+    state: Arc<DrainState>,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        self.state.recording.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl DrainState {
+    /// Marks one in-flight job as past its plugin call (until the guard is dropped).
+    pub fn recording(self: &Arc<Self>) -> Recording {
+        self.recording.fetch_add(1, Ordering::AcqRel);
+        Recording {
+            state: Arc::clone(self),
+        }
+    }
+
+    /// In-flight jobs split into (plugin still running, outcome waiting for Redis).
+    pub fn split(&self) -> (usize, usize) {
+        let recording = self.recording.load(Ordering::Acquire);
+        (self.in_flight().saturating_sub(recording), recording)
+    }
+
     /// A fresh state: running, nothing in flight.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
@@ -148,11 +177,20 @@ pub async fn drain_in_flight(state: &DrainState, timeout: Duration) -> DrainRepo
         };
     }
     let cancelled = state.in_flight();
-    tracing::warn!(
-        jobs = cancelled,
-        timeout_ms = timeout.as_millis() as u64,
-        "shutdown timeout reached, cancelling running jobs"
-    );
+    let (running, recording) = state.split();
+    if running > 0 {
+        tracing::warn!(
+            jobs = running,
+            timeout_ms = timeout.as_millis() as u64,
+            "shutdown timeout reached, cancelling running jobs"
+        );
+    }
+    if recording > 0 {
+        tracing::warn!(
+            jobs = recording,
+            "shutdown timeout reached while finished jobs wait for Redis to record their outcome"
+        );
+    }
     state.cancel();
     if state.wait_idle(Instant::now() + CANCEL_GRACE).await {
         return DrainReport {
@@ -162,10 +200,20 @@ pub async fn drain_in_flight(state: &DrainState, timeout: Duration) -> DrainRepo
         };
     }
     let abandoned = state.in_flight();
-    tracing::warn!(
-        jobs = abandoned,
-        "jobs ignored cancellation, putting them back in their queues"
-    );
+    let (running, recording) = state.split();
+    if running > 0 {
+        tracing::warn!(
+            jobs = running,
+            "jobs ignored cancellation, putting them back in their queues"
+        );
+    }
+    if recording > 0 {
+        tracing::warn!(
+            jobs = recording,
+            "Redis did not come back before the shutdown deadline: finished jobs stay active unrecorded and \
+             are run again once their lock expires (stalled-job recovery)"
+        );
+    }
     state.abandon();
     state.wait_idle(Instant::now() + ABANDON_GRACE).await;
     DrainReport {
@@ -228,6 +276,24 @@ mod tests {
         assert_eq!(report.cancelled, 1);
         assert_eq!(report.abandoned, 0);
         assert!(!state.is_abandoned());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_waiting_for_redis_is_not_a_plugin_ignoring_cancellation() {
+        let state = DrainState::new();
+        let guard = state.job_started();
+        let recording = state.recording();
+        assert_eq!(state.split(), (0, 1));
+        let s = Arc::clone(&state);
+        let waiter = tokio::spawn(async move {
+            s.abandoned().await;
+            drop(recording);
+            drop(guard);
+        });
+        let report = drain_in_flight(&state, Duration::from_secs(1)).await;
+        assert_eq!(report.abandoned, 1);
+        assert_eq!(state.split(), (0, 0));
+        waiter.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -165,6 +165,30 @@ pub const METRICS_QUEUE_DEPTH_INTERVAL_MS: Var = Var {
     default: Default::Value("5000"),
     commands: &[Run],
 };
+/// `HTTP_ADDR`.
+pub const HTTP_ADDR: Var = Var {
+    name: "HTTP_ADDR",
+    meaning: "IP address the endpoint binds (127.0.0.1 keeps it local, :: for IPv6)",
+    default: Default::Value("0.0.0.0"),
+    commands: &[Run],
+};
+/// `HTTP_MAX_CONNECTIONS`.
+pub const HTTP_MAX_CONNECTIONS: Var = Var {
+    name: "HTTP_MAX_CONNECTIONS",
+    meaning:
+        "connections the endpoint serves at once (lowered to keep 256 file descriptors free); \
+              further clients wait until one closes",
+    default: Default::Value("64"),
+    commands: &[Run],
+};
+/// `HTTP_HEADER_TIMEOUT_MS`.
+pub const HTTP_HEADER_TIMEOUT_MS: Var = Var {
+    name: "HTTP_HEADER_TIMEOUT_MS",
+    meaning:
+        "time a client has to send a request head; also the idle timeout of a keep-alive connection",
+    default: Default::Value("5000"),
+    commands: &[Run],
+};
 /// `HOSTNAME`.
 pub const HOSTNAME: Var = Var {
     name: "HOSTNAME",
@@ -257,6 +281,9 @@ pub const ALL: &[&Var] = &[
     &SHUTDOWN_TIMEOUT_MS,
     &HTTP_PORT,
     &METRICS_QUEUE_DEPTH_INTERVAL_MS,
+    &HTTP_ADDR,
+    &HTTP_MAX_CONNECTIONS,
+    &HTTP_HEADER_TIMEOUT_MS,
     &HOSTNAME,
     &LOG_FORMAT,
     &RUST_LOG,

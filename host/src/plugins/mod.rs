@@ -150,17 +150,43 @@ fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read plugin directory {}: {e}", dir.display()))?;
     let suffix = std::env::consts::DLL_SUFFIX;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(suffix) && !n.starts_with('.'))
-        })
-        .collect();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        match candidate(&name, suffix) {
+            FileKind::Plugin => files.push(path),
+            FileKind::Hidden => tracing::warn!(
+                file = %path.display(),
+                "skipping a hidden file in the plugin directory (names starting with '.' are never loaded)"
+            ),
+            FileKind::Other => {}
+        }
+    }
     files.sort();
     Ok(files)
+}
+
+/// What a directory entry is to the loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    /// A `*.so` to load.
+    Plugin,
+    /// Looks like a library but is hidden (`.so`, `.old.so`): skipped, with a warning.
+    Hidden,
+    /// Not a library: ignored silently (READMEs, checksums, sub-directories' names).
+    Other,
+}
+
+fn candidate(name: &str, suffix: &str) -> FileKind {
+    if !name.ends_with(suffix) {
+        FileKind::Other
+    } else if name.starts_with('.') {
+        FileKind::Hidden
+    } else {
+        FileKind::Plugin
+    }
 }
 
 /// Runs the stages up to configuration for every file of `dir`.
@@ -223,4 +249,25 @@ fn discover(dir: &Path, env: EnvLookup<'_>) -> (Vec<Candidate>, Registry) {
         candidates.push(Candidate { plugin, config });
     }
     (candidates, registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_directory_entries_are_plugins() {
+        let table = [
+            ("libfg_sms.so", FileKind::Plugin),
+            ("a.so", FileKind::Plugin),
+            (".so", FileKind::Hidden),
+            (".libfg_sms.so", FileKind::Hidden),
+            ("README.md", FileKind::Other),
+            ("libfg_sms.so.sha256", FileKind::Other),
+            (".hidden", FileKind::Other),
+        ];
+        for (name, want) in table {
+            assert_eq!(candidate(name, ".so"), want, "{name}");
+        }
+    }
 }

@@ -119,7 +119,15 @@ impl QueueBridge {
         metrics::active(&self.queue, 1.0);
         let _gauge = ActiveGauge(&self.queue);
 
-        let mut view = self.view(&job).await;
+        let mut view = match self.view(&job).await {
+            Ok(view) => view,
+            Err(reason) => {
+                // Nothing a plugin could do with it: failed for good, with the data kept for inspection.
+                tracing::warn!(queue = %self.queue, job_id = %id, "{reason}");
+                metrics::job_rejected(&self.queue);
+                return Err(bullmq::Error::Unrecoverable(reason));
+            }
+        };
         let started = Instant::now();
         let (deadline, deadline_ms) = deadline_of(started, now_ms(), self.job_timeout);
         view.deadline_ms = deadline_ms;
@@ -246,24 +254,25 @@ impl QueueBridge {
     }
 
     /// The plugin's view of `job`, from the library's parse. Only when the library could not parse the data
-    /// (it then holds `null`) is the stored text read back, so the plugin still gets the producer's JSON.
-    async fn view(&self, job: &Job) -> JobView {
+    /// (it then holds `null`) is the stored text read back, so the plugin still gets the producer's JSON; when
+    /// that text is not JSON at all the job cannot be processed and the error says so (the library's `null`
+    /// would otherwise reach the plugin and be reported as a wrong type).
+    async fn view(&self, job: &Job) -> Result<JobView, String> {
         let parsed = match job.data() {
             Value::Null => None,
             data => serde_json::value::to_raw_value(data).ok(),
         };
+        let null = || RawValue::from_string("null".to_owned()).expect("null is JSON");
         let data = match parsed {
             Some(data) => data,
-            None => self
-                .admin
-                .raw_job(&self.keys, job.id())
-                .await
-                .ok()
-                .and_then(|raw| raw.data)
-                .and_then(|d| RawValue::from_string(d).ok())
-                .unwrap_or_else(|| RawValue::from_string("null".to_owned()).expect("null is JSON")),
+            None => match self.admin.raw_job(&self.keys, job.id()).await {
+                Ok(RawJob {
+                    data: Some(text), ..
+                }) => stored_data(text)?,
+                _ => null(),
+            },
         };
-        JobView {
+        Ok(JobView {
             id: job.id().to_owned(),
             name: job.name().to_owned(),
             queue: self.queue.clone(),
@@ -273,7 +282,7 @@ impl QueueBridge {
             opts: library_opts(job),
             timestamp: job.timestamp(),
             deadline_ms: None,
-        }
+        })
     }
 
     /// The job's retry policy as stored by the producer (read only when an attempt failed, since the
@@ -375,6 +384,13 @@ impl QueueBridge {
     }
 }
 
+/// The job's stored `data` text as the plugin's JSON, or why it cannot be (the message gives the parser's
+/// position, never the data: it may hold phone numbers).
+fn stored_data(text: String) -> Result<Box<RawValue>, String> {
+    RawValue::from_string(text)
+        .map_err(|e| format!("job data is not JSON ({e}); the job cannot be processed"))
+}
+
 /// The deadline of an attempt that starts at `started` (wall clock `wall_ms`) with time budget `budget`:
 /// the monotonic instant the host checks and the Unix milliseconds the plugin sees. A budget too large to
 /// add to the clock is treated as no budget rather than a panic.
@@ -455,6 +471,28 @@ fn library_opts(job: &Job) -> JobOpts {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn stored_data_that_is_not_json_is_named_as_such() {
+        // (stored text, Ok(passed through) or Err(message part))
+        let table: [(&str, Result<&str, &str>); 5] = [
+            (r#"{"to":"+1"}"#, Ok(r#"{"to":"+1"}"#)),
+            ("null", Ok("null")),
+            ("[1,2]", Ok("[1,2]")),
+            ("{not json", Err("job data is not JSON")),
+            ("", Err("job data is not JSON")),
+        ];
+        for (text, want) in table {
+            match (stored_data(text.to_owned()), want) {
+                (Ok(raw), Ok(json)) => assert_eq!(raw.get(), json),
+                (Err(msg), Err(part)) => {
+                    assert!(msg.contains(part), "{msg}");
+                    assert!(!msg.contains(text) || text.is_empty(), "data leaked: {msg}");
+                }
+                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn the_deadline_is_the_start_plus_the_budget() {

@@ -19,6 +19,8 @@ use super::redis_admin::AdminRedis;
 pub struct DisabledEntry {
     /// Plugin name when known, else the file name.
     pub plugin: String,
+    /// The plugin's file name (two copies of one plugin differ only here).
+    pub file: String,
     /// Stage at which it was rejected.
     pub stage: String,
     /// Why.

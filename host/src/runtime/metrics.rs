@@ -62,7 +62,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_gauge!(PLUGINS_DISABLED, "Plugins that could not be used");
     describe_gauge!(
         PLUGIN_DISABLED,
-        "1 for each disabled plugin, labelled with the stage it failed at"
+        "1 for each disabled plugin file, labelled with the plugin, the file and the stage it failed at"
     );
     describe_gauge!(
         QUEUE_CONSUMING,
@@ -148,12 +148,14 @@ pub fn active(queue: &str, delta: f64) {
     gauge!(ACTIVE, "queue" => queue.to_owned()).increment(delta);
 }
 
-/// Sets the plugin load gauges.
-pub fn plugins(loaded: usize, disabled: &[(String, String)]) {
+/// Sets the plugin load gauges; `disabled` holds (plugin, file, stage) per disabled file, so two copies of
+/// one plugin stay two series.
+pub fn plugins(loaded: usize, disabled: &[(String, String, String)]) {
     gauge!(PLUGINS_LOADED).set(loaded as f64);
     gauge!(PLUGINS_DISABLED).set(disabled.len() as f64);
-    for (plugin, stage) in disabled {
-        gauge!(PLUGIN_DISABLED, "plugin" => plugin.clone(), "stage" => stage.clone()).set(1.0);
+    for (plugin, file, stage) in disabled {
+        gauge!(PLUGIN_DISABLED, "plugin" => plugin.clone(), "file" => file.clone(), "stage" => stage.clone())
+            .set(1.0);
     }
 }
 

@@ -82,22 +82,25 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
     let disabled: Vec<DisabledEntry> = registry
         .disabled
         .iter()
-        .map(|d| DisabledEntry {
-            plugin: d.name.clone().unwrap_or_else(|| {
-                d.path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| d.path.display().to_string())
-            }),
-            stage: d.stage.to_string(),
-            reason: d.reason.clone(),
+        .map(|d| {
+            let file = d
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| d.path.display().to_string());
+            DisabledEntry {
+                plugin: d.name.clone().unwrap_or_else(|| file.clone()),
+                file,
+                stage: d.stage.to_string(),
+                reason: d.reason.clone(),
+            }
         })
         .collect();
     metrics::plugins(
         registry.active.len(),
         &disabled
             .iter()
-            .map(|d| (d.plugin.clone(), d.stage.clone()))
+            .map(|d| (d.plugin.clone(), d.file.clone(), d.stage.clone()))
             .collect::<Vec<_>>(),
     );
     let processors = registry.processors();
@@ -124,11 +127,27 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
         registry.dir_error.clone(),
     );
     if let Some(port) = config.http_port {
-        let listener = crate::http::bind(port).await?;
+        let nofile = crate::http::raise_descriptor_limit();
+        let (max_connections, lowered) =
+            crate::http::connection_cap(config.http_max_connections, nofile);
+        if lowered {
+            tracing::warn!(
+                configured = config.http_max_connections,
+                max_connections,
+                descriptor_limit = nofile.unwrap_or(0),
+                reserve = crate::http::FD_RESERVE,
+                "HTTP_MAX_CONNECTIONS lowered to keep file descriptors free for Redis and the plugins"
+            );
+        }
+        let listener = crate::http::bind(std::net::SocketAddr::new(config.http_addr, port)).await?;
         tokio::spawn(crate::http::serve(
             listener,
             Arc::clone(&health),
             prometheus,
+            crate::http::Limits {
+                max_connections,
+                header_timeout: config.http_header_timeout,
+            },
         ));
     }
 

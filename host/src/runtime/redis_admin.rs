@@ -36,12 +36,24 @@ pub struct AdminRedis {
 impl AdminRedis {
     /// Connects once; fails if Redis cannot be reached within [`CONNECT_TIMEOUT`] (the caller retries, so an
     /// operator sees a warning every few seconds instead of the client's silent internal retries).
+    ///
+    /// The managed client retries internally, so when it gives up the cause is found with one plain
+    /// connection attempt ([`probe`]): a wrong password or a refused connection is named as such rather than
+    /// reported as a timeout.
     pub async fn connect(opts: &RedisConnectionOptions) -> anyhow::Result<Self> {
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, RedisConnection::new_managed_only(opts))
-            .await
-            .context("connecting to Redis timed out")?
-            .context("connecting to Redis")?;
-        Ok(Self { conn })
+        match tokio::time::timeout(CONNECT_TIMEOUT, RedisConnection::new_managed_only(opts)).await {
+            Ok(Ok(conn)) => Ok(Self { conn }),
+            Ok(Err(e)) => Err(anyhow::anyhow!(
+                "{}",
+                probe(opts).await.unwrap_or_else(|| e.to_string())
+            ))
+            .context("connecting to Redis"),
+            Err(_) => Err(anyhow::anyhow!(
+                "{}",
+                probe(opts).await.unwrap_or_else(|| "timed out".to_owned())
+            ))
+            .context("connecting to Redis"),
+        }
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> anyhow::Result<T> {
@@ -119,5 +131,93 @@ impl AdminRedis {
         tokio::time::timeout(COMMAND_TIMEOUT, reader.read(&mut conn, keys))
             .await
             .context("Redis command timed out")?
+    }
+}
+
+/// Why a connection attempt failed, in the operator's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectProblem {
+    /// The server rejected the credentials (or wants some and got none).
+    AuthFailed,
+    /// Nothing listens on that address and port.
+    Refused,
+    /// No answer in time (host down, firewall, wrong address).
+    TimedOut,
+    /// Anything else, with the client's message.
+    Other(String),
+}
+
+impl std::fmt::Display for ConnectProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectProblem::AuthFailed => f.write_str(
+                "authentication failed (check REDIS_PASSWORD / REDIS_USERNAME or the credentials in REDIS_URL)",
+            ),
+            ConnectProblem::Refused => f.write_str("connection refused (is Redis running on that host and port?)"),
+            ConnectProblem::TimedOut => f.write_str("timed out (no answer from that host and port)"),
+            ConnectProblem::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Classifies a client error from a connection attempt or its first command.
+pub fn classify(e: &redis::RedisError) -> ConnectProblem {
+    let code = e.code().unwrap_or_default();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(code, "NOAUTH" | "WRONGPASS")
+    {
+        ConnectProblem::AuthFailed
+    } else if e.is_connection_refusal() {
+        ConnectProblem::Refused
+    } else if e.is_timeout() {
+        ConnectProblem::TimedOut
+    } else {
+        ConnectProblem::Other(e.to_string())
+    }
+}
+
+/// One plain connection attempt and a `PING`, to name why the managed client could not connect. `None`
+/// when the attempt succeeded (the failure was transient) or the options cannot form a client.
+pub async fn probe(opts: &RedisConnectionOptions) -> Option<String> {
+    let client = redis::Client::open(opts.effective_url()).ok()?;
+    let attempt = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(classify(&e).to_string()),
+        Err(_) => Some(ConnectProblem::TimedOut.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_errors_are_named_for_the_operator() {
+        let io = |kind| redis::RedisError::from(std::io::Error::from(kind));
+        let table: Vec<(redis::RedisError, ConnectProblem)> = vec![
+            (
+                (
+                    redis::ErrorKind::AuthenticationFailed,
+                    "Password authentication failed",
+                )
+                    .into(),
+                ConnectProblem::AuthFailed,
+            ),
+            (
+                io(std::io::ErrorKind::ConnectionRefused),
+                ConnectProblem::Refused,
+            ),
+            (io(std::io::ErrorKind::TimedOut), ConnectProblem::TimedOut),
+        ];
+        for (err, want) in table {
+            assert_eq!(classify(&err), want, "{err}");
+        }
+        assert!(matches!(
+            classify(&io(std::io::ErrorKind::PermissionDenied)),
+            ConnectProblem::Other(_)
+        ));
     }
 }
