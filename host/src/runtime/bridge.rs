@@ -174,6 +174,7 @@ impl QueueBridge {
         }
         let elapsed = started.elapsed();
         if !self.health.redis_up() {
+            let _recording = self.drain.recording();
             self.wait_for_redis(&id).await;
         }
 

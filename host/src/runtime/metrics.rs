@@ -15,6 +15,7 @@ const COMPLETED: &str = "frostguard_jobs_completed_total";
 const FAILED: &str = "frostguard_jobs_failed_total";
 const RETRIED: &str = "frostguard_jobs_retried_total";
 const TIMED_OUT: &str = "frostguard_jobs_timed_out_total";
+const STALLED: &str = "frostguard_jobs_stalled_total";
 const DURATION: &str = "frostguard_job_duration_seconds";
 const ACTIVE: &str = "frostguard_jobs_active";
 const PLUGINS_LOADED: &str = "frostguard_plugins_loaded";
@@ -51,6 +52,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         TIMED_OUT,
         "Job attempts failed because they overran their time budget (QUEUE_<Q>_JOB_TIMEOUT_MS or the \
          plugin's hint), per queue; each is also counted as retried or failed"
+    );
+    describe_counter!(
+        STALLED,
+        "Jobs this worker's stalled check found abandoned (lock expired) and moved back to wait, per queue"
     );
     describe_histogram!(
         DURATION,
@@ -136,6 +141,11 @@ pub fn job_finished(queue: &str, result: JobResult, elapsed: Duration) {
 /// Records an attempt failed for overrunning its time budget (on top of its [`job_finished`] record).
 pub fn job_timed_out(queue: &str) {
     counter!(TIMED_OUT, "queue" => queue.to_owned()).increment(1);
+}
+
+/// Records a job moved back to wait by the stalled check.
+pub fn job_stalled(queue: &str) {
+    counter!(STALLED, "queue" => queue.to_owned()).increment(1);
 }
 
 /// Records a job that failed before reaching the plugin (unknown job name).

@@ -14,6 +14,7 @@ mod hold;
 mod metrics;
 mod redis_admin;
 mod retry;
+mod stalled;
 mod supervisor;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ struct Running {
     queue: String,
     worker: Arc<Worker>,
     events: JoinHandle<()>,
+    stalled_check: JoinHandle<()>,
 }
 
 /// Blocking threads the runtime needs: one per concurrent job of every queue, plus room for plugin
@@ -171,6 +173,7 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
     let running = std::mem::take(&mut *running.lock().await);
     for r in &running {
         r.worker.pause();
+        r.stalled_check.abort();
     }
     // Closing runs alongside the drain: it waits for the library's active jobs (which the drain ends) and
     // for the fetch loop to leave its idle BZPOPMIN (at most the drain delay).
@@ -237,11 +240,19 @@ async fn start_all(
             health: Arc::clone(&health),
             job_timeout: overrides.job_timeout(info.timeout_ms),
         });
+        let stalled_check = stalled::StalledCheck {
+            queue: info.queue.clone(),
+            keys: QueueKeys::new(&info.queue, Some(&config.prefix)),
+            admin: admin.clone(),
+            interval: Duration::from_millis(options.stalled_interval.max(1)),
+            max_stalled: options.max_stalled_count,
+        };
         let plan = QueuePlan {
             queue: info.queue.clone(),
             concurrency,
             options,
             bridge,
+            stalled_check,
         };
         let health = Arc::clone(&health);
         let running = Arc::clone(&running);
@@ -251,10 +262,12 @@ async fn start_all(
             plan.bridge.hold.attach(&worker, drain);
             let events =
                 events::spawn_logger(plan.queue.clone(), Arc::clone(&worker), Arc::clone(&health));
+            let stalled_check = plan.stalled_check.clone().spawn();
             running.lock().await.push(Running {
                 queue: plan.queue.clone(),
                 worker,
                 events,
+                stalled_check,
             });
             health.set_consuming(&plan.queue, true);
             // The time budget goes after the fields tests and operators grep for, and only when there is one.

@@ -64,6 +64,18 @@ impl AdminRedis {
             .context("Redis command failed")
     }
 
+    /// Runs a script of the host's own (EVALSHA, loading it on NOSCRIPT, e.g. after a Redis restart).
+    pub async fn invoke(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> anyhow::Result<redis::Value> {
+        let mut conn = self.conn.connection();
+        tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<redis::Value>(&mut conn))
+            .await
+            .context("Redis script timed out")?
+            .context("Redis script failed")
+    }
+
     /// `PING`.
     pub async fn ping(&self) -> anyhow::Result<()> {
         self.query::<String>(&redis::cmd("PING")).await.map(|_| ())

@@ -33,6 +33,8 @@ pub struct QueuePlan {
     pub options: WorkerOptions,
     /// The bridge its jobs go through.
     pub bridge: Arc<QueueBridge>,
+    /// The queue's stalled-job check, started with the worker.
+    pub stalled_check: super::stalled::StalledCheck,
 }
 
 /// Resolves the worker options of one queue.
@@ -59,7 +61,9 @@ pub fn worker_options(
         .prefix(config.prefix.clone())
         .concurrency(concurrency as usize)
         .run_retry_delay(FETCH_RETRY_DELAY)
-        .drain_delay(DRAIN_DELAY);
+        .drain_delay(DRAIN_DELAY)
+        // The host runs its own stalled check (runtime/stalled.rs; docs/bullmq-official.md D8, D13).
+        .skip_stalled_check();
     if let Some((max, duration)) = limiter {
         opts = opts.limiter(RateLimiterOptions::new(
             max,
@@ -173,6 +177,7 @@ mod tests {
         let (_, o) = worker_options(&c, &conn, &processor_info(1, hint), &off);
         assert!(o.limiter.is_none());
         assert_eq!(o.run_retry_delay, 1000);
+        assert!(o.skip_stalled_check, "the host's own stalled check replaces the library's");
         assert_eq!(o.prefix, "bull");
     }
 }
