@@ -27,6 +27,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::callbacks::{apply, deadline_passed, Callbacks};
+use super::completions::Completions;
 use super::health::Health;
 use super::hold::QueueHold;
 use super::metrics::{self, JobResult};
@@ -57,6 +58,8 @@ pub struct QueueBridge {
     pub health: Arc<Health>,
     /// The time budget of one job, if the queue has one (`QueueOverrides::job_timeout`).
     pub job_timeout: Option<Duration>,
+    /// Completed results handed to the library and not yet recorded by it.
+    pub completions: Arc<Completions>,
 }
 
 /// Longest wait for Redis before handing an outcome to the library (kept below the default lock duration so
@@ -108,6 +111,12 @@ impl QueueBridge {
             tracing::warn!(queue = %self.queue, job_id = %id, "{reason}");
             metrics::job_rejected(&self.queue);
             return Err(bullmq::Error::Unrecoverable(reason));
+        }
+        if let Some(result) = self.completions.replay(&job) {
+            // Put back only because Redis failed to record this result: record it, do not run it again.
+            tracing::info!(queue = %self.queue, job_id = %id, "recording the kept result of the job's earlier run");
+            self.completions.handed(&job, &result);
+            return Ok(result);
         }
         let _in_flight = self.drain.job_started();
         if self.drain.is_stopping() {
@@ -210,6 +219,7 @@ impl QueueBridge {
         match outcome {
             Outcome::Completed { result } => {
                 metrics::job_finished(&self.queue, JobResult::Completed, elapsed);
+                self.completions.handed(&job, &result);
                 Ok(result)
             }
             Outcome::Failed {

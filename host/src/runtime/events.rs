@@ -2,6 +2,9 @@
 //! events into log lines tagged with the queue and job id. Job data and return values are never logged:
 //! they may hold phone numbers and e-mail addresses.
 //!
+//! A `Completed` event is the library's word that Redis recorded a completion: it confirms the kept result
+//! (runtime/completions.rs) and counts the job.
+//!
 //! A worker error (typically its blocking connection dropping) also marks Redis as down at once, ahead of
 //! the periodic ping, so the bridge holds job results until Redis answers again.
 
@@ -11,14 +14,24 @@ use bullmq::worker::WorkerEvent;
 use bullmq::Worker;
 use tokio::task::JoinHandle;
 
+use super::completions::Completions;
 use super::health::Health;
 
 /// Spawns the task that reads `worker`'s events until the worker is dropped or the task is aborted.
-pub fn spawn_logger(queue: String, worker: Arc<Worker>, health: Arc<Health>) -> JoinHandle<()> {
+pub fn spawn_logger(
+    queue: String,
+    worker: Arc<Worker>,
+    health: Arc<Health>,
+    completions: Arc<Completions>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(event) = worker.next_event().await {
-            if matches!(event, WorkerEvent::Error(_)) {
-                health.set_redis_up(false);
+            match &event {
+                WorkerEvent::Error(_) => {
+                    health.set_redis_up(false);
+                }
+                WorkerEvent::Completed { job_id, .. } => completions.confirmed(job_id),
+                _ => {}
             }
             log_event(&queue, event);
         }

@@ -39,7 +39,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .context("configuring histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
-    describe_counter!(COMPLETED, "Jobs completed, per queue");
+    describe_counter!(
+        COMPLETED,
+        "Jobs whose completion Redis recorded, per queue"
+    );
     describe_counter!(
         FAILED,
         "Jobs failed for good (no attempt left or unrecoverable), per queue"
@@ -131,7 +134,8 @@ impl JobResult {
 pub fn job_finished(queue: &str, result: JobResult, elapsed: Duration) {
     let q = queue.to_owned();
     match result {
-        JobResult::Completed => counter!(COMPLETED, "queue" => q.clone()).increment(1),
+        // Counted when Redis has recorded it (`job_completed`), not when the plugin returns.
+        JobResult::Completed => {}
         JobResult::Failed => counter!(FAILED, "queue" => q.clone()).increment(1),
         other => counter!(RETRIED, "queue" => q.clone(), "kind" => other.label()).increment(1),
     }
@@ -141,6 +145,11 @@ pub fn job_finished(queue: &str, result: JobResult, elapsed: Duration) {
 /// Records an attempt failed for overrunning its time budget (on top of its [`job_finished`] record).
 pub fn job_timed_out(queue: &str) {
     counter!(TIMED_OUT, "queue" => queue.to_owned()).increment(1);
+}
+
+/// Records a completion Redis has recorded (the library's `Completed` event).
+pub fn job_completed(queue: &str) {
+    counter!(COMPLETED, "queue" => queue.to_owned()).increment(1);
 }
 
 /// Records a job moved back to wait by the stalled check.

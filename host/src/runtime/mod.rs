@@ -7,6 +7,7 @@
 
 mod bridge;
 mod callbacks;
+mod completions;
 mod depth;
 mod events;
 pub mod health;
@@ -48,6 +49,8 @@ struct Running {
     worker: Arc<Worker>,
     events: JoinHandle<()>,
     stalled_check: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+    completions: Arc<completions::Completions>,
 }
 
 /// Blocking threads the runtime needs: one per concurrent job of every queue, plus room for plugin
@@ -186,7 +189,17 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
     while closing.join_next().await.is_some() {}
     for r in &running {
         r.events.abort();
+        r.sweeper.abort();
         health.set_consuming(&r.queue, false);
+        let unrecorded = r.completions.unconfirmed();
+        if unrecorded > 0 {
+            tracing::warn!(
+                queue = %r.queue,
+                jobs = unrecorded,
+                "completed jobs whose result Redis has not recorded (it was unreachable); they stay active and \
+                 run again once their lock expires"
+            );
+        }
     }
     shutdown_plugins(&registry.active).await;
     tracing::info!(
@@ -229,6 +242,11 @@ async fn start_all(
         let overrides = config.queue(&info.queue);
         let (concurrency, options) =
             supervisor::worker_options(&config, &connection, &info, &overrides);
+        let completions = completions::Completions::new(
+            &info.queue,
+            QueueKeys::new(&info.queue, Some(&config.prefix)),
+            admin.clone(),
+        );
         let bridge = Arc::new(QueueBridge {
             queue: info.queue.clone(),
             keys: QueueKeys::new(&info.queue, Some(&config.prefix)),
@@ -239,6 +257,7 @@ async fn start_all(
             hold: QueueHold::new(),
             health: Arc::clone(&health),
             job_timeout: overrides.job_timeout(info.timeout_ms),
+            completions: Arc::clone(&completions),
         });
         let stalled_check = stalled::StalledCheck {
             queue: info.queue.clone(),
@@ -260,14 +279,22 @@ async fn start_all(
         starting.spawn(async move {
             let worker = Arc::new(supervisor::start(&plan).await);
             plan.bridge.hold.attach(&worker, drain);
-            let events =
-                events::spawn_logger(plan.queue.clone(), Arc::clone(&worker), Arc::clone(&health));
+            let completions = Arc::clone(&plan.bridge.completions);
+            let events = events::spawn_logger(
+                plan.queue.clone(),
+                Arc::clone(&worker),
+                Arc::clone(&health),
+                Arc::clone(&completions),
+            );
             let stalled_check = plan.stalled_check.clone().spawn();
+            let sweeper = completions.spawn_sweeper(Arc::clone(&worker));
             running.lock().await.push(Running {
                 queue: plan.queue.clone(),
                 worker,
                 events,
                 stalled_check,
+                sweeper,
+                completions,
             });
             health.set_consuming(&plan.queue, true);
             // The time budget goes after the fields tests and operators grep for, and only when there is one.

@@ -76,6 +76,27 @@ impl AdminRedis {
             .context("Redis script failed")
     }
 
+    /// Who holds the job's lock (its token), and whether its completion is recorded: the job is in the
+    /// completed set, or gone altogether (removed on completion).
+    pub async fn lock_and_completed(
+        &self,
+        keys: &QueueKeys,
+        job_id: &str,
+    ) -> anyhow::Result<(Option<String>, bool)> {
+        let job_key = keys.job_key(job_id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(format!("{job_key}:lock"));
+        pipe.cmd("ZSCORE").arg(keys.completed()).arg(job_id);
+        pipe.cmd("EXISTS").arg(&job_key);
+        let mut conn = self.conn.connection();
+        let (lock, score, exists): (Option<String>, Option<f64>, i64) =
+            tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn))
+                .await
+                .context("Redis command timed out")?
+                .with_context(|| format!("reading the lock of job {job_id}"))?;
+        Ok((lock, score.is_some() || exists == 0))
+    }
+
     /// `PING`.
     pub async fn ping(&self) -> anyhow::Result<()> {
         self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
