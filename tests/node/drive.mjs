@@ -291,7 +291,8 @@ const COMMANDS = {
     return withQueue(input, async (queue) => ({ schedulers: await queue.getJobSchedulers() }));
   },
 
-  // Runs a Node Worker until `count` jobs have finished. {concurrency?, count, timeoutMs?, limiter?} →
+  // Runs a Node Worker until `count` jobs have finished. {concurrency?, count, timeoutMs?, limiter?,
+  // stalledInterval?} →
   // {order: [job ids in the order the Node worker started them], timedOut}
   async 'node-worker'(input) {
     const order = [];
@@ -303,7 +304,13 @@ const COMMANDS = {
         if (job.name === 'fail') throw new Error(job.data?.message ?? 'requested failure');
         return job.data?.result ?? { echo: job.data, processedBy: 'node' };
       },
-      { connection: connectionOf(input), prefix: prefixOf(input), concurrency: input.concurrency ?? 1, autorun: false },
+      {
+        connection: connectionOf(input),
+        prefix: prefixOf(input),
+        concurrency: input.concurrency ?? 1,
+        autorun: false,
+        ...(input.stalledInterval ? { stalledInterval: input.stalledInterval } : {}),
+      },
     );
     worker.on('completed', () => finished++);
     worker.on('failed', () => finished++);

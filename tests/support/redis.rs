@@ -151,6 +151,16 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server gracefully (SIGTERM: a server with `--appendonly yes` writes its data first), as an
+    /// operator's restart or a container stop does. [`RedisServer::restart`] starts it again with its data.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.signal(libc::SIGTERM)?;
+            child.wait_timeout(Duration::from_secs(20))?;
+        }
+        Ok(())
+    }
+
     /// Starts the server again on the same port (after [`RedisServer::kill`]), retrying while the port is still
     /// held by the old process's sockets. The port stayed reserved meanwhile, so no other test took it.
     pub fn restart(&mut self) -> anyhow::Result<()> {

@@ -9,7 +9,8 @@
 //!
 //! 1. the bridge registers every completed result it hands to the library ([`Completions::handed`]);
 //! 2. the library's `Completed` event confirms it ([`Completions::confirmed`]; only then is the job counted
-//!    in `frostguard_jobs_completed_total`, so the counter holds what Redis recorded);
+//!    in `frostguard_jobs_completed_total`, so the counter holds what Redis recorded). A finishing call can
+//!    also fail after Redis ran it (the reply was lost): the sweep finds such a job recorded and counts it;
 //! 3. a sweep looks at results still unconfirmed: once the library is done with the job (it is no longer in
 //!    its active list) and Redis answers, a job whose lock still holds our token was not recorded. The sweep
 //!    puts it back at the head of its queue with that token (`moveJobFromActiveToWait`, so only while the
@@ -129,10 +130,12 @@ impl Completions {
             .then(|| k.result.clone())
     }
 
-    /// The library recorded `job_id`'s completion.
+    /// The library recorded `job_id`'s completion. Counted here unless the sweep found it recorded first
+    /// (a finishing call whose reply was lost still recorded the job; the sweep counts those).
     pub fn confirmed(&self, job_id: &str) {
-        self.lock().remove(job_id);
-        metrics::job_completed(&self.queue);
+        if self.lock().remove(job_id).is_some() {
+            metrics::job_completed(&self.queue);
+        }
     }
 
     /// Results handed over and not confirmed yet (for the shutdown report).
@@ -175,7 +178,11 @@ impl Completions {
             match verdict {
                 Verdict::Wait => {}
                 Verdict::Recorded => {
-                    self.lock().remove(&id);
+                    // Recorded although the library's call reported a failure (the reply was lost), or
+                    // its `Completed` event is still queued: whoever removes the entry counts it.
+                    if self.lock().remove(&id).is_some() {
+                        metrics::job_completed(&self.queue);
+                    }
                 }
                 Verdict::Lost => {
                     self.lock().remove(&id);
@@ -197,7 +204,9 @@ impl Completions {
                              the plugin again"
                         );
                     }
-                    Err(e) => tracing::debug!(queue = %self.queue, job_id = %id, error = %e, "replay not possible yet"),
+                    Err(e) => {
+                        tracing::debug!(queue = %self.queue, job_id = %id, error = %e, "replay not possible yet")
+                    }
                 },
             }
         }

@@ -39,10 +39,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .context("configuring histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
-    describe_counter!(
-        COMPLETED,
-        "Jobs whose completion Redis recorded, per queue"
-    );
+    describe_counter!(COMPLETED, "Jobs whose completion Redis recorded, per queue");
     describe_counter!(
         FAILED,
         "Jobs failed for good (no attempt left or unrecoverable), per queue"

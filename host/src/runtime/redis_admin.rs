@@ -70,10 +70,13 @@ impl AdminRedis {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> anyhow::Result<redis::Value> {
         let mut conn = self.conn.connection();
-        tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<redis::Value>(&mut conn))
-            .await
-            .context("Redis script timed out")?
-            .context("Redis script failed")
+        tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            invocation.invoke_async::<redis::Value>(&mut conn),
+        )
+        .await
+        .context("Redis script timed out")?
+        .context("Redis script failed")
     }
 
     /// Who holds the job's lock (its token), and whether its completion is recorded: the job is in the

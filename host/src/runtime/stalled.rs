@@ -1,4 +1,4 @@
-//! The host's stalled-job check, run instead of bullmq-official's (docs/bullmq-official.md D8, D13).
+//! The host's stalled-job check, run instead of bullmq-official's (docs/bullmq-official.md D8, D14).
 //!
 //! A job whose worker died keeps its place in `active` until a stalled check finds it unlocked and moves it
 //! back to wait. The library's check ticks every `stalledInterval` and sets a skip key that expires after
@@ -84,7 +84,11 @@ impl StalledCheck {
             .arg(self.max_stalled)
             .arg(k.key_prefix())
             .arg(now)
-            .arg(u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX).max(1));
+            .arg(
+                u64::try_from(self.interval.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            );
         let reply = self.admin.invoke(&invocation).await?;
         Ok(parse_reply(&reply))
     }

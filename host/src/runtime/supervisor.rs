@@ -62,7 +62,7 @@ pub fn worker_options(
         .concurrency(concurrency as usize)
         .run_retry_delay(FETCH_RETRY_DELAY)
         .drain_delay(DRAIN_DELAY)
-        // The host runs its own stalled check (runtime/stalled.rs; docs/bullmq-official.md D8, D13).
+        // The host runs its own stalled check (runtime/stalled.rs; docs/bullmq-official.md D8, D14).
         .skip_stalled_check();
     if let Some((max, duration)) = limiter {
         opts = opts.limiter(RateLimiterOptions::new(
@@ -177,7 +177,10 @@ mod tests {
         let (_, o) = worker_options(&c, &conn, &processor_info(1, hint), &off);
         assert!(o.limiter.is_none());
         assert_eq!(o.run_retry_delay, 1000);
-        assert!(o.skip_stalled_check, "the host's own stalled check replaces the library's");
+        assert!(
+            o.skip_stalled_check,
+            "the host's own stalled check replaces the library's"
+        );
         assert_eq!(o.prefix, "bull");
     }
 }

@@ -1,6 +1,6 @@
 -- The host's stalled-job check (the BullMQ protocol's "moveStalledJobsToWait", written for frostguard-worker
 -- because bullmq-official's own check runs at the wrong rate and misreads its reply; see
--- docs/bullmq-official.md D8/D13).
+-- docs/bullmq-official.md D8/D14).
 --
 -- Two passes per run, at most one run per check period per queue (shared with every other worker of the
 -- queue, Node's included, through the stalled-check key):

@@ -3,6 +3,8 @@
 //!
 //! Job names: `complete`, `fail`, `fail-unrecoverable`, `fail-until`, `retry-later`, `panic`, `sleep`
 //! (`{"ms", "ignoreCancel"}`), `progress`, `log`. Setting `FAIL_INIT=true` makes `init` refuse to start.
+//! Any job whose data has `"logRun": true` writes one job log line per plugin call, so a test can count how
+//! often a job ran.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -67,6 +69,10 @@ impl Plugin for TestOutcomes {
         };
         let number =
             |key: &str, default: u64| data.get(key).and_then(Value::as_u64).unwrap_or(default);
+        if data.get("logRun") == Some(&Value::Bool(true)) {
+            // One job log line per plugin call: fault tests count runs with it.
+            ctx.log("plugin run");
+        }
         match job.name.as_str() {
             "complete" => Outcome::completed(
                 data.get("result")
