@@ -665,6 +665,7 @@ pub(crate) mod tests {
                     "REDIS_URL" => "redis://localhost:6379",
                     "LOG_FORMAT" => "json",
                     "RUST_LOG" => "debug",
+                    "HTTP_ADDR" => "127.0.0.1",
                     "PLUGIN_DIR" | "HOSTNAME" | "REDIS_HOST" | "REDIS_USERNAME"
                     | "REDIS_PASSWORD" | "BULLMQ_PREFIX" => "x",
                     _ => "1",
