@@ -191,23 +191,29 @@ impl Completions {
                         "a completed job's result could not be recorded before its lock expired; the job will run again"
                     );
                 }
-                Verdict::Replay => match job.move_to_wait(Some(&token)).await {
-                    Ok(_) => {
-                        if let Some(k) = self.lock().get_mut(&id) {
-                            k.stage = Stage::AwaitingReplay;
-                            k.since = Instant::now();
-                        }
-                        tracing::warn!(
+                Verdict::Replay => {
+                    // Marked before the move: once in wait the job can be fetched again at once, and the
+                    // bridge must find the kept result then. Kept whatever the answer: a move whose reply was
+                    // lost did happen, and a job that did not move comes back through the stalled check once
+                    // its lock expires; either way it is fetched again and its result recorded, not re-run.
+                    if let Some(k) = self.lock().get_mut(&id) {
+                        k.stage = Stage::AwaitingReplay;
+                        k.since = Instant::now();
+                    }
+                    match job.move_to_wait(Some(&token)).await {
+                        Ok(_) => tracing::warn!(
                             queue = %self.queue, job_id = %id,
                             "a completed job's result was not recorded (Redis failed during the finishing call); \
                              the job is back at the head of its queue to record the kept result without running \
                              the plugin again"
-                        );
+                        ),
+                        Err(e) => tracing::warn!(
+                            queue = %self.queue, job_id = %id, error = %e,
+                            "a completed job's result was not recorded and the job could not be put back yet; \
+                             the kept result is recorded when the job is fetched again"
+                        ),
                     }
-                    Err(e) => {
-                        tracing::debug!(queue = %self.queue, job_id = %id, error = %e, "replay not possible yet")
-                    }
-                },
+                }
             }
         }
     }
