@@ -209,9 +209,7 @@ mod tests {
         (status, body)
     }
 
-    async fn start(health: Arc<Health>, limits: Limits) -> SocketAddr {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
+    async fn start(health: Arc<Health>, limits: Limits, handle: PrometheusHandle) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, health, handle, limits));
@@ -226,7 +224,8 @@ mod tests {
     #[tokio::test]
     async fn endpoints_answer() {
         let health = Health::new(["q".to_owned()], vec![], None);
-        let addr = start(Arc::clone(&health), LIMITS).await;
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let addr = start(Arc::clone(&health), LIMITS, recorder.handle()).await;
 
         assert_eq!(get_status(addr, "/healthz").await, (200, "ok\n".to_owned()));
         let (status, body) = get_status(addr, "/readyz").await;
@@ -260,7 +259,12 @@ mod tests {
     #[tokio::test]
     async fn half_sent_heads_are_cut_off_and_the_cap_holds() {
         let health = Health::new(["q".to_owned()], vec![], None);
-        let addr = start(health, LIMITS).await;
+        let addr = start(
+            health,
+            LIMITS,
+            PrometheusBuilder::new().build_recorder().handle(),
+        )
+        .await;
         let mut idle = Vec::new();
         for _ in 0..LIMITS.max_connections * 2 {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
