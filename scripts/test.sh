@@ -18,6 +18,13 @@ fi
 command -v redis-server >/dev/null || missing+=("redis-server: Redis 7 (Debian: apt-get install redis-server)")
 [ -n "$(pg_bin_dir)" ] || missing+=("PostgreSQL server binaries under /usr/lib/postgresql/<v>/bin (Debian: apt-get install postgresql) or FROSTGUARD_PG_BIN=<dir with initdb>")
 command -v flock >/dev/null || missing+=("flock (Debian: apt-get install util-linux)")
+# The Bull Board check opens the dashboard in headless Chromium (CHROMIUM overrides the path).
+chromium_bin=${CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$chromium_bin" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing chromium (apt-get) for the Bull Board check"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+[ -x "$chromium_bin" ] || missing+=("Chromium at $chromium_bin for the Bull Board check (Debian: apt-get install chromium, or CHROMIUM=<path>)")
 if [ ${#missing[@]} -gt 0 ]; then
     echo "scripts/test.sh: install these first:" >&2
     printf '  - %s\n' "${missing[@]}" >&2
@@ -30,9 +37,10 @@ step() {
     echo "==> $* (at $((SECONDS - started)) s)"
 }
 
-step "npm ci (tests/node: bullmq 6, ioredis; tests/node-bullmq5: bullmq 5.67, FrostGuard's version)"
+step "npm ci (tests/node: bullmq 6, ioredis; tests/node-bullmq5: bullmq 5.67, FrostGuard's version; tests/board: Bull Board, playwright-core)"
 (cd tests/node && npm ci --no-audit --no-fund)
 (cd tests/node-bullmq5 && npm ci --no-audit --no-fund)
+(cd tests/board && npm ci --no-audit --no-fund)
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
