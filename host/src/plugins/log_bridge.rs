@@ -20,6 +20,11 @@ impl TracingLogger {
 
 impl HostLogger for TracingLogger {
     fn log(&self, record: ForwardedLog) {
+        // A record with an `event` field is also counted (`frostguard_plugin_events_total`): a plugin's way
+        // to make something it logs (e.g. a possibly duplicated SMS) visible on /metrics.
+        if let Some((_, event)) = record.fields.iter().find(|(k, _)| k == "event") {
+            crate::runtime::metrics::plugin_event(&self.plugin, event.trim_matches('"'));
+        }
         let fields = record
             .fields
             .iter()

@@ -256,12 +256,29 @@ impl QueueBridge {
                 );
                 metrics::job_finished(&self.queue, JobResult::LaterQueue, elapsed);
                 self.hold.hold_for(delay_ms);
+                self.report_hold(delay_ms, reason);
                 if let Err(e) = self.admin.rate_limit(&self.keys, delay_ms).await {
                     tracing::warn!(queue = %self.queue, error = %e, "could not rate-limit the queue");
                 }
                 Err(bullmq::Error::RateLimited { delay_ms })
             }
         }
+    }
+
+    /// Shows the hold on `/readyz` and in the metrics until it expires.
+    fn report_hold(&self, delay_ms: u64, reason: String) {
+        let until_ms = now_ms().saturating_add(delay_ms);
+        self.health.set_held(super::health::HeldQueue {
+            queue: self.queue.clone(),
+            plugin: self.plugin.info.name.clone(),
+            reason,
+            until_ms,
+        });
+        let (health, queue) = (Arc::clone(&self.health), self.queue.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            health.clear_expired_hold(&queue, now_ms());
+        });
     }
 
     /// The plugin's view of `job`, from the library's parse. Only when the library could not parse the data

@@ -27,10 +27,25 @@ pub struct DisabledEntry {
     pub reason: String,
 }
 
+/// A queue its plugin holds (an outcome "retry the whole queue later": rejected credentials, a provider's
+/// rate limit), as `/readyz` shows it while the hold lasts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldQueue {
+    /// The held queue.
+    pub queue: String,
+    /// The plugin that asked for the hold.
+    pub plugin: String,
+    /// The plugin's reason.
+    pub reason: String,
+    /// Unix ms until which no job is fetched from the queue.
+    pub until_ms: u64,
+}
+
 /// The shared state.
 #[derive(Debug)]
 pub struct Health {
     queues: Mutex<BTreeMap<String, bool>>,
+    held: Mutex<BTreeMap<String, HeldQueue>>,
     redis_up: AtomicBool,
     shutting_down: AtomicBool,
     disabled: Vec<DisabledEntry>,
@@ -48,6 +63,10 @@ pub struct Readiness {
     pub shutting_down: bool,
     /// Each served queue and whether it is consuming.
     pub queues: BTreeMap<String, bool>,
+    /// Queues held by their plugin right now, with the plugin and its reason. A held queue does not make the
+    /// worker unready (restarting it would not help; the hold ends by itself), but an operator sees why no
+    /// job moves.
+    pub held_queues: Vec<HeldQueue>,
     /// Plugins that are not running.
     pub disabled_plugins: Vec<DisabledEntry>,
     /// Why the plugin directory could not be read, if it could not.
@@ -64,6 +83,7 @@ impl Health {
     ) -> Arc<Self> {
         Arc::new(Self {
             queues: Mutex::new(queues.into_iter().map(|q| (q, false)).collect()),
+            held: Mutex::new(BTreeMap::new()),
             redis_up: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             disabled,
@@ -77,6 +97,29 @@ impl Health {
             queues.insert(queue.to_owned(), consuming);
         }
         metrics::queue_consuming(queue, consuming);
+    }
+
+    /// Records that `hold.plugin` holds `hold.queue` until `hold.until_ms` (a later hold replaces it).
+    pub fn set_held(&self, hold: HeldQueue) {
+        metrics::queue_held(&hold.queue, &hold.plugin, true);
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(hold.queue.clone(), hold);
+        }
+    }
+
+    /// Forgets `queue`'s hold once it has expired at `now_ms`; true when it did (no later hold replaced it).
+    pub fn clear_expired_hold(&self, queue: &str, now_ms: u64) -> bool {
+        let Ok(mut held) = self.held.lock() else {
+            return false;
+        };
+        match held.get(queue) {
+            Some(h) if h.until_ms <= now_ms => {
+                metrics::queue_held(queue, &h.plugin, false);
+                held.remove(queue);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Records the result of a Redis ping; returns the previous value.
@@ -101,11 +144,21 @@ impl Health {
         let redis = self.redis_up.load(Ordering::Acquire);
         let shutting_down = self.shutting_down.load(Ordering::Acquire);
         let ready = !shutting_down && redis && !queues.is_empty() && queues.values().all(|c| *c);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let held_queues = self
+            .held
+            .lock()
+            .map(|h| h.values().filter(|h| h.until_ms > now).cloned().collect())
+            .unwrap_or_default();
         Readiness {
             ready,
             redis,
             shutting_down,
             queues,
+            held_queues,
             disabled_plugins: self.disabled.clone(),
             plugin_dir_error: self.plugin_dir_error.clone(),
         }

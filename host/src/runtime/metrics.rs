@@ -26,6 +26,9 @@ const REDIS_UP: &str = "frostguard_redis_up";
 const QUEUE_JOBS: &str = "frostguard_queue_jobs";
 const QUEUE_PAUSED: &str = "frostguard_queue_paused";
 const QUEUE_OLDEST_WAITING: &str = "frostguard_queue_oldest_waiting_seconds";
+const QUEUE_HELD: &str = "frostguard_queue_held";
+const QUEUE_HOLDS: &str = "frostguard_queue_holds_total";
+const PLUGIN_EVENTS: &str = "frostguard_plugin_events_total";
 
 /// Job duration buckets in seconds: from a fast no-op to a slow provider call.
 const DURATION_BUCKETS: [f64; 12] = [
@@ -84,6 +87,19 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         QUEUE_OLDEST_WAITING,
         Unit::Seconds,
         "How long the job waiting longest for a worker has been ready to run (0 when none waits)"
+    );
+    describe_gauge!(
+        QUEUE_HELD,
+        "1 while the queue is held by its plugin (e.g. rejected provider credentials), per queue and plugin"
+    );
+    describe_counter!(
+        QUEUE_HOLDS,
+        "Times a plugin held its whole queue (retry the queue later), per queue and plugin"
+    );
+    describe_counter!(
+        PLUGIN_EVENTS,
+        "Events a plugin reported by logging them with an `event` field (e.g. sms-notifications: \
+         possibly_sent, credentials_rejected), per plugin and event"
     );
     Ok(handle)
 }
@@ -193,4 +209,19 @@ pub fn queue_depth(queue: &str, snapshot: &crate::queue_stats::Snapshot, now_ms:
     gauge!(QUEUE_PAUSED, "queue" => queue.to_owned()).set(if snapshot.paused { 1.0 } else { 0.0 });
     gauge!(QUEUE_OLDEST_WAITING, "queue" => queue.to_owned())
         .set(snapshot.oldest_waiting_ms(now_ms) as f64 / 1000.0);
+}
+
+/// Sets whether `queue` is held by `plugin`; a new hold is also counted.
+pub fn queue_held(queue: &str, plugin: &str, held: bool) {
+    let labels = [("queue", queue.to_owned()), ("plugin", plugin.to_owned())];
+    gauge!(QUEUE_HELD, &labels).set(if held { 1.0 } else { 0.0 });
+    if held {
+        counter!(QUEUE_HOLDS, &labels).increment(1);
+    }
+}
+
+/// Counts an event a plugin reported (a forwarded log record with an `event` field).
+pub fn plugin_event(plugin: &str, event: &str) {
+    counter!(PLUGIN_EVENTS, "plugin" => plugin.to_owned(), "event" => event.to_owned())
+        .increment(1);
 }

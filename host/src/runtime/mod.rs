@@ -12,7 +12,7 @@ mod depth;
 mod events;
 pub mod health;
 mod hold;
-mod metrics;
+pub(crate) mod metrics;
 mod redis_admin;
 mod retry;
 mod stalled;
