@@ -1,8 +1,39 @@
 //! What a Telnyx error means for the job: decided from the HTTP status **and** `errors[0].code`.
 //!
 //! The Node original read a field the SDK never sets, so every error was "unknown" and retried five times,
-//! opt-outs and bad credentials included. Here the code tables follow Telnyx's own retry guidance (see the
-//! research note, §4.5), with the HTTP status as the fallback when the code is absent or unknown.
+//! opt-outs and bad credentials included. Here a known code decides, with the HTTP status as the fallback
+//! when the code is absent or unknown. Only refused credentials hold the whole queue; everything else is
+//! about this one message.
+//!
+//! The codes, re-checked against Telnyx's published documentation:
+//! * Messaging error code reference — <https://developers.telnyx.com/docs/messaging/messages/error-codes>:
+//!   carrier/delivery errors 40001–40015 with their cause and action (e.g. 40002 "reduce sending rate",
+//!   40004 "retry after delay", 40006 "retry with exponential backoff", 40008 undeliverable "check number
+//!   validity; try alternate route"), and the 403xx *configuration* errors (number / messaging profile
+//!   set-up), which the API returns at once for the request.
+//! * Per-code pages — <https://developers.telnyx.com/api/errors/40300> (40300, blocked by the recipient's STOP,
+//!   answered with HTTP 409), <https://developers.telnyx.com/api/errors/40014> (expired in queue, not billed).
+//! * API error codes — <https://developers.telnyx.com/development/api-fundamentals/api-errors>: 10001 inactive
+//!   number, 10002 invalid number, 10004 missing parameter, 10007 unexpected error, 10008 request timeout,
+//!   10009 authentication failed, 10010 authorization failed, 10011 too many requests, 10015 bad request,
+//!   10016 not +E.164.
+//! * Telnyx support, "Telnyx Messaging Error Codes" —
+//!   <https://support.telnyx.com/en/articles/6505121-telnyx-messaging-error-codes>.
+//!
+//! | code(s) | meaning (Telnyx) | class here |
+//! |---|---|---|
+//! | 10009, 10010 | authentication / authorization of the API key failed | credentials: hold the queue |
+//! | 10011 (or HTTP 429) | too many requests | rate limited: hold the queue for the hint |
+//! | 10001, 10002, 10004, 10015, 10016 | inactive/invalid number, missing parameter, bad request, not E.164 | permanent |
+//! | 20012, 20013, 20100 | account inactive, blocked, insufficient funds (FrostGuard's list) | permanent |
+//! | 40001, 40003, 40009, 40012, 40013, 40015 | not routable, spam (permanent), invalid body, invalid destination, invalid source, internal spam filter | permanent |
+//! | 40010, 40019 | not in the reference pages read; kept permanent as FrostGuard's research lists them | permanent |
+//! | 40300–40333 listed below | configuration errors of the number / profile (40300 recipient sent STOP) | permanent |
+//! | 40002, 40004, 40005, 40006, 40008, 40011, 40014, 40016–40018, 40020, 40318, 40320 | temporary carrier states, expiry, upstream throttling, undeliverable | retryable |
+//! | 10007, 10008, 50000, 50001 | unexpected error, request timeout, internal error, unavailable | retryable |
+//!
+//! A 403 is credentials only with 10009/10010; any other 403 (with another code, or none) rejects this
+//! message and fails the job by its code — holding the queue for it would stop every other alarm.
 
 use std::time::Duration;
 
@@ -13,37 +44,32 @@ pub enum ErrorClass {
     Permanent,
     /// Provider throttling (HTTP 429 / 10011): wait for its hint, no attempt consumed.
     RateLimited,
-    /// Our credentials were refused (401/403): a configuration problem, not the job's fault. Pause the queue,
-    /// no attempt consumed, never fail the job for it.
+    /// Our credentials were refused (HTTP 401, or 10009/10010): a configuration problem, not the job's
+    /// fault. Hold the queue, no attempt consumed, never fail the job for it.
     Auth,
     /// Server errors, timeouts, connection failures, temporary carrier states: normal retry with backoff.
     Transient,
 }
 
 /// Codes for which the same request will never succeed: the recipient (opted out, invalid, unroutable,
-/// landline), the content (invalid, blocked, too large) or the sender/profile/account as configured
-/// (not registered, disabled, spend limit). Telnyx lists 40001/40003/40010/40300/40314/40322 as permanent
-/// and the 403xx request codes as validation failures of the request itself.
+/// landline), the content (invalid, blocked) or the sender/profile/account as configured.
 const PERMANENT: &[&str] = &[
-    "10001", "10002", "10004", "10015",
-    "10016", // inactive/invalid number, missing parameter, bad request, not E.164
+    "10001", "10002", "10004", "10015", "10016", // number, parameters, request shape
     "20012", "20013", "20100", // account inactive, blocked, insufficient funds
-    "40001", "40003", "40009", "40010", "40012", "40013", "40015",
-    "40019", // delivery codes Telnyx calls final
+    "40001", "40003", "40009", "40010", "40012", "40013", "40015", "40019", // carrier: final
     "40300", "40301", "40302", "40304", "40305", "40306", "40307", "40308", "40309", "40310",
     "40311", "40312", "40313", "40314", "40315", "40316", "40317", "40319", "40321", "40322",
-    "40325", "40329", "40330", "40331", "40333",
+    "40325", "40329", "40330", "40331", "40333", // configuration of number / profile
 ];
 
-/// Codes Telnyx says may clear on their own or after a wait (carrier unavailable, undeliverable, expired,
-/// upstream or carrier throttling, queue full, temporary holds) plus its generic server-side codes.
+/// Codes that may clear on their own or after a wait, plus Telnyx's generic server-side codes.
 const RETRYABLE: &[&str] = &[
     "10007", "10008", // unexpected error, request timeout
     "40002", "40004", "40005", "40006", "40008", "40011", "40014", "40016", "40017", "40018",
     "40020", "40318", "40320", "50000", "50001",
 ];
 
-/// Authentication (10009) and authorisation (10010) failures.
+/// Authentication (10009) and authorisation (10010) failures of the API key.
 const AUTH: &[&str] = &["10009", "10010"];
 
 /// Telnyx's "too many requests".
@@ -51,12 +77,11 @@ const RATE_LIMITED: &str = "10011";
 
 /// Classifies a non-2xx answer. Order matters:
 /// 1. throttling (429 or 10011) always waits for the provider's hint;
-/// 2. a 401, or an auth code, is our configuration;
-/// 3. a code we know decides next — a 403 carrying a recipient/content code (e.g. 40300 opted out) is about
-///    this message, and treating it as an auth failure would pause the whole queue for one recipient forever;
-/// 4. a 403 without such a code is an authorisation failure;
-/// 5. otherwise the status: 5xx and 408 are transient; 400/409/410/413/422 reject this request as written;
-///    anything else (404 from a wrong base URL, a proxy's 407, …) is retried rather than dropping an alert.
+/// 2. a 401, or an authentication/authorisation code, is our credentials;
+/// 3. a code we know decides next — on any status, 403 included (e.g. 40310 is about this message);
+/// 4. otherwise the status: 5xx and 408 are transient; 400/403/409/410/413/422 reject this request as
+///    written; anything else (404 from a wrong base URL, a proxy's 407, …) is retried rather than dropping
+///    an alert.
 pub fn classify(status: u16, code: Option<&str>) -> ErrorClass {
     let code = code.map(str::trim);
     if status == 429 || code == Some(RATE_LIMITED) {
@@ -69,14 +94,13 @@ pub fn classify(status: u16, code: Option<&str>) -> ErrorClass {
         if PERMANENT.contains(&c) {
             return ErrorClass::Permanent;
         }
-        if RETRYABLE.contains(&c) && status != 403 {
+        if RETRYABLE.contains(&c) {
             return ErrorClass::Transient;
         }
     }
     match status {
-        403 => ErrorClass::Auth,
         408 | 500..=599 => ErrorClass::Transient,
-        400 | 409 | 410 | 413 | 422 => ErrorClass::Permanent,
+        400 | 403 | 409 | 410 | 413 | 422 => ErrorClass::Permanent,
         _ => ErrorClass::Transient,
     }
 }
@@ -119,20 +143,26 @@ mod tests {
     }
 
     #[test]
-    fn credentials_problems_are_auth() {
+    fn only_credentials_problems_are_auth() {
         assert_eq!(classify(401, None), Auth);
         assert_eq!(classify(401, Some("10009")), Auth);
         assert_eq!(classify(401, Some("40300")), Auth);
-        assert_eq!(classify(403, None), Auth);
         assert_eq!(classify(403, Some("10010")), Auth);
-        assert_eq!(classify(403, Some("50000")), Auth);
+        assert_eq!(classify(403, Some("10009")), Auth);
         assert_eq!(classify(400, Some("10009")), Auth);
     }
 
     #[test]
-    fn message_codes_on_a_403_are_about_the_message() {
+    fn any_other_403_is_about_the_message_and_classified_by_its_code() {
+        // No code, or a code we do not know: the request was refused as written; fail it, hold nothing.
+        assert_eq!(classify(403, None), Permanent);
+        assert_eq!(classify(403, Some("")), Permanent);
+        assert_eq!(classify(403, Some("99999")), Permanent);
         assert_eq!(classify(403, Some("40300")), Permanent);
         assert_eq!(classify(403, Some("40310")), Permanent);
+        // A code that says "try again" keeps its meaning on a 403.
+        assert_eq!(classify(403, Some("50000")), Transient);
+        assert_eq!(classify(403, Some("40006")), Transient);
     }
 
     #[test]

@@ -1,41 +1,43 @@
-//! Delivery tracking in FrostGuard's `notification_deliveries` table.
+//! Delivery tracking in FrostGuard's `notification_deliveries` table, and the claim that lets one run at a
+//! time send a delivery.
 //!
 //! The API inserts the row as `pending` and puts its id in the job (`deliveryId`); the worker records what
-//! happened. The row is also our idempotency record: a retry (or a stalled job run again) after Telnyx
-//! accepted the message finds `sent`/`delivered` and must not text the recipient a second time.
+//! happened. The row is also the idempotency record: a retry (or a stalled job run again) after Telnyx
+//! accepted the message finds `sent`/`delivered` and does not text the recipient a second time.
 //!
-//! Reading the row is not enough when two runs of the same delivery overlap (a job whose lock was lost while
-//! Telnyx was slow is recovered as stalled and started elsewhere while the first run is still sending): both
-//! would read `pending` and both would send. So a run first takes a PostgreSQL *session* advisory lock keyed
-//! by the delivery ([`lock_key`]) and holds it, on one pooled connection ([`DeliveryLock`]), across the
-//! check, the send and the row update; FrostGuard's schema stays untouched. A run that finds the lock taken
-//! does not send. If that connection dies, PostgreSQL drops the lock with the session; a connection is never
-//! handed back to the pool while it may still hold one (it is closed instead).
+//! Reading the row is not enough when two runs of one delivery overlap (a job whose lock was lost while
+//! Telnyx was slow is recovered as stalled and started elsewhere while the first run still sends): both would
+//! read `pending`. So a run first **claims** the row with one statement ([`DeliveryRepo::claim`]): it stamps
+//! `sent_at` with the database's clock while the status stays `pending`, and only if no other claim is
+//! younger than the claim timeout. A pending row's `sent_at` thus means "an attempt started sending then and
+//! has not finished". The run's final write (sent, failed, or a retryable failure whose provider answer shows
+//! nothing went out) ends the claim; an attempt whose outcome is unknown (a timeout, a connection broken after
+//! the request was written, a crash) leaves it, so the next run waits until the claim is older than the claim
+//! timeout — longer than any live run can hold it — and then sends again, logging and counting it as a
+//! *possibly sent* re-run. FrostGuard's schema is untouched (`notification_status` keeps its four values).
 //!
-//! A small deadpool pool on the plugin's private runtime; every call is bounded by [`OP_TIMEOUT`] so a
-//! database that hangs becomes a retryable job failure, never a stuck job. Writes never downgrade a row that
-//! already reached `sent`/`delivered` (e.g. set by the delivery-receipt webhook).
+//! Every statement is a single auto-committed statement with typed parameters (`query_typed`: an unnamed
+//! statement, no session state), so the claim holds behind PgBouncer in transaction mode exactly as on a
+//! direct connection. Every call is bounded by [`OP_TIMEOUT`], so a database that hangs becomes a retryable
+//! job failure, never a stuck job. Writes never downgrade a row that already reached `sent`/`delivered`
+//! (e.g. set by the delivery-receipt webhook).
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::config::SslMode;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
+
+use crate::pgtls;
 
 /// Upper bound for getting a connection plus running one statement.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed to open a new database connection.
+/// Time allowed to open a new database connection (TLS handshake included).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on releasing a delivery's lock; past it the connection is closed instead, which releases the lock
-/// just as surely.
-pub const UNLOCK_TIMEOUT: Duration = Duration::from_secs(3);
-/// A tracked job holds one connection (the one with its delivery's lock) from the idempotency check until
-/// its row is updated, i.e. across the Telnyx call. This leaves room for three times the default concurrency
-/// of 5 plus rejections; with `QUEUE_SMS_NOTIFICATIONS_CONCURRENCY` above that, jobs wait for a connection
-/// (at most [`OP_TIMEOUT`], then a retryable failure).
+/// Connections are held only for one statement at a time; this serves well above the default concurrency.
 const POOL_SIZE: usize = 16;
 
 /// The state of a delivery row as far as sending is concerned.
@@ -53,22 +55,97 @@ impl DeliveryState {
     }
 }
 
+/// What a run may do with a delivery ([`DeliveryRepo::claim`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This run holds the delivery and may send. `stamp` is the claim time written to `sent_at` (the token
+    /// the run's final write checks). `abandoned` is set when an earlier attempt's claim was found, older
+    /// than the claim timeout, with no outcome recorded: that attempt may have sent the SMS.
+    Claimed {
+        stamp: SystemTime,
+        abandoned: Option<Duration>,
+    },
+    /// The row says the message went out; nothing to send.
+    AlreadySent(DeliveryState),
+    /// Another run claimed the delivery `age` ago and may be sending right now.
+    Busy { age: Duration },
+    /// No such row.
+    Missing,
+}
+
+/// The claim statement's answer for the row, before it is judged ([`judge`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRow {
+    pub status: String,
+    pub external_id: Option<String>,
+    /// The claim this statement wrote, if it could claim.
+    pub claimed_at: Option<SystemTime>,
+    /// Age of the claim found on the row before this statement (a pending row's `sent_at`), if any.
+    pub prior_claim_age: Option<Duration>,
+}
+
+/// Decides what a claim attempt means (pure: the statement did the locking).
+pub fn judge(row: Option<ClaimRow>) -> Claim {
+    let Some(row) = row else {
+        return Claim::Missing;
+    };
+    let state = DeliveryState {
+        status: row.status,
+        external_id: row.external_id,
+    };
+    if state.already_sent() {
+        return Claim::AlreadySent(state);
+    }
+    match row.claimed_at {
+        Some(stamp) => Claim::Claimed {
+            stamp,
+            abandoned: row.prior_claim_age,
+        },
+        None => Claim::Busy {
+            age: row.prior_claim_age.unwrap_or_default(),
+        },
+    }
+}
+
+/// One statement: lock the row, claim it when it is claimable, and say what was there. `FOR UPDATE` makes a
+/// second, concurrent claim wait for the first to commit and then see its stamp; the update re-checks its
+/// own conditions on the newest row version as well.
+const CLAIM_SQL: &str = "\
+WITH cur AS (
+    SELECT id, status, external_id, sent_at FROM notification_deliveries WHERE id = $1 FOR UPDATE
+), claimed AS (
+    UPDATE notification_deliveries AS d SET sent_at = now()
+    FROM cur
+    WHERE d.id = cur.id
+      AND d.status IN ('pending', 'failed')
+      AND (d.sent_at IS NULL OR d.sent_at <= now() - make_interval(secs => $2))
+    RETURNING d.sent_at
+)
+SELECT cur.status::text AS status, cur.external_id,
+       (SELECT sent_at FROM claimed) AS claimed_at,
+       CASE WHEN cur.status IN ('pending', 'failed') AND cur.sent_at IS NOT NULL
+            THEN extract(epoch FROM now() - cur.sent_at)::float8 END AS prior_claim_age_s
+FROM cur";
+
 pub struct DeliveryRepo {
     pool: Pool,
+    /// A claim older than this is abandoned (see [`crate::processor::claim_timeout`]).
+    claim_timeout: Duration,
 }
 
 impl DeliveryRepo {
     /// Builds the pool without connecting: a database that is down at start must not disable the plugin
-    /// (sending still works; affected jobs fail retryably until it is back).
-    pub fn new(database_url: &str) -> Result<DeliveryRepo, String> {
-        let mut config: tokio_postgres::Config = database_url
+    /// (sending still works; affected jobs fail retryably until it is back). `database_url` may carry libpq's
+    /// `sslmode` and `sslrootcert` ([`pgtls`]).
+    pub fn new(database_url: &str, claim_timeout: Duration) -> Result<DeliveryRepo, String> {
+        let tls = pgtls::split_tls_params(database_url)?;
+        let mut config: tokio_postgres::Config = tls
+            .url
             .parse()
             .map_err(|e| format!("DATABASE_URL is not a valid PostgreSQL URL ({e})"))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(
-                "DATABASE_URL asks for sslmode=require, but this plugin connects without TLS"
-                    .to_owned(),
-            );
+        // A key=value string keeps the sslmode tokio-postgres read from it.
+        if database_url.contains("://") {
+            config.ssl_mode(tls.mode.driver_mode());
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -76,9 +153,10 @@ impl DeliveryRepo {
         if config.get_application_name().is_none() {
             config.application_name("frostguard-worker-sms");
         }
+        let connector = MakeRustlsConnect::new(pgtls::client_config(&tls)?);
         let manager = Manager::from_config(
             config,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -91,92 +169,92 @@ impl DeliveryRepo {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| format!("cannot build the database pool: {e}"))?;
-        Ok(DeliveryRepo { pool })
+        Ok(DeliveryRepo {
+            pool,
+            claim_timeout,
+        })
     }
 
-    /// Takes the delivery's advisory lock and, holding it, reads the row. [`Claim::Busy`] when another run
-    /// (in this process or another worker) holds the lock: it is sending this delivery right now.
+    /// Claims delivery `id` for this run ([`Claim`]).
     pub async fn claim(&self, id: Uuid) -> Result<Claim, String> {
-        bounded(async {
-            let conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            // Guarded before the lock is asked for: if this future is dropped (timeout, cancellation) while
-            // PostgreSQL may already have granted it, the guard closes the connection instead of pooling it.
-            let mut lock = DeliveryLock {
-                conn: Some(conn),
-                key: lock_key(id),
-            };
-            let client = lock.client().ok_or("database connection closed")?;
-            let granted: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&lock.key])
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            if !granted {
-                // Nothing of ours is held on this session: it may go back to the pool as it is.
-                drop(lock.conn.take());
-                return Ok(Claim::Busy);
-            }
-            let state = load_on(client, id).await?;
-            Ok(Claim::Held(Box::new(lock), state))
-        })
-        .await
+        let secs = self.claim_timeout.as_secs_f64();
+        let rows = self
+            .query(CLAIM_SQL, &[(&id, Type::UUID), (&secs, Type::FLOAT8)])
+            .await?;
+        let row = rows.first().map(|r| ClaimRow {
+            status: r.get("status"),
+            external_id: r.get("external_id"),
+            claimed_at: r.get("claimed_at"),
+            prior_claim_age: r
+                .get::<_, Option<f64>>("prior_claim_age_s")
+                .map(|s| Duration::from_secs_f64(s.max(0.0))),
+        });
+        Ok(judge(row))
     }
 
-    /// Reads the row, without any lock; `None` when no such row exists.
+    /// Reads the row; `None` when no such row exists (the start-up connectivity check).
     pub async fn load(&self, id: Uuid) -> Result<Option<DeliveryState>, String> {
-        bounded(async {
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            load_on(&client, id).await
-        })
-        .await
+        let rows = self
+            .query(
+                "SELECT status::text, external_id FROM notification_deliveries WHERE id = $1",
+                &[(&id, Type::UUID)],
+            )
+            .await?;
+        Ok(rows.first().map(|r| DeliveryState {
+            status: r.get(0),
+            external_id: r.get(1),
+        }))
     }
 
-    /// Telnyx accepted the message.
-    pub async fn mark_sent(
-        &self,
-        id: Uuid,
-        external_id: &str,
-        lock: Option<&DeliveryLock>,
-    ) -> Result<(), String> {
-        self.execute(
-            lock,
+    /// Telnyx accepted the message: `sent`, its id, and `sent_at` now (which also ends the claim).
+    pub async fn mark_sent(&self, id: Uuid, external_id: &str) -> Result<(), String> {
+        self.query(
             "UPDATE notification_deliveries SET status = 'sent', external_id = $2, sent_at = now() \
-             WHERE id = $1 AND status NOT IN ('sent', 'delivered')",
-            &[&id, &external_id],
+             WHERE id = $1 AND status NOT IN ('sent', 'delivered') RETURNING id",
+            &[(&id, Type::UUID), (&external_id, Type::VARCHAR)],
         )
         .await
+        .map(drop)
     }
 
-    /// The message can never be sent: invalid job data or a permanent provider error.
-    pub async fn mark_failed(
-        &self,
-        id: Uuid,
-        reason: &str,
-        lock: Option<&DeliveryLock>,
-    ) -> Result<(), String> {
-        self.execute(
-            lock,
-            "UPDATE notification_deliveries SET status = 'failed', error_message = $2, failed_at = now() \
-             WHERE id = $1 AND status NOT IN ('sent', 'delivered')",
-            &[&id, &reason],
+    /// The message can never be sent: invalid job data or a permanent provider error. Ends any claim.
+    pub async fn mark_failed(&self, id: Uuid, reason: &str) -> Result<(), String> {
+        self.query(
+            "UPDATE notification_deliveries SET status = 'failed', error_message = $2, failed_at = now(), \
+             sent_at = NULL WHERE id = $1 AND status NOT IN ('sent', 'delivered') RETURNING id",
+            &[(&id, Type::UUID), (&reason, Type::TEXT)],
         )
         .await
+        .map(drop)
     }
 
-    /// A retryable failure: `retry_count` = attempts made so far, including this one.
+    /// A retryable failure: `retry_count` = attempts made so far including this one, `last_retry_at` now.
+    /// With `release`, this run's claim (`stamp`) ends — Telnyx answered, so nothing went out; without, it
+    /// stays, because the attempt's outcome is unknown (see the module docs).
+    ///
+    /// The count is bound as an `int4` and PostgreSQL converts it on assignment: deployed FrostGuard databases
+    /// have `retry_count varchar(10)` (its migration to integer is not journaled), hand-migrated ones an
+    /// integer; both take it.
     pub async fn record_retry(
         &self,
         id: Uuid,
         attempts: i32,
-        lock: Option<&DeliveryLock>,
+        stamp: Option<SystemTime>,
+        release: bool,
     ) -> Result<(), String> {
-        self.execute(
-            lock,
-            "UPDATE notification_deliveries SET retry_count = $2, last_retry_at = now() \
-             WHERE id = $1 AND status NOT IN ('sent', 'delivered')",
-            &[&id, &attempts],
+        self.query(
+            "UPDATE notification_deliveries SET retry_count = $2, last_retry_at = now(), \
+             sent_at = CASE WHEN $4 AND sent_at = $3 THEN NULL ELSE sent_at END \
+             WHERE id = $1 AND status NOT IN ('sent', 'delivered') RETURNING id",
+            &[
+                (&id, Type::UUID),
+                (&attempts, Type::INT4),
+                (&stamp, Type::TIMESTAMPTZ),
+                (&release, Type::BOOL),
+            ],
         )
         .await
+        .map(drop)
     }
 
     /// The last attempt failed retryably: nothing will try again, so the row is final (the Node original
@@ -186,127 +264,48 @@ impl DeliveryRepo {
         id: Uuid,
         attempts: i32,
         reason: &str,
-        lock: Option<&DeliveryLock>,
     ) -> Result<(), String> {
-        self.execute(
-            lock,
+        self.query(
             "UPDATE notification_deliveries SET status = 'failed', error_message = $3, failed_at = now(), \
-             retry_count = $2, last_retry_at = now() WHERE id = $1 AND status NOT IN ('sent', 'delivered')",
-            &[&id, &attempts, &reason],
+             retry_count = $2, last_retry_at = now(), sent_at = NULL \
+             WHERE id = $1 AND status NOT IN ('sent', 'delivered') RETURNING id",
+            &[(&id, Type::UUID), (&attempts, Type::INT4), (&reason, Type::TEXT)],
         )
         .await
+        .map(drop)
     }
 
-    /// Runs a write on the locked connection when there is one still alive (taking a second pooled
-    /// connection while holding one could exhaust the pool under load), else on a pooled connection.
-    async fn execute(
+    /// Ends this run's claim without an outcome (it stopped before sending anything).
+    pub async fn release(&self, id: Uuid, stamp: SystemTime) -> Result<(), String> {
+        self.query(
+            "UPDATE notification_deliveries SET sent_at = NULL \
+             WHERE id = $1 AND sent_at = $2 AND status IN ('pending', 'failed') RETURNING id",
+            &[(&id, Type::UUID), (&stamp, Type::TIMESTAMPTZ)],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// One statement on a pooled connection, bounded by [`OP_TIMEOUT`].
+    async fn query(
         &self,
-        lock: Option<&DeliveryLock>,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<(), String> {
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, String> {
         bounded(async {
-            let written = match lock.and_then(DeliveryLock::client) {
-                Some(client) => client.execute(sql, params).await,
-                None => {
-                    let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                    client.execute(sql, params).await
-                }
-            };
-            written.map(drop).map_err(|e| e.to_string())
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            client.query_typed(sql, params).await.map_err(describe)
         })
         .await
     }
 }
 
-/// The result of [`DeliveryRepo::claim`].
-pub enum Claim {
-    /// This run holds the delivery's lock; the row as read under it (`None`: no such row). Boxed: a pooled
-    /// connection is large next to `Busy`.
-    Held(Box<DeliveryLock>, Option<DeliveryState>),
-    /// Another run holds the lock.
-    Busy,
-}
-
-/// The advisory-lock key of a delivery: the UUID's two 64-bit halves XOR-ed, read as a signed integer
-/// (`pg_try_advisory_lock(bigint)`). Every bit of the id contributes, so the fixed version and variant bits
-/// of a v4 UUID cost nothing and random ids spread over the whole key space. Distinct ids can share a key
-/// (as can an unrelated advisory lock of FrostGuard's that happens to use the same number); that only makes
-/// one run wait for the other (it is retried later), it never lets a delivery be skipped.
-pub fn lock_key(id: Uuid) -> i64 {
-    let bits = id.as_u128();
-    ((bits >> 64) as u64 ^ bits as u64) as i64
-}
-
-/// A delivery's advisory lock, and the pooled connection whose session holds it.
-///
-/// Release it with [`DeliveryLock::release`]. Dropped without that (an error path, a timeout, a cancelled
-/// job), it cannot unlock (that needs an `await`), so it takes the connection out of the pool and closes it:
-/// PostgreSQL ends the session and with it the lock. Either way no connection returns to the pool locked.
-pub struct DeliveryLock {
-    /// `None` once handed back or closed.
-    conn: Option<Object>,
-    key: i64,
-}
-
-impl DeliveryLock {
-    /// The locked session's client, unless its connection has died (the lock died with it).
-    fn client(&self) -> Option<&Client> {
-        self.conn
-            .as_deref()
-            .map(|wrapper| &**wrapper)
-            .filter(|client| !client.is_closed())
+/// The driver's error with the server's message when there is one ("db error" alone says nothing).
+fn describe(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
     }
-
-    /// Unlocks and hands the connection back to the pool. If the unlock fails, times out or reports that the
-    /// session did not hold the lock, the connection is closed instead (the error says why).
-    pub async fn release(mut self) -> Result<(), String> {
-        let Some(client) = self.client() else {
-            return Err("the locked connection was already closed".to_owned());
-        };
-        let unlocked = tokio::time::timeout(
-            UNLOCK_TIMEOUT,
-            client.query_one("SELECT pg_advisory_unlock($1)", &[&self.key]),
-        )
-        .await;
-        match unlocked {
-            Ok(Ok(row)) if row.get::<_, bool>(0) => {
-                drop(self.conn.take());
-                Ok(())
-            }
-            Ok(Ok(_)) => Err("the session did not hold the lock".to_owned()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "no answer to the unlock within {} s",
-                UNLOCK_TIMEOUT.as_secs()
-            )),
-        }
-        // Any error: `self` drops here with the connection still in it and closes it.
-    }
-}
-
-impl Drop for DeliveryLock {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // Detached from the pool (which then opens a fresh one when needed) and dropped: the client goes
-            // and its connection task is aborted, closing the socket.
-            drop(Object::take(conn));
-        }
-    }
-}
-
-async fn load_on(client: &Client, id: Uuid) -> Result<Option<DeliveryState>, String> {
-    let row = client
-        .query_opt(
-            "SELECT status::text, external_id FROM notification_deliveries WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(row.map(|r| DeliveryState {
-        status: r.get(0),
-        external_id: r.get(1),
-    }))
 }
 
 async fn bounded<T>(op: impl Future<Output = Result<T, String>>) -> Result<T, String> {
@@ -321,41 +320,64 @@ async fn bounded<T>(op: impl Future<Output = Result<T, String>>) -> Result<T, St
 
 #[cfg(test)]
 mod tests {
-    use super::lock_key;
-    use uuid::Uuid;
+    use super::*;
 
-    fn key(id: &str) -> i64 {
-        lock_key(Uuid::parse_str(id).unwrap())
+    fn row(status: &str, claimed: bool, prior_s: Option<u64>) -> Option<ClaimRow> {
+        Some(ClaimRow {
+            status: status.to_owned(),
+            external_id: (status == "sent").then(|| "msg-1".to_owned()),
+            claimed_at: claimed.then_some(SystemTime::UNIX_EPOCH),
+            prior_claim_age: prior_s.map(Duration::from_secs),
+        })
     }
 
     #[test]
-    fn the_lock_key_folds_the_two_halves_of_the_uuid() {
-        assert_eq!(key("00000000-0000-0000-0000-000000000000"), 0);
-        assert_eq!(key("00000000-0000-0001-0000-000000000002"), 3);
-        assert_eq!(key("12345678-9abc-def0-1234-56789abcdef0"), 0);
-        assert_eq!(
-            key("0000000f-0000-0000-0000-0000000000f0"),
-            0x0000_000f_0000_00f0
-        );
-        // The top bit of either half makes the key negative: the whole bigint range is used.
-        assert_eq!(key("80000000-0000-0000-0000-000000000000"), i64::MIN);
-        assert_eq!(key("00000000-0000-0000-ffff-ffffffffffff"), -1);
-    }
-
-    #[test]
-    fn the_lock_key_is_stable_and_uses_every_bit_of_the_id() {
-        let id = "7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6b";
-        // Stable: another worker process derives the same key for the same delivery.
-        assert_eq!(key(id), key(id));
-        assert_eq!(
-            key(id),
-            0x7a1c_3f2e_5b8d_4e6f_u64 as i64 ^ 0x9a0b_1c2d_3e4f_5a6b_u64 as i64
-        );
-        // Flipping any single bit of the id changes the key.
-        let base = Uuid::parse_str(id).unwrap().as_u128();
-        for bit in 0..128 {
-            let other = Uuid::from_u128(base ^ (1u128 << bit));
-            assert_ne!(lock_key(other), key(id), "bit {bit}");
+    fn what_a_claim_attempt_means() {
+        let stamp = SystemTime::UNIX_EPOCH;
+        let secs = Duration::from_secs;
+        let table: [(Option<ClaimRow>, Claim); 7] = [
+            (None, Claim::Missing),
+            (
+                row("pending", true, None),
+                Claim::Claimed {
+                    stamp,
+                    abandoned: None,
+                },
+            ),
+            // An earlier attempt's claim, older than the timeout: it may have sent.
+            (
+                row("pending", true, Some(300)),
+                Claim::Claimed {
+                    stamp,
+                    abandoned: Some(secs(300)),
+                },
+            ),
+            // A re-run of a delivery marked failed may send again (an operator retried it).
+            (
+                row("failed", true, None),
+                Claim::Claimed {
+                    stamp,
+                    abandoned: None,
+                },
+            ),
+            (row("pending", false, Some(2)), Claim::Busy { age: secs(2) }),
+            (
+                row("sent", false, None),
+                Claim::AlreadySent(DeliveryState {
+                    status: "sent".into(),
+                    external_id: Some("msg-1".into()),
+                }),
+            ),
+            (
+                row("delivered", false, None),
+                Claim::AlreadySent(DeliveryState {
+                    status: "delivered".into(),
+                    external_id: None,
+                }),
+            ),
+        ];
+        for (input, expected) in table {
+            assert_eq!(judge(input.clone()), expected, "{input:?}");
         }
     }
 }

@@ -2,14 +2,14 @@
 //!
 //! Sends critical-alert SMS through the Telnyx Messages API and records the outcome in FrostGuard's
 //! `notification_deliveries` table, replacing the Node worker's `processSmsNotification` without its
-//! defects (see `shared/reference/frostguard-domain.md` §1.3 and §7).
+//! defects (see the plugin's README).
 //!
 //! Modules, in the order a job meets them:
 //! * [`config`]: FrostGuard's variable names, parsed and checked once at init;
 //! * [`validate`]: job data → [`validate::SmsJob`], or an unrecoverable reason;
-//! * [`processor`]: delivery lock, idempotency check, send, row update, outcome;
+//! * [`processor`]: delivery claim, idempotency check, send, row update, outcome;
 //! * [`telnyx`] + [`classify`]: the HTTP call and what each answer means;
-//! * [`delivery`]: the delivery row and its advisory lock;
+//! * [`delivery`]: the delivery row and the claim on it; [`pgtls`]: TLS to PostgreSQL (`sslmode`);
 //! * [`redact`]: masking of phone numbers in logs and reasons.
 //!
 //! `process` runs on a host blocking thread; the async work runs on a runtime private to this plugin
@@ -19,6 +19,7 @@
 pub mod classify;
 pub mod config;
 pub mod delivery;
+pub mod pgtls;
 pub mod processor;
 pub mod redact;
 pub mod telnyx;
@@ -57,8 +58,8 @@ pub const RATE_LIMIT: RateLimitHint = RateLimitHint {
 /// Bound on the start-up connectivity check of the delivery database (it only logs; it never fails init).
 const INIT_DB_PROBE: Duration = Duration::from_secs(3);
 /// Suggested time budget of one job (`ProcessorInfo::timeout_ms`): above the default Telnyx request timeout
-/// (30 s) plus the delivery's lock and row read (one `delivery::OP_TIMEOUT`), recording the send
-/// (`processor::MARK_SENT_BUDGET`) and the unlock (`delivery::UNLOCK_TIMEOUT`), so the host only cancels a
+/// (30 s) plus the delivery's claim (one `delivery::OP_TIMEOUT`) and recording the send
+/// (`processor::MARK_SENT_BUDGET`), so the host only cancels a
 /// job that is stuck beyond the plugin's own timeouts. An operator who raises
 /// `SMS_REQUEST_TIMEOUT_MS` raises `QUEUE_SMS_NOTIFICATIONS_JOB_TIMEOUT_MS` with it.
 pub const JOB_TIMEOUT_MS: u64 = 60_000;
@@ -66,8 +67,7 @@ const _: () = assert!(
     JOB_TIMEOUT_MS
         > (config::DEFAULT_REQUEST_TIMEOUT.as_millis()
             + delivery::OP_TIMEOUT.as_millis()
-            + processor::MARK_SENT_BUDGET.as_millis()
-            + delivery::UNLOCK_TIMEOUT.as_millis()) as u64
+            + processor::MARK_SENT_BUDGET.as_millis()) as u64
 );
 
 /// How often a running job checks the host's cancellation flag.
@@ -102,6 +102,8 @@ impl Plugin for SmsPlugin {
 
     fn init(plugin_config: &PluginConfig) -> Result<Self, InitError> {
         let config = SmsConfig::from_lookup(&|key| plugin_config.get(key).map(str::to_owned))?;
+        // Loads libphonenumber's metadata now, so the first alarm does not wait for it.
+        let _ = validate::to_e164("+15550000000");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("fg-sms-runtime")
@@ -126,7 +128,8 @@ impl Plugin for SmsPlugin {
                         None
                     }
                     Some(url) => {
-                        let repo = DeliveryRepo::new(url.expose())?;
+                        let claim_timeout = processor::claim_timeout(telnyx.request_timeout());
+                        let repo = DeliveryRepo::new(url.expose(), claim_timeout)?;
                         // A database that is down must not disable sending; say so now, jobs retry later.
                         // (The timer must be created inside the runtime, hence the async block.)
                         let probe = handle.block_on(async {

@@ -1,16 +1,18 @@
-//! One `sms:send` job from validated data to an outcome: idempotency check, send, row update, and the
+//! One `sms:send` job from validated data to an outcome: claim, idempotency check, send, row update, and the
 //! mapping of every failure to what BullMQ should do with the job.
 //!
-//! A tracked job (a `deliveryId` and a database) runs the check, the send and the row update under its
-//! delivery's advisory lock ([`crate::delivery::DeliveryLock`]): two overlapping runs of one delivery (a
-//! stalled job started again while its first run still waits for Telnyx) cannot both read `pending` and
-//! both send. The run that finds the lock taken sends nothing and comes back later, when the row says `sent`.
+//! A tracked job (a `deliveryId` and a database) first claims its delivery row ([`crate::delivery`]): two
+//! overlapping runs of one delivery (a stalled job started again while its first run still waits for Telnyx)
+//! cannot both send; the run that finds the row claimed sends nothing and comes back later, when the row says
+//! `sent`. A claim left by an attempt whose outcome is unknown (crash, timeout) is taken over once it is older
+//! than [`claim_timeout`], and that re-run is logged and counted as *possibly sent*: alarms are delivered at
+//! least once, a duplicate beating a lost alarm.
 //!
 //! Kept free of the ABI types' plumbing (runtime, cancellation, JobView) so the decision logic reads top to
 //! bottom; `lib.rs` wraps it with the plugin's runtime, the job's deadline and cancellation.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use plugin_api::serde_json::json;
 use plugin_api::tracing::{error, info, warn};
@@ -18,7 +20,7 @@ use plugin_api::Outcome;
 use uuid::Uuid;
 
 use crate::classify::{ErrorClass, DEFAULT_RATE_LIMIT_DELAY};
-use crate::delivery::{Claim, DeliveryLock, DeliveryRepo};
+use crate::delivery::{Claim, DeliveryRepo};
 use crate::redact::mask_phone;
 use crate::telnyx::{Accepted, SendError, TelnyxClient};
 use crate::validate::{Invalid, SmsJob};
@@ -28,10 +30,25 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// Upper bound for recording a send on the row (all tries together), so a hung database cannot hold a job
 /// long past the provider's answer.
 pub const MARK_SENT_BUDGET: Duration = Duration::from_secs(12);
-/// How long a run that found its delivery locked by another run waits before trying again (no attempt is
+/// How long a run that found its delivery claimed by another run waits before trying again (no attempt is
 /// used). Short, since the other run usually finishes within one Telnyx round trip; by then the row says
-/// `sent` (and the job completes idempotently) or the other run has failed and released the lock.
+/// `sent` (and the job completes idempotently) or the other run has failed and ended its claim.
 pub const BUSY_RETRY_DELAY: Duration = Duration::from_secs(3);
+/// Slack on top of the longest a live run can hold a claim.
+const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+
+/// Age past which a claim on a delivery is abandoned: a live run claims just before its Telnyx request, the
+/// request is cut at `request_timeout`, and recording an accepted message takes at most
+/// [`MARK_SENT_BUDGET`]; no live run holds a claim longer. (Both ends of the age are read on the database's
+/// clock, so workers' clocks do not matter.)
+pub fn claim_timeout(request_timeout: Duration) -> Duration {
+    request_timeout + MARK_SENT_BUDGET + CLAIM_MARGIN
+}
+
+/// The tracing field that makes the host count an event (`frostguard_plugin_events_total{event=…}`).
+pub const EVENT_POSSIBLY_SENT: &str = "possibly_sent";
+/// Counted each time Telnyx refuses our credentials (the queue is then held).
+pub const EVENT_CREDENTIALS_REJECTED: &str = "credentials_rejected";
 
 /// Where this run stands among the job's attempts.
 #[derive(Debug, Clone)]
@@ -49,6 +66,13 @@ pub struct Attempt {
 /// What Telnyx answered.
 type Sent = Result<Accepted, SendError>;
 
+/// The delivery row a run writes its outcome to, and its claim on it.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    id: Uuid,
+    stamp: SystemTime,
+}
+
 /// The sending side of the plugin (absent in dry-run mode).
 pub struct Processor {
     pub telnyx: TelnyxClient,
@@ -62,7 +86,7 @@ impl Processor {
     pub async fn reject(&self, invalid: &Invalid, attempt: &Attempt) -> Outcome {
         warn!(job_id = %attempt.job_id, reason = %invalid.reason, "rejecting sms:send job");
         if let (Some(id), Some(repo)) = (invalid.delivery_id, &self.deliveries) {
-            if let Err(e) = repo.mark_failed(id, &invalid.reason, None).await {
+            if let Err(e) = repo.mark_failed(id, &invalid.reason).await {
                 error!(job_id = %attempt.job_id, delivery_id = %id, error = %e, "could not mark the delivery failed");
             }
         }
@@ -70,36 +94,14 @@ impl Processor {
     }
 
     /// Sends one validated job. `interrupt` resolves (with a reason) when the host cancels the job or its
-    /// deadline passes; it can stop the job only *before* Telnyx has answered. Once the provider has
-    /// answered, the bookkeeping (above all marking the row `sent`, which is what prevents a second SMS on a
-    /// re-run) always finishes, bounded by the database timeouts.
-    ///
-    /// The delivery's lock, when taken, is released here on every path; if this future is dropped instead,
-    /// dropping the lock closes its connection, which releases it too.
+    /// deadline passes; it can stop the job only *before* Telnyx has answered (the claim then stays: the
+    /// request may be on its way). Once the provider has answered, the bookkeeping (above all marking the row
+    /// `sent`, which is what prevents a second SMS on a re-run) always finishes, bounded by the database
+    /// timeouts.
     pub async fn send(
         &self,
         job: &SmsJob,
         attempt: &Attempt,
-        interrupt: impl Future<Output = &'static str>,
-    ) -> Outcome {
-        let mut lock = None;
-        let outcome = self.send_locked(job, attempt, &mut lock, interrupt).await;
-        if let Some(lock) = lock {
-            if let Err(e) = lock.release().await {
-                warn!(job_id = %attempt.job_id, error = %e,
-                      "could not release the delivery lock; its database connection was closed instead");
-            }
-        }
-        outcome
-    }
-
-    /// [`Processor::send`] with the lock left in `lock` (by [`Processor::check_and_send`]) for the caller
-    /// to release, whichever way this returns.
-    async fn send_locked(
-        &self,
-        job: &SmsJob,
-        attempt: &Attempt,
-        lock: &mut Option<DeliveryLock>,
         interrupt: impl Future<Output = &'static str>,
     ) -> Outcome {
         let to = mask_phone(&job.phone_number);
@@ -109,63 +111,53 @@ impl Processor {
         info!(job_id = %attempt.job_id, to = %to, attempt = attempt.number, max_attempts = attempt.max,
               delivery_id = %delivery, "sending SMS");
         let answer = tokio::select! {
-            answer = self.check_and_send(job, attempt, lock) => answer,
+            answer = self.check_and_send(job, attempt) => answer,
             reason = interrupt => {
                 warn!(job_id = %attempt.job_id, reason, "SMS job interrupted before Telnyx answered");
                 return Outcome::failed(reason);
             }
         };
-        let lock = lock.as_ref();
         match answer {
             Err(outcome) => outcome,
             Ok((Ok(accepted), tracked)) => {
                 info!(job_id = %attempt.job_id, to = %to, message_id = %accepted.message_id, status = %accepted.status,
                       "Telnyx accepted the SMS");
-                if let Some(id) = tracked {
-                    self.record_sent(id, &accepted.message_id, attempt, lock)
+                if let Some(tracked) = tracked {
+                    self.record_sent(tracked.id, &accepted.message_id, attempt)
                         .await;
                 }
                 Outcome::completed(json!({ "success": true, "messageId": accepted.message_id }))
             }
-            Ok((Err(e), tracked)) => self.failed(e, tracked, attempt, &to, lock).await,
+            Ok((Err(e), tracked)) => self.failed(e, tracked, attempt, &to).await,
         }
     }
 
-    /// The lock, the idempotency check and the HTTP call: everything that may be abandoned safely. Returns
-    /// the provider's answer with the delivery row to update (if tracked), or an outcome that ends the job
-    /// early. The delivery's lock, once taken, is put in `lock` at once, so that it outlives this future.
+    /// The claim, the idempotency check and the HTTP call: everything that may be abandoned safely. Returns
+    /// the provider's answer with the claimed delivery row (if tracked), or an outcome that ends the job early.
     async fn check_and_send(
         &self,
         job: &SmsJob,
         attempt: &Attempt,
-        lock: &mut Option<DeliveryLock>,
-    ) -> Result<(Sent, Option<Uuid>), Outcome> {
-        // Idempotency: a retry, a re-run stalled job or a run overlapping this one must not text the
-        // recipient twice.
-        let mut tracked = job.delivery_id.filter(|_| self.deliveries.is_some());
-        if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
-            let state = match repo.claim(id).await {
+    ) -> Result<(Sent, Option<Tracked>), Outcome> {
+        let mut tracked = None;
+        if let (Some(id), Some(repo)) = (job.delivery_id, &self.deliveries) {
+            match repo.claim(id).await {
                 Err(e) => {
                     warn!(job_id = %attempt.job_id, delivery_id = %id, error = %e, "delivery database unavailable");
                     return Err(Outcome::failed(format!(
                         "delivery tracking database unavailable: {e}"
                     )));
                 }
-                Ok(Claim::Busy) => {
-                    info!(job_id = %attempt.job_id, delivery_id = %id, retry_in_ms = BUSY_RETRY_DELAY.as_millis() as u64,
+                Ok(Claim::Busy { age }) => {
+                    info!(job_id = %attempt.job_id, delivery_id = %id, claimed_ms_ago = age.as_millis() as u64,
+                          retry_in_ms = BUSY_RETRY_DELAY.as_millis() as u64,
                           "delivery is being sent by another run; not sending, retrying later");
                     return Err(Outcome::retry_job_later(
                         BUSY_RETRY_DELAY.as_millis() as u64,
                         format!("delivery {id} is being sent by another run"),
                     ));
                 }
-                Ok(Claim::Held(held, state)) => {
-                    *lock = Some(*held);
-                    state
-                }
-            };
-            match state {
-                Some(state) if state.already_sent() => {
+                Ok(Claim::AlreadySent(state)) => {
                     let message_id = state.external_id.unwrap_or_default();
                     info!(job_id = %attempt.job_id, delivery_id = %id, status = %state.status, message_id = %message_id,
                           "delivery already sent; not sending again");
@@ -173,13 +165,19 @@ impl Processor {
                         json!({ "success": true, "messageId": message_id, "alreadySent": true }),
                     ));
                 }
-                Some(_) => {}
-                None => {
+                Ok(Claim::Missing) => {
                     // An alert SMS matters more than its bookkeeping: send, but say loudly that it is untracked.
-                    // The lock is kept all the same: it still keeps overlapping runs from sending twice.
                     warn!(job_id = %attempt.job_id, delivery_id = %id,
-                          "delivery row not found; sending without delivery tracking");
-                    tracked = None;
+                          "delivery row not found; sending without delivery tracking or duplicate protection");
+                }
+                Ok(Claim::Claimed { stamp, abandoned }) => {
+                    if let Some(age) = abandoned {
+                        warn!(job_id = %attempt.job_id, delivery_id = %id, event = EVENT_POSSIBLY_SENT,
+                              earlier_attempt_started_s_ago = age.as_secs(), attempt = attempt.number,
+                              "an earlier attempt of this delivery started sending and never recorded an outcome: \
+                               the SMS may already have gone out; sending again (alarms are delivered at least once)");
+                    }
+                    tracked = Some(Tracked { id, stamp });
                 }
             }
         }
@@ -189,9 +187,10 @@ impl Processor {
             Some(left) => match left.checked_sub(DEADLINE_MARGIN) {
                 Some(usable) if !usable.is_zero() => usable.min(self.telnyx.request_timeout()),
                 _ => {
+                    self.release(tracked, attempt).await;
                     return Err(Outcome::failed(
                         "job deadline reached before the SMS could be sent",
-                    ))
+                    ));
                 }
             },
         };
@@ -203,17 +202,20 @@ impl Processor {
         Ok((answer, tracked))
     }
 
+    /// Ends a claim this run took but did not use.
+    async fn release(&self, tracked: Option<Tracked>, attempt: &Attempt) {
+        if let (Some(t), Some(repo)) = (tracked, &self.deliveries) {
+            if let Err(e) = repo.release(t.id, t.stamp).await {
+                warn!(job_id = %attempt.job_id, delivery_id = %t.id, error = %e,
+                      "could not end the claim on the delivery; it expires by itself");
+            }
+        }
+    }
+
     /// The SMS went out: the row must say so, or a later retry of this job would send it again. Retried a
-    /// few times (on the locked connection while it lives); if the database still refuses, the job completes
-    /// anyway (the provider accepted it) and the error is logged with the message id so the row can be fixed
-    /// by hand.
-    async fn record_sent(
-        &self,
-        id: Uuid,
-        message_id: &str,
-        attempt: &Attempt,
-        lock: Option<&DeliveryLock>,
-    ) {
+    /// few times; if the database still refuses, the job completes anyway (the provider accepted it) and the
+    /// error is logged with the message id so the row can be fixed by hand.
+    async fn record_sent(&self, id: Uuid, message_id: &str, attempt: &Attempt) {
         let Some(repo) = &self.deliveries else { return };
         let tries = async {
             let mut last_error = String::new();
@@ -223,7 +225,7 @@ impl Processor {
                 Duration::from_secs(1),
             ] {
                 tokio::time::sleep(pause).await;
-                match repo.mark_sent(id, message_id, lock).await {
+                match repo.mark_sent(id, message_id).await {
                     Ok(()) => return Ok(()),
                     Err(e) => last_error = e,
                 }
@@ -242,24 +244,25 @@ impl Processor {
     async fn failed(
         &self,
         e: SendError,
-        tracked: Option<Uuid>,
+        tracked: Option<Tracked>,
         attempt: &Attempt,
         to: &str,
-        lock: Option<&DeliveryLock>,
     ) -> Outcome {
         let reason = e.describe();
+        let repo = self.deliveries.as_ref();
         match e.class() {
             ErrorClass::Permanent => {
                 warn!(job_id = %attempt.job_id, to = %to, reason = %reason, "Telnyx rejected the SMS permanently");
-                if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
-                    if let Err(db) = repo.mark_failed(id, &reason, lock).await {
-                        error!(job_id = %attempt.job_id, delivery_id = %id, error = %db,
+                if let (Some(t), Some(repo)) = (tracked, repo) {
+                    if let Err(db) = repo.mark_failed(t.id, &reason).await {
+                        error!(job_id = %attempt.job_id, delivery_id = %t.id, error = %db,
                                "could not mark the delivery failed");
                     }
                 }
                 Outcome::unrecoverable(format!("Permanent SMS failure: {reason}"))
             }
             ErrorClass::RateLimited => {
+                self.release(tracked, attempt).await;
                 let delay = match &e {
                     SendError::Rejected {
                         retry_after: Some(d),
@@ -278,10 +281,13 @@ impl Processor {
                 )
             }
             ErrorClass::Auth => {
-                // Logged at error level on every occurrence: nothing is sent until an operator fixes the key.
-                error!(job_id = %attempt.job_id, reason = %reason,
-                       "Telnyx rejected our credentials; check TELNYX_API_KEY and the messaging profile");
+                self.release(tracked, attempt).await;
                 let delay = self.auth_retry_delay;
+                // Logged at error level on every occurrence (and counted): nothing is sent until an operator
+                // fixes the key; the host shows the held queue and this reason on /readyz.
+                error!(job_id = %attempt.job_id, reason = %reason, event = EVENT_CREDENTIALS_REJECTED,
+                       hold_ms = delay.as_millis() as u64,
+                       "Telnyx rejected our credentials; holding the queue: check TELNYX_API_KEY and the messaging profile");
                 Outcome::retry_queue_later(
                     delay.as_millis() as u64,
                     format!(
@@ -291,17 +297,22 @@ impl Processor {
                 )
             }
             ErrorClass::Transient => {
+                let unknown = e.outcome_unknown();
                 warn!(job_id = %attempt.job_id, to = %to, attempt = attempt.number, max_attempts = attempt.max,
-                      last_attempt = attempt.is_last, reason = %reason, "SMS send failed; retryable");
-                if let (Some(id), Some(repo)) = (tracked, &self.deliveries) {
+                      last_attempt = attempt.is_last, outcome_unknown = unknown, reason = %reason,
+                      "SMS send failed; retryable");
+                if let (Some(t), Some(repo)) = (tracked, repo) {
                     let attempts = i32::try_from(attempt.number).unwrap_or(i32::MAX);
                     let written = if attempt.is_last {
-                        repo.mark_exhausted(id, attempts, &reason, lock).await
+                        repo.mark_exhausted(t.id, attempts, &reason).await
                     } else {
-                        repo.record_retry(id, attempts, lock).await
+                        // Telnyx answered: nothing went out, the claim ends. No answer: it may have; the
+                        // claim stays until it expires, and the re-run after it counts as possibly sent.
+                        repo.record_retry(t.id, attempts, Some(t.stamp), !unknown)
+                            .await
                     };
                     if let Err(db) = written {
-                        error!(job_id = %attempt.job_id, delivery_id = %id, error = %db,
+                        error!(job_id = %attempt.job_id, delivery_id = %t.id, error = %db,
                                "could not record the failed attempt on the delivery");
                     }
                 }

@@ -41,7 +41,9 @@ pub enum SendError {
     },
     /// No complete answer within the request timeout (the message may or may not have been accepted).
     Timeout(Duration),
-    /// Could not connect, or the connection broke.
+    /// Could not connect at all: the request never left, nothing was sent.
+    Unreachable(String),
+    /// The connection broke after the request may have been written (the message may have been accepted).
     Transport(String),
     /// A 2xx whose body has no `data.id`. We cannot tell whether a message went out, so the caller must not
     /// resend blindly (that could text the recipient twice) and must not claim success either.
@@ -52,9 +54,17 @@ impl SendError {
     pub fn class(&self) -> ErrorClass {
         match self {
             SendError::Rejected { status, code, .. } => classify(*status, code.as_deref()),
-            SendError::Timeout(_) | SendError::Transport(_) => ErrorClass::Transient,
+            SendError::Timeout(_) | SendError::Unreachable(_) | SendError::Transport(_) => {
+                ErrorClass::Transient
+            }
             SendError::NoMessageId { .. } => ErrorClass::Permanent,
         }
+    }
+
+    /// Whether Telnyx may have accepted the message although we got no answer saying so (a timeout, a
+    /// connection broken mid-request). Every other error is an answer, or a connection that never opened.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, SendError::Timeout(_) | SendError::Transport(_))
     }
 
     /// A one-line description, scrubbed of phone numbers. For a rejection with a code this is exactly
@@ -80,7 +90,8 @@ impl SendError {
                 }
             }
             SendError::Timeout(d) => format!("no answer from Telnyx within {} ms", d.as_millis()),
-            SendError::Transport(e) => format!("cannot reach Telnyx: {e}"),
+            SendError::Unreachable(e) => format!("cannot reach Telnyx: {e}"),
+            SendError::Transport(e) => format!("connection to Telnyx failed: {e}"),
             SendError::NoMessageId { status } => {
                 format!("Telnyx answered HTTP {status} without a message id; not resent to avoid a duplicate SMS")
             }
@@ -243,7 +254,11 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> SendError {
     while let Some(next) = cause.source() {
         cause = next;
     }
-    SendError::Transport(cause.to_string())
+    if e.is_connect() {
+        SendError::Unreachable(cause.to_string())
+    } else {
+        SendError::Transport(cause.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -344,7 +359,7 @@ mod tests {
             "no answer from Telnyx within 1500 ms"
         );
         assert_eq!(
-            SendError::Transport("connection refused".into()).describe(),
+            SendError::Unreachable("connection refused".into()).describe(),
             "cannot reach Telnyx: connection refused"
         );
     }

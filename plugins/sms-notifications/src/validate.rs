@@ -71,12 +71,7 @@ pub fn validate(job_name: &str, data: &str) -> Result<SmsJob, Invalid> {
     if organization_id.trim().is_empty() {
         return Err(fail("organizationId is empty".to_owned()));
     }
-    if !is_e164(&phone_number) {
-        return Err(fail(
-            "phoneNumber is not an E.164 number (\"+\", a first digit 1-9, then 1-14 more digits)"
-                .to_owned(),
-        ));
-    }
+    let phone_number = to_e164(&phone_number).map_err(fail)?;
     if message.trim().is_empty() {
         return Err(fail("message is empty".to_owned()));
     }
@@ -103,6 +98,36 @@ pub fn validate(job_name: &str, data: &str) -> Result<SmsJob, Invalid> {
         user_id,
         alert_type,
     })
+}
+
+/// The number a person typed, as Telnyx needs it: E.164 (`+` and 2-15 digits).
+///
+/// FrostGuard stores what users typed (up to 50 characters; its only check is a leading `+`), so
+/// `+1 555 123 4567`, `+1-555-123-4567`, `+1 (555) 123-4567`, `+1.555.123.4567`, a trailing space or a
+/// national trunk prefix after the country code (`+44 (0)7911 123456`) all reach the worker. libphonenumber's
+/// rules (the `phonenumber` crate) read them: separators go, the country's trunk prefix after the country code
+/// goes, letters of a vanity number become digits. Only what is really not a number fails, with the reason
+/// (never the value): no leading `+` (the country would be a guess), not a number, an unknown country code,
+/// too short or too long. Whether the number is *assigned* is left to the carrier (Telnyx answers 10002 or
+/// 40012), since a stricter local check would drop alarms to numbers that do exist.
+pub fn to_e164(typed: &str) -> Result<String, String> {
+    let trimmed = typed.trim();
+    if trimmed.is_empty() {
+        return Err("phoneNumber is empty".to_owned());
+    }
+    if !trimmed.starts_with('+') {
+        return Err(
+            "phoneNumber has no country code: it must start with \"+\" and the country code (E.164)"
+                .to_owned(),
+        );
+    }
+    let parsed = phonenumber::parse(None, trimmed)
+        .map_err(|e| format!("phoneNumber is not a phone number ({e})"))?;
+    let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
+    if !is_e164(&e164) {
+        return Err("phoneNumber is not a phone number (more than 15 digits)".to_owned());
+    }
+    Ok(e164)
 }
 
 /// E.164 as FrostGuard checks it: `^\+[1-9]\d{1,14}$`.
@@ -197,12 +222,65 @@ mod tests {
         }
     }
 
+    /// The forms people type, as FrostGuard stores them, and the E.164 number Telnyx gets.
+    #[test]
+    fn typed_numbers_become_e164() {
+        for (typed, e164) in [
+            ("+15551234567", "+15551234567"),
+            ("+1 555 123 4567", "+15551234567"),
+            ("+1-555-123-4567", "+15551234567"),
+            ("+1 (555) 123-4567", "+15551234567"),
+            ("+1.555.123.4567", "+15551234567"),
+            ("+15551234567 ", "+15551234567"),
+            ("  +1 555 123 4567\t", "+15551234567"),
+            ("+44 (0)7911 123456", "+447911123456"),
+            ("+44 (0) 7911 123 456", "+447911123456"),
+            ("+447911123456", "+447911123456"),
+            ("+49 (0)30 123456", "+4930123456"),
+            ("+33 (0)6 12 34 56 78", "+33612345678"),
+        ] {
+            assert_eq!(to_e164(typed).as_deref(), Ok(e164), "{typed:?}");
+        }
+    }
+
+    /// Only what is really not a number fails, and the reason says why without repeating the value.
+    #[test]
+    fn non_numbers_fail_with_the_reason() {
+        for (typed, reason) in [
+            ("", "phoneNumber is empty"),
+            ("   ", "phoneNumber is empty"),
+            ("5551234567", "has no country code"),
+            ("(555) 123-4567", "has no country code"),
+            ("+", "not a phone number"),
+            ("+1", "not a phone number"),
+            ("call me", "has no country code"),
+            ("+not a number", "not a phone number"),
+            ("+999 123456", "not a phone number"),
+            ("+1 555 123 4567 8901 2345 6789", "not a phone number"),
+        ] {
+            let err = to_e164(typed).unwrap_err();
+            assert!(err.contains(reason), "{typed:?}: {err}");
+            if typed.trim().len() > 3 {
+                assert!(
+                    !err.contains(typed.trim()),
+                    "the reason repeats the value: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_job_carries_the_normalised_number() {
+        let job = validate("sms:send", &data(r#","phoneNumber":"+1 (555) 123-4567 ""#)).unwrap();
+        assert_eq!(job.phone_number, "+15551234567");
+    }
+
     #[test]
     fn rejects_with_a_reason_naming_the_field_and_keeps_the_delivery_id() {
         let cases = [
             (
                 data(r#","phoneNumber":"5551234567""#),
-                "phoneNumber is not an E.164 number",
+                "phoneNumber has no country code",
             ),
             (
                 r#"{"phoneNumber":"+15551234567","message":"m"}"#.to_owned(),
