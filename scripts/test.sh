@@ -25,6 +25,18 @@ if [ ! -x "$chromium_bin" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 [ -x "$chromium_bin" ] || missing+=("Chromium at $chromium_bin for the Bull Board check (Debian: apt-get install chromium, or CHROMIUM=<path>)")
+command -v openssl >/dev/null || missing+=("openssl: the SMS TLS tests generate their certificates with it (Debian: apt-get install openssl)")
+# PgBouncer (the SMS plugin's transaction-pooling tests start one): installed from Debian's package when we can.
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] && [ -z "${FROSTGUARD_PGBOUNCER:-}" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "scripts/test.sh: installing pgbouncer (Debian package) for the SMS transaction-pooling tests"
+        (apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null 2>&1 ||
+            { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null 2>&1; }) ||
+            missing+=("pgbouncer: apt-get install pgbouncer failed; install it (Debian: apt-get install pgbouncer) or set FROSTGUARD_PGBOUNCER")
+    else
+        missing+=("pgbouncer (Debian: apt-get install pgbouncer) or FROSTGUARD_PGBOUNCER=<path to the binary>")
+    fi
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "scripts/test.sh: install these first:" >&2
     printf '  - %s\n' "${missing[@]}" >&2

@@ -26,6 +26,7 @@ mod frostguard;
 mod http;
 mod node;
 mod ports;
+mod pgbouncer;
 mod postgres;
 mod process;
 mod redis;
@@ -41,6 +42,7 @@ pub use node::{
     NodeQueue, NodeTask, NODE_BULLMQ_ENV,
 };
 pub use ports::{free_port, reserved_port, PortReservation};
+pub use pgbouncer::{pgbouncer_bin, PgBouncer};
 pub use postgres::{Postgres, Schema};
 pub use redis::{Monitor, RedisServer, Resp};
 pub use tempdir::TempDir;

@@ -43,8 +43,12 @@ impl Schema {
     }
 
     fn extra_sql(self) -> Option<&'static str> {
+        // 0009's statement as FrostGuard wrote it fails on such a database ("default for column retry_count
+        // cannot be cast automatically to type integer": the text default '0' is in the way), so whoever
+        // applied it by hand dropped the default first; the result is 0009's column.
         (self == Schema::MigratedIntegerRetryCount).then_some(
             "ALTER TABLE notification_deliveries \
+             ALTER COLUMN retry_count DROP DEFAULT, \
              ALTER COLUMN retry_count TYPE integer USING COALESCE(retry_count::integer, 0), \
              ALTER COLUMN retry_count SET DEFAULT 0",
         )
@@ -81,7 +85,7 @@ pub fn pg_bin_dir() -> anyhow::Result<PathBuf> {
 
 /// The uid/gid to run the server as when the tests run as root (PostgreSQL refuses root): user `postgres` if
 /// it exists, else `nobody`.
-fn server_user() -> anyhow::Result<(u32, u32)> {
+pub(crate) fn server_user() -> anyhow::Result<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd")?;
     for wanted in ["postgres", "nobody"] {
         for line in passwd.lines() {
@@ -117,7 +121,7 @@ impl Postgres {
     }
 
     /// As [`Postgres::start`], with the given tables; with `tls`, the server runs with `ssl=on` and a
-    /// certificate for `127.0.0.1`/`localhost` signed by a CA generated here ([`Postgres::ca_cert`]), and TCP
+    /// certificate for `localhost` (not for the address 127.0.0.1) signed by a CA generated here ([`Postgres::ca_cert`]), and TCP
     /// clients that do not use TLS are rejected (`hostnossl … reject`), so a connection that works is a TLS one.
     pub fn start_with(schema: Schema, tls: bool) -> anyhow::Result<Postgres> {
         let bin = pg_bin_dir()?;
@@ -196,7 +200,8 @@ impl Postgres {
         let dir = self.dir.path().join("tls");
         std::fs::create_dir(&dir)?;
         let ca = crate::tls::generate_ca(&dir, "ca", "frostguard-tests CA")?;
-        crate::tls::generate_server_cert(&dir, &ca, "server", &["IP:127.0.0.1", "DNS:localhost"])?;
+        // Named for `localhost` only: a client that checks names accepts it as localhost, not as 127.0.0.1.
+        crate::tls::generate_server_cert(&dir, &ca, "server", &["DNS:localhost"])?;
         if let Some((uid, gid)) = self.user {
             for entry in std::fs::read_dir(&dir)? {
                 std::os::unix::fs::chown(entry?.path(), Some(uid), Some(gid))?;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use frostguard_tests::{
     assert_delivery, insert_sms_delivery, json, sms_sent, telnyx_error, wait_until, FakeHttp,
-    JobSnapshot, NodeQueue, Postgres, RecordedRequest, RedisServer, Reply, Worker, SMS_PLUGIN,
-    TEST_PLUGIN,
+    JobSnapshot, NodeQueue, Postgres, RecordedRequest, RedisServer, Reply, Schema, Worker,
+    SMS_PLUGIN, TEST_PLUGIN,
 };
 use serde_json::Value;
 
@@ -121,7 +121,7 @@ fn assert_state(j: &JobSnapshot, state: &str, attempts_made: u32) {
 #[test]
 fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
     let redis = RedisServer::start().unwrap();
-    let pg = Postgres::start().unwrap();
+    let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
     let telnyx = fake_telnyx();
     let worker = Worker::builder()
         .redis(&redis)
@@ -292,7 +292,7 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
     assert_state(&j, "failed", 1);
     let reason = j.failed_reason.clone().unwrap_or_default();
     assert!(
-        reason.starts_with("invalid sms:send job: phoneNumber is not an E.164 number"),
+        reason.starts_with("invalid sms:send job: phoneNumber has no country code"),
         "{reason}"
     );
     assert!(by_scenario(&reqs, "invalid").is_empty());
@@ -470,4 +470,178 @@ fn dry_run_completes_jobs_without_calling_telnyx() {
     })
     .unwrap();
     assert!(telnyx.requests().is_empty());
+}
+
+/// FrostGuard stores numbers as users typed them; each typed form goes from a Node producer through the host
+/// to Telnyx as E.164, and only a real non-number fails (for good, with the reason, row `failed`).
+#[test]
+fn numbers_as_people_type_them_reach_telnyx_as_e164() {
+    let typed = [
+        ("+1 555 123 4567", "+15551234567"),
+        ("+1-555-123-4567", "+15551234567"),
+        ("+1 (555) 123-4567", "+15551234567"),
+        ("+44 (0)7911 123456", "+447911123456"),
+        ("+15551234567 ", "+15551234567"),
+        ("+1.555.123.4567", "+15551234567"),
+    ];
+    let redis = RedisServer::start().unwrap();
+    let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
+    let telnyx = FakeHttp::start(|n, _| ok(&format!("msg-{n}"))).unwrap();
+    let _worker = Worker::builder()
+        .redis(&redis)
+        .plugins(&[SMS_PLUGIN])
+        .env("TELNYX_API_KEY", KEY)
+        .env("TELNYX_PHONE_NUMBER", FROM)
+        .env("TELNYX_API_BASE_URL", telnyx.url())
+        .env("DATABASE_URL", pg.url())
+        .spawn_ready()
+        .unwrap();
+    let node = NodeQueue::new(&redis, QUEUE);
+
+    let mut jobs = Vec::new();
+    let mut rows = Vec::new();
+    for (i, (number, _)) in typed.iter().chain([&("call me", "")]).enumerate() {
+        let row = insert_sms_delivery(&pg, number);
+        jobs.push(
+            json!({"name": "sms:send", "data": job_data(&format!("typed-{i}"), number, &row),
+                         "opts": sms_job_options()}),
+        );
+        rows.push(row);
+    }
+    let ids = node.add(Value::Array(jobs)).unwrap();
+    let done = node.wait_finished(&ids).unwrap();
+
+    let reqs = telnyx.requests();
+    for (i, (number, e164)) in typed.iter().enumerate() {
+        let j = snapshot(&done, &ids[i]);
+        assert_state(j, "completed", 1);
+        let sent_to: Vec<String> = by_scenario(&reqs, &format!("typed-{i}"))
+            .iter()
+            .map(|r| r.json()["to"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(sent_to, vec![e164.to_string()], "typed {number:?}");
+        assert_delivery(&pg, &rows[i], json!({"status": "sent"}));
+    }
+    let not_a_number = snapshot(&done, &ids[typed.len()]);
+    assert_state(not_a_number, "failed", 1);
+    let reason = not_a_number.failed_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("phoneNumber has no country code"),
+        "{reason}"
+    );
+    assert_delivery(
+        &pg,
+        &rows[typed.len()],
+        json!({"status": "failed", "has_failed_at": true}),
+    );
+    assert_eq!(reqs.len(), typed.len(), "nothing sent for the non-number");
+}
+
+/// GET `path` on the host's HTTP port; the body, or `None` when the port does not answer.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+/// Refused credentials hold the queue — and say so: an error line, `/readyz` naming the held queue, the
+/// plugin and the reason, and the metrics; a job waits without using an attempt.
+#[test]
+fn refused_credentials_hold_the_queue_visibly() {
+    let redis = RedisServer::start().unwrap();
+    let telnyx = FakeHttp::scripted(
+        vec![],
+        telnyx_error(
+            401,
+            "10009",
+            "Authentication failed",
+            "The API key is invalid.",
+        ),
+    )
+    .unwrap();
+    let mut started = None;
+    for _ in 0..5 {
+        let port = frostguard_tests::free_port();
+        let spawned = Worker::builder()
+            .redis(&redis)
+            .plugins(&[SMS_PLUGIN])
+            .env("TELNYX_API_KEY", KEY)
+            .env("TELNYX_PHONE_NUMBER", FROM)
+            .env("TELNYX_API_BASE_URL", telnyx.url())
+            .env("SMS_AUTH_RETRY_DELAY_MS", "60000")
+            .env("HTTP_PORT", port.to_string())
+            .spawn_ready();
+        match spawned {
+            Ok(worker) => {
+                started = Some((worker, port));
+                break;
+            }
+            Err(e) if format!("{e:#}").contains("HTTP_PORT") => continue,
+            Err(e) => panic!("host did not get ready: {e:#}"),
+        }
+    }
+    let (worker, port) = started.expect("a free HTTP port within 5 tries");
+    let node = NodeQueue::new(&redis, QUEUE);
+    let id = node
+        .add_one(
+            "sms:send",
+            job_data("auth", PHONE, "7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6b"),
+            sms_job_options(),
+        )
+        .unwrap();
+
+    let line = worker
+        .wait_for_line("Telnyx rejected our credentials", Duration::from_secs(20))
+        .unwrap();
+    assert!(line.contains("ERROR") && line.contains("10009"), "{line}");
+    let ready: Value = wait_until(Duration::from_secs(10), "the hold on /readyz", || {
+        let body: Value = serde_json::from_str(&http_get(port, "/readyz")?).ok()?;
+        (!body["held_queues"].as_array()?.is_empty()).then_some(body)
+    })
+    .unwrap();
+    let held = &ready["held_queues"][0];
+    assert_eq!(held["queue"], QUEUE, "{ready}");
+    assert_eq!(held["plugin"], "sms-notifications", "{ready}");
+    assert!(
+        held["reason"].as_str().unwrap().contains("10009"),
+        "{ready}"
+    );
+    let metrics = http_get(port, "/metrics").unwrap();
+    let sample = |name: &str, label: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(label) && l.contains("sms-notifications"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        sample("frostguard_queue_held{", "queue=\"sms-notifications\""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            "frostguard_plugin_events_total{",
+            "event=\"credentials_rejected\""
+        ) >= Some(1.0),
+        "{metrics}"
+    );
+
+    // The job waits for the operator, with no attempt used; one request, not a retry storm.
+    let j = node.job(&id).unwrap();
+    assert_eq!(j.attempts_made, 0, "{j:?}");
+    assert!(
+        matches!(j.state.as_str(), "waiting" | "prioritized" | "delayed"),
+        "{j:?}"
+    );
+    assert_eq!(telnyx.requests().len(), 1);
 }

@@ -1,38 +1,44 @@
 //! Two runs of one delivery at the same time: a job whose BullMQ lock was lost while Telnyx was slow is
 //! recovered as stalled and started again (by another worker, or another slot of this one) while the first
-//! run is still waiting for Telnyx. Both would read the row as `pending`; the delivery's advisory lock lets
+//! run is still waiting for Telnyx. Both would read the row as `pending`; the claim on the delivery row lets
 //! only one of them send, and the other comes back later (no attempt used) to find the row `sent`.
 //!
-//! Telnyx answers slowly here (1.5 s), so the second run starts while the first holds the lock.
+//! Proven on a direct connection and through a real PgBouncer in transaction mode with one server connection
+//! (so both workers' statements share one PostgreSQL session, as a transaction pooler does), where a session
+//! advisory lock would let both runs send. Telnyx answers slowly here (1.5 s), so the second run starts while
+//! the first holds the claim. Also here: a claim left by an attempt that never finished (a crash) is taken
+//! over once abandoned, and that re-run is logged and counted as possibly sent.
 
 use std::sync::Barrier;
 use std::thread;
 use std::time::Duration;
 
 use crate::{accepted, assert_telnyx_request, config, data, job, load, retried_later, sent, PHONE};
-use frostguard_tests::{assert_delivery, insert_sms_delivery, json, FakeHttp, Postgres};
+use frostguard_tests::{
+    assert_delivery, insert_sms_delivery, json, FakeHttp, PgBouncer, Postgres, Reply, Schema,
+};
 use plugin_api::harness::{Harness, HarnessRun};
-use plugin_api::{Outcome, RetryScope};
+use plugin_api::host::LogLevel;
+use plugin_api::{Outcome, PluginConfig, RetryScope};
 
 const MESSAGE_ID: &str = "msg-only-once";
-/// Long enough for the second run to start (and find the lock taken) while the first waits for Telnyx.
+/// Long enough for the second run to start (and find the claim taken) while the first waits for Telnyx.
 const SLOW_TELNYX: Duration = Duration::from_millis(1500);
 
-/// PostgreSQL with one pending delivery, and a Telnyx that accepts every message after [`SLOW_TELNYX`].
+/// PostgreSQL (FrostGuard's migrated tables) with one pending delivery, and a Telnyx that accepts every
+/// message after [`SLOW_TELNYX`].
 fn slow_telnyx_and_delivery() -> (Postgres, FakeHttp, String) {
-    let pg = Postgres::start().unwrap();
+    let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
     let telnyx = FakeHttp::scripted(vec![], accepted(MESSAGE_ID).delay(SLOW_TELNYX)).unwrap();
     let delivery = insert_sms_delivery(&pg, PHONE);
     (pg, telnyx, delivery)
 }
 
-/// The plugin with a request timeout well above [`SLOW_TELNYX`].
-fn plugin(telnyx: &FakeHttp, pg: &Postgres) -> Harness {
-    load(config(
-        telnyx,
-        Some(pg),
-        &[("SMS_REQUEST_TIMEOUT_MS", "10000")],
-    ))
+/// The plugin with `DATABASE_URL` = `database_url` and a request timeout well above [`SLOW_TELNYX`].
+fn plugin(telnyx: &FakeHttp, pg: &Postgres, database_url: &str) -> Harness {
+    let mut c: PluginConfig = config(telnyx, Some(pg), &[("SMS_REQUEST_TIMEOUT_MS", "10000")]);
+    c.insert("DATABASE_URL", database_url);
+    load(c)
 }
 
 /// Runs the delivery's job on `first` and `second` from two threads released together; the outcomes in
@@ -97,18 +103,28 @@ fn assert_rerun_completes_idempotently(
     );
 }
 
-/// No session (the pooled connections are still open) holds an advisory lock once the runs are over.
-fn assert_no_lock_left(pg: &Postgres) {
-    let held = pg
-        .query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
-        .unwrap();
-    assert_eq!(held.as_deref(), Some("0"));
+/// Two plugin instances (two workers, each with its own pool) run the same delivery at once through
+/// `database_url`: one SMS; the deferred run completes idempotently when it comes back.
+fn two_workers_send_one_sms(pg: &Postgres, telnyx: &FakeHttp, delivery: &str, database_url: &str) {
+    let first = plugin(telnyx, pg, database_url);
+    let second = plugin(telnyx, pg, database_url);
+
+    let runs = race(&first, &second, delivery);
+    assert_one_sent_one_deferred(&runs, telnyx, delivery);
+    let deferred_on = if matches!(runs[0].outcome, Outcome::RetryLater { .. }) {
+        &first
+    } else {
+        &second
+    };
+    assert_rerun_completes_idempotently(deferred_on, pg, telnyx, delivery);
+    // The claim ended with the send: nothing is left claimed (sent_at is the send time of a sent row).
+    assert_delivery(pg, delivery, json!({"status": "sent", "has_sent_at": true}));
 }
 
 #[test]
 fn two_runs_in_one_worker_send_one_sms() {
     let (pg, telnyx, delivery) = slow_telnyx_and_delivery();
-    let h = plugin(&telnyx, &pg);
+    let h = plugin(&telnyx, &pg, &pg.url());
 
     let runs = race(&h, &h, &delivery);
     assert_one_sent_one_deferred(&runs, &telnyx, &delivery);
@@ -117,28 +133,156 @@ fn two_runs_in_one_worker_send_one_sms() {
         &delivery,
         json!({"status": "sent", "external_id": MESSAGE_ID}),
     );
-    assert_no_lock_left(&pg);
-
     assert_rerun_completes_idempotently(&h, &pg, &telnyx, &delivery);
-    assert_no_lock_left(&pg);
 }
 
 #[test]
 fn two_workers_running_the_same_delivery_send_one_sms() {
     let (pg, telnyx, delivery) = slow_telnyx_and_delivery();
-    // Each load is a private copy of the .so: two plugin instances with their own pools, as two workers.
-    let first = plugin(&telnyx, &pg);
-    let second = plugin(&telnyx, &pg);
+    two_workers_send_one_sms(&pg, &telnyx, &delivery, &pg.url());
+}
 
-    let runs = race(&first, &second, &delivery);
-    assert_one_sent_one_deferred(&runs, &telnyx, &delivery);
-    assert_no_lock_left(&pg);
+#[test]
+fn two_workers_behind_pgbouncer_in_transaction_mode_send_one_sms() {
+    let (pg, telnyx, delivery) = slow_telnyx_and_delivery();
+    let bouncer = PgBouncer::start(&pg, 1).unwrap();
+    two_workers_send_one_sms(&pg, &telnyx, &delivery, &bouncer.url());
+    // Every statement went through the pooler's one server connection.
+    let through = pg
+        .query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'frostguard' \
+             AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+    assert_eq!(through.as_deref(), Some("1"), "{:?}", bouncer.log_lines());
+}
 
-    let deferred_on = if matches!(runs[0].outcome, Outcome::RetryLater { .. }) {
-        &first
-    } else {
-        &second
+/// A claim left by an attempt that never recorded an outcome (the worker crashed while Telnyx answered):
+/// while younger than the claim timeout, nobody sends; once older, the next run sends again, warning and
+/// counting it as possibly sent (at-least-once), and the row ends `sent`.
+#[test]
+fn an_abandoned_claim_is_taken_over_and_the_rerun_counted_as_possibly_sent() {
+    let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
+    let telnyx = FakeHttp::scripted(vec![], accepted("msg-again")).unwrap();
+    let h = load(config(&telnyx, Some(&pg), &[]));
+    let delivery = insert_sms_delivery(&pg, PHONE);
+    let claim = |age: &str| {
+        pg.execute(&format!(
+            "UPDATE notification_deliveries SET sent_at = now() - interval '{age}' WHERE id = '{delivery}'"
+        ))
+        .unwrap()
     };
-    assert_rerun_completes_idempotently(deferred_on, &pg, &telnyx, &delivery);
-    assert_no_lock_left(&pg);
+
+    // A crash one second ago: that run may still be sending.
+    claim("1 second");
+    let run = h.run(job(data(Some(&delivery)), 1));
+    let (_, scope, reason) = retried_later(&run);
+    assert_eq!(scope, RetryScope::Job);
+    assert!(reason.contains("is being sent by another run"), "{reason}");
+    assert!(telnyx.requests().is_empty());
+
+    // Ten minutes ago: abandoned. Sent again, and said so.
+    claim("10 minutes");
+    let run = h.run(job(data(Some(&delivery)), 1));
+    assert_eq!(run.outcome, sent("msg-again"));
+    assert_eq!(telnyx.requests().len(), 1);
+    let warning = run
+        .logs
+        .iter()
+        .find(|l| l.level == LogLevel::Warn && l.message.contains("may already have gone out"))
+        .unwrap_or_else(|| panic!("no possibly-sent warning: {:?}", run.logs));
+    assert!(
+        warning
+            .fields
+            .iter()
+            .any(|(k, v)| k == "event" && v == "possibly_sent"),
+        "the warning carries the event the host counts: {warning:?}"
+    );
+    assert_delivery(
+        &pg,
+        &delivery,
+        json!({"status": "sent", "external_id": "msg-again"}),
+    );
+}
+
+/// An attempt whose outcome is unknown (Telnyx never answered) keeps its claim, so no second run sends until
+/// the claim is abandoned; an attempt Telnyx answered with an error ends it, and the retry sends at once.
+#[test]
+fn the_attempt_is_recorded_before_the_call_and_only_an_answer_ends_it() {
+    let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
+    let telnyx = FakeHttp::scripted(
+        vec![Reply::hang(), Reply::status(503)],
+        accepted("msg-after-503"),
+    )
+    .unwrap();
+    let h = load(config(&telnyx, Some(&pg), &[]));
+    let timed_out = insert_sms_delivery(&pg, PHONE);
+    let answered = insert_sms_delivery(&pg, PHONE);
+
+    // The claim is on the row while the request is out, before any answer.
+    thread::scope(|s| {
+        let run = s.spawn(|| h.run(job(data(Some(&timed_out)), 0)));
+        telnyx
+            .wait_for_requests(1, Duration::from_secs(10))
+            .unwrap();
+        assert_delivery(
+            &pg,
+            &timed_out,
+            json!({"status": "pending", "has_sent_at": true}),
+        );
+        let run = run.join().unwrap();
+        assert!(
+            matches!(
+                run.outcome,
+                Outcome::Failed {
+                    unrecoverable: false,
+                    ..
+                }
+            ),
+            "{:?}",
+            run.outcome
+        );
+    });
+    assert_delivery(
+        &pg,
+        &timed_out,
+        json!({"status": "pending", "retry_count": 1, "has_sent_at": true, "has_last_retry_at": true}),
+    );
+    let run = h.run(job(data(Some(&timed_out)), 1));
+    assert!(
+        matches!(run.outcome, Outcome::RetryLater { .. }),
+        "{:?}",
+        run.outcome
+    );
+    assert_eq!(
+        telnyx.requests().len(),
+        1,
+        "no second send while the first may be in flight"
+    );
+
+    // Telnyx answered 503: nothing went out, the claim ends, the retry sends.
+    let run = h.run(job(data(Some(&answered)), 0));
+    assert!(
+        matches!(
+            run.outcome,
+            Outcome::Failed {
+                unrecoverable: false,
+                ..
+            }
+        ),
+        "{:?}",
+        run.outcome
+    );
+    assert_delivery(
+        &pg,
+        &answered,
+        json!({"status": "pending", "retry_count": 1, "has_sent_at": false}),
+    );
+    let run = h.run(job(data(Some(&answered)), 1));
+    assert_eq!(run.outcome, sent("msg-after-503"));
+    assert_delivery(
+        &pg,
+        &answered,
+        json!({"status": "sent", "external_id": "msg-after-503"}),
+    );
 }

@@ -9,7 +9,8 @@ use crate::{
     load, record_text, sent, Tracked, KEY, PHONE, QUEUE,
 };
 use frostguard_tests::{
-    assert_delivery, insert_sms_delivery, json, plugin_lib, FakeHttp, Postgres, Reply, SMS_PLUGIN,
+    assert_delivery, insert_sms_delivery, json, plugin_lib, FakeHttp, Postgres, Reply, Schema,
+    SMS_PLUGIN,
 };
 use plugin_api::harness::{Harness, JobSpec};
 use plugin_api::host::LoadStage;
@@ -72,7 +73,7 @@ fn refuses_to_init_without_key_or_sender() {
 
 #[test]
 fn dry_run_completes_without_http_or_database_writes() {
-    let pg = Postgres::start().unwrap();
+    let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
     let telnyx = FakeHttp::scripted(vec![], accepted("never")).unwrap();
     let c = PluginConfig::from_pairs([
         ("SMS_DRY_RUN", "true".to_owned()),
@@ -114,7 +115,11 @@ fn invalid_data_fails_unrecoverably_without_http_and_marks_the_row() {
     let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|d| d["phoneNumber"] = json!("5551234567")),
-            "phoneNumber is not an E.164 number",
+            "phoneNumber has no country code",
+        ),
+        (
+            Box::new(|d| d["phoneNumber"] = json!("+1 call the manager")),
+            "phoneNumber is not a phone number",
         ),
         (
             Box::new(|d| d["phoneNumber"] = json!(15551234567u64)),

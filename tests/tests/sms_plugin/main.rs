@@ -9,7 +9,10 @@
 //! * [`tracking`] — delivery tracking when the database is down, unreachable at start, not configured, or has
 //!   no row for the job.
 //! * [`concurrency`] — two runs of one delivery at the same time (a stalled job started again while its first
-//!   run waits for Telnyx) send one SMS.
+//!   run waits for Telnyx) send one SMS, directly and through PgBouncer in transaction mode; abandoned claims.
+//! * [`schema`] — FrostGuard's delivery table as its journaled migrations leave it (`retry_count varchar(10)`)
+//!   and with `retry_count` an integer: retried attempts are recorded on both.
+//! * [`tls`] — `DATABASE_URL` with `sslmode` / `sslrootcert` against a PostgreSQL that accepts only TLS.
 //! * [`contract`] — the rest of what the host relies on: the plugin's description, refusing to start without
 //!   credentials, dry-run mode, rejecting invalid jobs, shutdown.
 //!
@@ -17,12 +20,14 @@
 
 mod concurrency;
 mod contract;
+mod schema;
 mod sending;
+mod tls;
 mod tracking;
 
 use frostguard_tests::{
     assert_delivery, insert_sms_delivery, json, plugin_lib, sms_sent, FakeHttp, Postgres,
-    RecordedRequest, Reply, SMS_PLUGIN,
+    RecordedRequest, Reply, Schema, SMS_PLUGIN,
 };
 use plugin_api::harness::{Harness, HarnessRun, JobSpec};
 use plugin_api::host::{ForwardedLog, LogLevel};
@@ -73,7 +78,7 @@ struct Tracked {
 
 impl Tracked {
     fn start(replies: Vec<Reply>, then: Reply) -> Tracked {
-        let pg = Postgres::start().unwrap();
+        let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
         let telnyx = FakeHttp::scripted(replies, then).unwrap();
         let h = load(config(&telnyx, Some(&pg), &[]));
         let delivery = insert_sms_delivery(&pg, PHONE);

@@ -262,3 +262,51 @@ fn the_job_deadline_bounds_a_hanging_send() {
         "took {took:?}, far below the 30 s request timeout"
     );
 }
+
+/// Only credential failures hold the queue. A 403 without Telnyx's authentication codes is about this message:
+/// the job fails by its code (or its status when there is none) and the row records it; nothing is held.
+#[test]
+fn a_403_that_is_not_about_credentials_fails_the_job_by_its_code() {
+    let t = Tracked::start(vec![Reply::status(403)], Reply::status(403));
+    let run = t.run(0);
+    assert_eq!(failed(&run), ("Permanent SMS failure: HTTP 403", true));
+    t.assert_row(json!({"status": "failed", "error_message": "HTTP 403", "has_failed_at": true}));
+    assert!(
+        !logged(&run.logs, LogLevel::Error, "credentials"),
+        "{:?}",
+        run.logs
+    );
+
+    let t = Tracked::start(
+        vec![telnyx_error(
+            403,
+            "40305",
+            "Invalid 'from' address",
+            "The 'from' number is not enabled for messaging.",
+        )],
+        Reply::status(500),
+    );
+    let run = t.run(0);
+    assert_eq!(
+        failed(&run),
+        (
+            "Permanent SMS failure: 40305: The 'from' number is not enabled for messaging.",
+            true
+        )
+    );
+
+    // The authorisation code on a 403 is credentials: held, not failed.
+    let t = Tracked::start(
+        vec![telnyx_error(
+            403,
+            "10010",
+            "Authorization failed",
+            "Not permitted.",
+        )],
+        Reply::status(500),
+    );
+    let run = t.run(0);
+    let (_, scope, reason) = retried_later(&run);
+    assert_eq!(scope, RetryScope::Queue);
+    assert!(reason.contains("10010"), "{reason}");
+}

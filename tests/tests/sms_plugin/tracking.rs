@@ -6,7 +6,7 @@ use crate::{
     accepted, assert_telnyx_request, config, data, failed, job, load, logged, sent, Tracked,
     UNKNOWN_DELIVERY,
 };
-use frostguard_tests::{json, FakeHttp, Postgres};
+use frostguard_tests::{json, FakeHttp, Postgres, Schema};
 use plugin_api::host::LogLevel;
 
 #[test]
@@ -82,7 +82,7 @@ fn a_database_down_at_start_does_not_disable_sending_but_jobs_wait_for_it() {
 
 #[test]
 fn a_missing_delivery_row_does_not_block_the_alert_but_is_reported() {
-    let pg = Postgres::start().unwrap();
+    let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
     let telnyx = FakeHttp::scripted(vec![], accepted("msg-no-row")).unwrap();
     let h = load(config(&telnyx, Some(&pg), &[]));
     let run = h.run(job(data(Some(UNKNOWN_DELIVERY)), 0));
