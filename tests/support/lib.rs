@@ -25,8 +25,8 @@ mod events;
 mod frostguard;
 mod http;
 mod node;
-mod ports;
 mod pgbouncer;
+mod ports;
 mod postgres;
 mod process;
 mod redis;
@@ -41,8 +41,8 @@ pub use node::{
     bullmq_project_dir, drive, ensure_node_modules, node_bullmq_version, node_dir, JobSnapshot,
     NodeQueue, NodeTask, NODE_BULLMQ_ENV,
 };
-pub use ports::{free_port, reserved_port, PortReservation};
 pub use pgbouncer::{pgbouncer_bin, PgBouncer};
+pub use ports::{free_port, reserved_port, PortReservation};
 pub use postgres::{Postgres, Schema};
 pub use redis::{Monitor, RedisServer, Resp};
 pub use tempdir::TempDir;
