@@ -5,7 +5,13 @@ plugin_lib_name() {
     awk '/^\[lib\]/{inlib=1; next} /^\[/{inlib=0} inlib && $1=="name" {gsub(/[" ]/, "", $3); print $3; exit}' "$1"
 }
 
-# Prints "shipped <lib>" or "test <lib>" for every plugin crate under plugins/.
+# The package name declared in a crate's Cargo.toml.
+crate_package_name() {
+    awk '/^\[package\]/{inpkg=1; next} /^\[/{inpkg=0} inpkg && $1=="name" {gsub(/[" ]/, "", $3); print $3; exit}' "$1"
+}
+
+# Prints "shipped <lib> <package>" or "test <lib> <package>" for every plugin crate under plugins/: every crate
+# directly under plugins/ ships, every crate under plugins/testing/ is a test plugin that never ships.
 list_plugins() {
     local manifest lib kind
     for manifest in "$ROOT"/plugins/*/Cargo.toml "$ROOT"/plugins/testing/*/Cargo.toml; do
@@ -16,7 +22,7 @@ list_plugins() {
             "$ROOT"/plugins/testing/*) kind=test ;;
             *) kind=shipped ;;
         esac
-        echo "$kind $lib"
+        echo "$kind $lib $(crate_package_name "$manifest")"
     done
 }
 

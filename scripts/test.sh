@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: checks prerequisites, installs the Node test client, then formatting, lints, the build and
 # every test of the workspace (unit, plugin harness, interop with Node BullMQ against a real redis-server,
-# PostgreSQL end-to-end). Usage: scripts/test.sh [extra args for the test runner, e.g. a test name filter]
+# PostgreSQL end-to-end); then, with FG_CONTAINER_TEST=1, the container test (scripts/container-test.sh: the
+# image built and the compose stack run with podman; slow, needs root).
+# Usage: scripts/test.sh [extra args for the test runner, e.g. a test name filter]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/lib.sh"
@@ -85,6 +87,16 @@ else
     step "interop suite and digest scheduler tests again with Node BullMQ 5.67 (FROSTGUARD_NODE_BULLMQ=5)"
     FROSTGUARD_NODE_BULLMQ=5 cargo test --workspace --no-fail-fast --test interop "$@"
     FROSTGUARD_NODE_BULLMQ=5 cargo test --workspace --no-fail-fast --test email_digest e2e:: "$@"
+fi
+
+if [ "${FG_CONTAINER_TEST:-0}" = 1 ]; then
+    step "container test (scripts/container-test.sh)"
+    container_started=$SECONDS
+    scripts/container-test.sh
+    echo "scripts/test.sh: the container test took $((SECONDS - container_started)) s"
+else
+    echo
+    echo "scripts/test.sh: container test skipped (FG_CONTAINER_TEST=1 runs it)"
 fi
 
 echo

@@ -52,6 +52,17 @@ pub enum Command {
     /// Add one job as Node's Queue.add would; prints its id, or with --wait its outcome (exit status 1 when
     /// it failed).
     Enqueue(EnqueueArgs),
+    /// Exit 0 when the local worker's `/healthz` (on HTTP_PORT) answers healthy, 1 otherwise, within 2 s;
+    /// for a container HEALTHCHECK.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// `healthcheck [--port PORT]`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Port of the worker's health endpoint on 127.0.0.1 (the worker's HTTP_PORT).
+    #[arg(long, env = vars::HTTP_PORT.name, default_value = vars::DEFAULT_HTTP_PORT)]
+    pub port: u16,
 }
 
 /// `stats [--json] [QUEUE…]`.
@@ -206,6 +217,30 @@ mod tests {
         assert_eq!(
             dir.get_env().and_then(|e| e.to_str()),
             Some(vars::PLUGIN_DIR.name)
+        );
+    }
+
+    #[test]
+    fn healthcheck_takes_its_port_from_the_table_entry() {
+        let cli = Cli::command();
+        let healthcheck = cli.find_subcommand("healthcheck").unwrap();
+        let port = healthcheck
+            .get_arguments()
+            .find(|a| a.get_id() == "port")
+            .unwrap();
+        assert_eq!(
+            port.get_env().and_then(|e| e.to_str()),
+            Some(vars::HTTP_PORT.name)
+        );
+        let default: Vec<String> = port
+            .get_default_values()
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(default, [vars::DEFAULT_HTTP_PORT]);
+        assert_eq!(
+            vars::HTTP_PORT.default,
+            vars::Default::Value(vars::DEFAULT_HTTP_PORT)
         );
     }
 }

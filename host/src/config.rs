@@ -703,7 +703,7 @@ pub(crate) mod tests {
                 Logging::read(env).unwrap();
                 Config::read(env).unwrap();
             }),
-            vars::Command::Plugins => consulted_by(|env| {
+            vars::Command::Plugins | vars::Command::Healthcheck => consulted_by(|env| {
                 Logging::read(env).unwrap();
             }),
             vars::Command::Stats | vars::Command::Enqueue => consulted_by(|env| {
@@ -716,6 +716,10 @@ pub(crate) mod tests {
         }
         if command == vars::Command::Plugins {
             seen.insert(vars::PLUGIN_DIR.name);
+        }
+        // `healthcheck` takes its port through clap.
+        if command == vars::Command::Healthcheck {
+            seen.insert(vars::HTTP_PORT.name);
         }
         seen
     }

@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod enqueue_cmd;
+mod healthcheck;
 mod http;
 mod output;
 mod plugins;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         Some(Command::Plugins(args)) => plugins_cmd::main(args),
         Some(Command::Stats(args)) => stats_cmd::main(args),
         Some(Command::Enqueue(args)) => enqueue_cmd::main(args),
+        Some(Command::Healthcheck(args)) => healthcheck::main(args),
         Some(Command::Run) | None => run(),
     };
     match result {

@@ -21,15 +21,18 @@ pub enum Command {
     Stats,
     /// `enqueue`.
     Enqueue,
+    /// `healthcheck`.
+    Healthcheck,
 }
 
 impl Command {
     /// Every subcommand, in help order.
-    pub const ALL: [Command; 4] = [
+    pub const ALL: [Command; 5] = [
         Command::Run,
         Command::Plugins,
         Command::Stats,
         Command::Enqueue,
+        Command::Healthcheck,
     ];
 
     /// The subcommand's name on the command line.
@@ -39,6 +42,7 @@ impl Command {
             Command::Plugins => "plugins",
             Command::Stats => "stats",
             Command::Enqueue => "enqueue",
+            Command::Healthcheck => "healthcheck",
         }
     }
 }
@@ -79,10 +83,10 @@ impl Var {
     }
 }
 
-use Command::{Enqueue, Plugins, Run, Stats};
+use Command::{Enqueue, Healthcheck, Plugins, Run, Stats};
 
 const REDIS_USERS: &[Command] = &[Run, Stats, Enqueue];
-const EVERYONE: &[Command] = &[Run, Plugins, Stats, Enqueue];
+const EVERYONE: &[Command] = &[Run, Plugins, Stats, Enqueue, Healthcheck];
 
 /// `REDIS_URL`.
 pub const REDIS_URL: Var = Var {
@@ -150,12 +154,15 @@ pub const SHUTDOWN_TIMEOUT_MS: Var = Var {
     default: Default::Value("25000"),
     commands: &[Run],
 };
+/// `HTTP_PORT`'s default, also `healthcheck --port`'s.
+pub const DEFAULT_HTTP_PORT: &str = "9090";
 /// `HTTP_PORT`.
 pub const HTTP_PORT: Var = Var {
     name: "HTTP_PORT",
-    meaning: "port of /healthz, /readyz and /metrics; 0 disables the endpoint",
-    default: Default::Value("9090"),
-    commands: &[Run],
+    meaning: "port of /healthz, /readyz and /metrics; 0 disables the endpoint \
+              (healthcheck: the port it asks, or --port)",
+    default: Default::Value(DEFAULT_HTTP_PORT),
+    commands: &[Run, Healthcheck],
 };
 /// `METRICS_QUEUE_DEPTH_INTERVAL_MS`.
 pub const METRICS_QUEUE_DEPTH_INTERVAL_MS: Var = Var {
