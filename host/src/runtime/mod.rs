@@ -168,8 +168,9 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
     ));
 
     let signal_name = signal.as_mut().await?;
-    tracing::info!(signal = signal_name, "shutdown begin");
+    // Not ready from the moment the shutdown is announced: readiness turns first, then the log line.
     health.set_shutting_down();
+    tracing::info!(signal = signal_name, "shutdown begin");
     startup.abort();
     // Wait for the abort to land so that no worker can be registered after the list is taken.
     let _ = startup.await;
