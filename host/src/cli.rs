@@ -57,10 +57,14 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
 }
 
-/// `healthcheck [--port PORT]`.
+/// `healthcheck [--addr ADDR] [--port PORT]`.
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// Port of the worker's health endpoint on 127.0.0.1 (the worker's HTTP_PORT).
+    /// Address the worker's health endpoint binds (the worker's HTTP_ADDR); an unspecified address
+    /// (0.0.0.0 or ::) is asked on the loopback interface of the same family.
+    #[arg(long, env = vars::HTTP_ADDR.name, default_value = vars::DEFAULT_HTTP_ADDR)]
+    pub addr: std::net::IpAddr,
+    /// Port of the worker's health endpoint (the worker's HTTP_PORT).
     #[arg(long, env = vars::HTTP_PORT.name, default_value = vars::DEFAULT_HTTP_PORT)]
     pub port: u16,
 }

@@ -1,13 +1,14 @@
 //! `frostguard-worker healthcheck`: asks the worker running in this container (or on this host) whether it
 //! is alive, for a container `HEALTHCHECK` in an image that has no curl or wget.
 //!
-//! It sends `GET /healthz` to `127.0.0.1:$HTTP_PORT` and exits 0 only when the answer is `200` with the body
+//! It sends `GET /healthz` to `$HTTP_ADDR:$HTTP_PORT` (the loopback address when the worker binds every
+//! interface, its default) and exits 0 only when the answer is `200` with the body
 //! `ok`; anything else (nothing listening, a timeout, another status, another program answering on the port)
 //! exits 1 with one line saying why. The whole check is bounded by [`BUDGET`] (2 s), so it finishes well
 //! inside any sensible `HEALTHCHECK --timeout`. A worker that is draining after SIGTERM still answers
 //! healthy: it is alive and finishing its jobs, and an orchestrator must not restart it for that.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -52,6 +53,18 @@ fn preview(text: &str) -> String {
     text.chars().take(60).collect()
 }
 
+/// Where to ask a worker whose endpoint binds `bind`:`port`. A worker bound to every interface (`0.0.0.0`,
+/// `::`) is asked on the loopback address of the same family; one bound to a particular address (e.g.
+/// `127.0.0.2` or a pod IP, set through `HTTP_ADDR`) listens nowhere else, so it is asked there.
+pub fn probe_addr(bind: IpAddr, port: u16) -> SocketAddr {
+    let ip = match bind {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    };
+    SocketAddr::new(ip, port)
+}
+
 /// Runs the check and prints the verdict (stdout when healthy, stderr otherwise).
 pub fn main(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
     let verdict = match args.port {
@@ -59,11 +72,14 @@ pub fn main(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
             "HTTP_PORT is 0: the health endpoint is disabled, so there is nothing to check"
                 .to_owned(),
         ),
-        port => check(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?,
+        port => check(probe_addr(args.addr, port))?,
     };
     Ok(match verdict {
         Verdict::Healthy => {
-            out!("healthy: /healthz on port {} answered ok", args.port);
+            out!(
+                "healthy: /healthz on {} answered ok",
+                probe_addr(args.addr, args.port)
+            );
             ExitCode::SUCCESS
         }
         Verdict::Unhealthy(reason) => {
@@ -122,6 +138,23 @@ async fn ask(addr: SocketAddr) -> anyhow::Result<(u16, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn asks_where_the_worker_listens() {
+        let table: &[(&str, &str)] = &[
+            ("0.0.0.0", "127.0.0.1:9090"),
+            ("::", "[::1]:9090"),
+            ("127.0.0.1", "127.0.0.1:9090"),
+            ("127.0.0.2", "127.0.0.2:9090"),
+            ("10.1.2.3", "10.1.2.3:9090"),
+            ("::1", "[::1]:9090"),
+            ("fd00::7", "[fd00::7]:9090"),
+        ];
+        for (bind, asked) in table {
+            let got = probe_addr(bind.parse().unwrap(), 9090);
+            assert_eq!(got.to_string(), *asked, "HTTP_ADDR={bind}");
+        }
+    }
 
     #[test]
     fn only_our_exact_answer_is_healthy() {

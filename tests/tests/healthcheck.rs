@@ -27,16 +27,32 @@ fn assert_exit(out: &Finished, code: i32, needle: &str) {
     );
 }
 
+/// Runs `frostguard-worker healthcheck` with `HTTP_ADDR=addr` and `HTTP_PORT=port`.
+fn healthcheck_at(addr: &str, port: u16) -> Finished {
+    Worker::builder()
+        .args(["healthcheck"])
+        .env("HTTP_ADDR", addr)
+        .env("HTTP_PORT", port.to_string())
+        .output(Duration::from_secs(30))
+        .expect("run frostguard-worker healthcheck")
+}
+
 /// Starts the host with its HTTP endpoint on a free port and a long drain budget. A port picked as free can
 /// be taken by another test's server before the host binds it; the host then exits naming HTTP_PORT, and
 /// another port is tried.
 fn start_with_http_port(redis: &RedisServer) -> (Worker, u16) {
+    start_with_http_endpoint(redis, "0.0.0.0")
+}
+
+/// As [`start_with_http_port`], with the endpoint bound to `addr` (`HTTP_ADDR`).
+fn start_with_http_endpoint(redis: &RedisServer, addr: &str) -> (Worker, u16) {
     let mut last_error = String::new();
     for _ in 0..5 {
         let port = free_port();
         match Worker::start_test_outcomes(
             redis,
             &[
+                ("HTTP_ADDR", addr),
                 ("HTTP_PORT", &port.to_string()),
                 ("SHUTDOWN_TIMEOUT_MS", "120000"),
             ],
@@ -82,6 +98,24 @@ fn healthy_while_up_and_while_draining_unhealthy_once_gone() {
         .wait_exit(Duration::from_secs(30))
         .expect("worker gone");
     assert_exit(&healthcheck(port), 1, "nothing accepts connections");
+}
+
+/// A worker told to listen on one address (`HTTP_ADDR`, e.g. a pod IP) is not on 127.0.0.1: the check reads
+/// the same variable and asks it there.
+#[test]
+fn asks_the_address_the_worker_binds() {
+    let redis = RedisServer::start().expect("start redis-server");
+    // 127.0.0.2 is loopback on Linux but not 127.0.0.1: nothing of the worker answers on 127.0.0.1.
+    let (mut worker, port) = start_with_http_endpoint(&redis, "127.0.0.2");
+
+    let out = healthcheck_at("127.0.0.2", port);
+    assert_exit(&out, 0, "healthy: /healthz on 127.0.0.2");
+    // Left at its default (every interface), the check asks the loopback address, where no worker listens.
+    assert_exit(&healthcheck(port), 1, "nothing accepts connections");
+
+    worker
+        .terminate(Duration::from_secs(30))
+        .expect("worker stops");
 }
 
 #[test]

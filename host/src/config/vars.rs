@@ -172,12 +172,15 @@ pub const METRICS_QUEUE_DEPTH_INTERVAL_MS: Var = Var {
     default: Default::Value("5000"),
     commands: &[Run],
 };
+/// Default of `HTTP_ADDR`: every IPv4 interface, so a container's published port reaches it.
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0";
 /// `HTTP_ADDR`.
 pub const HTTP_ADDR: Var = Var {
     name: "HTTP_ADDR",
-    meaning: "IP address the endpoint binds (127.0.0.1 keeps it local, :: for IPv6)",
-    default: Default::Value("0.0.0.0"),
-    commands: &[Run],
+    meaning: "IP address the endpoint binds (127.0.0.1 keeps it local, :: for IPv6); \
+              healthcheck: the address it asks (loopback when the worker binds all interfaces), or --addr",
+    default: Default::Value(DEFAULT_HTTP_ADDR),
+    commands: &[Run, Healthcheck],
 };
 /// `HTTP_MAX_CONNECTIONS`.
 pub const HTTP_MAX_CONNECTIONS: Var = Var {
