@@ -3,10 +3,16 @@
 //! Every entry point runs the author's code inside `catch_unwind`. A panic unwinding out of an `extern "C"`
 //! function aborts the whole process, and only the plugin's own copy of std can catch the plugin's panics,
 //! so this must happen here, on the plugin side of the boundary. Not part of the public API.
+//!
+//! A caught panic becomes a retryable failure whose `failedReason` is the panic's own message and whose
+//! [`FailureDetail`] says it panicked and where: the payload carries no location, so a panic hook (installed
+//! once, in front of whatever hook the plugin's copy of std already had, which still runs and prints the
+//! usual message) notes the location in a thread-local that the job's `catch_unwind` reads.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -17,7 +23,7 @@ pub use abi_stable;
 use crate::abi::{level, HostServicesBox, JobServicesBox, PluginModule, PluginModuleRef};
 use crate::forward;
 use crate::plugin::{JobContext, Plugin};
-use crate::types::{JobView, Outcome, PluginConfig};
+use crate::types::{FailureDetail, JobView, Outcome, PluginConfig};
 
 /// Gives the entry points access to the one instance of a plugin; implemented by the export macro.
 pub trait PluginInstance: Plugin {
@@ -93,12 +99,50 @@ extern "C" fn init<P: PluginInstance>(
     }
 }
 
+thread_local! {
+    /// Where the last panic on this thread happened (`file:line:column`), noted by the hook below.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Puts the location-noting hook in front of the current panic hook, once per plugin library. Done at the
+/// first job rather than at load, so a hook the plugin sets in `init` is kept (and still runs).
+fn note_panic_locations() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(at) = info.location() {
+                let at = format!("{}:{}:{}", at.file(), at.line(), at.column());
+                // `try_with`: a panic while the thread-local is being torn down must not panic again.
+                let _ = PANIC_LOCATION.try_with(|cell| {
+                    if let Ok(mut slot) = cell.try_borrow_mut() {
+                        *slot = Some(at);
+                    }
+                });
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// The outcome of a job whose plugin code panicked: the panic's message as the `failedReason`, the rest in
+/// the detail (the host writes it into the job's stacktrace entry).
+pub fn panic_outcome(payload: &(dyn Any + Send), location: Option<String>) -> Outcome {
+    Outcome::Failed {
+        message: panic_message(payload),
+        unrecoverable: false,
+        detail: Some(FailureDetail::panic(location)),
+    }
+}
+
 extern "C" fn process<P: PluginInstance>(job_json: RStr<'_>, services: JobServicesBox) -> RString {
+    note_panic_locations();
+    PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
     let outcome = match catch_unwind(AssertUnwindSafe(|| {
         run_job::<P>(job_json.as_str(), &services)
     })) {
         Ok(outcome) => outcome,
-        Err(p) => Outcome::failed(format!("plugin panicked: {}", panic_message(&*p))),
+        Err(p) => panic_outcome(&*p, PANIC_LOCATION.with(|cell| cell.borrow_mut().take())),
     };
     serde_json::to_string(&outcome)
         .unwrap_or_else(|e| {

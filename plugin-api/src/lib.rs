@@ -91,6 +91,8 @@
 //! * [`Outcome::completed`]: the job's `returnvalue` in BullMQ.
 //! * [`Outcome::failed`]: a retryable failure; the job's `attempts` and `backoff` apply.
 //! * [`Outcome::unrecoverable`]: fails the job now (BullMQ `UnrecoverableError`).
+//! * [`Outcome::failed_with`] / [`Outcome::unrecoverable_with`]: the same from a `std::error::Error`; its type
+//!   and source chain are recorded in the job's `stacktrace` too (Bull Board's Error tab).
 //! * [`Outcome::retry_job_later`]: this job runs again after a delay, without consuming an attempt.
 //! * [`Outcome::retry_queue_later`]: the whole queue pauses (provider rate limit, rejected credentials) and
 //!   the job goes back to wait, without consuming an attempt.
@@ -135,8 +137,8 @@ pub mod host;
 
 pub use plugin::{JobContext, Plugin};
 pub use types::{
-    InitError, JobOpts, JobView, Outcome, PluginConfig, PluginInfo, ProcessorInfo, RateLimitHint,
-    RetryScope,
+    FailureDetail, InitError, JobOpts, JobView, Outcome, PluginConfig, PluginInfo, ProcessorInfo,
+    RateLimitHint, RetryScope,
 };
 
 pub use serde_json;

@@ -122,8 +122,8 @@ pub struct JobView {
     pub name: String,
     /// Queue the job came from.
     pub queue: String,
-    /// The job data: the JSON value the producer stored (the host may re-serialise it, so object key order
-    /// and number formatting can differ from the producer's text).
+    /// The job data: the JSON value the producer stored, object keys in the producer's order (the host may
+    /// re-serialise it, so number formatting and string escapes can differ from the producer's text).
     pub data: Box<RawValue>,
     /// Attempts already made before this one (BullMQ `attemptsMade`).
     pub attempts_made: u32,
@@ -193,6 +193,11 @@ pub enum Outcome {
         message: String,
         /// Skip the remaining attempts.
         unrecoverable: bool,
+        /// What else is known about the failure (error type, causes, panic location); the host writes it
+        /// into the job's `stacktrace` entry for this attempt. Optional on the wire, so outcomes of plugins
+        /// built before it existed still parse.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<FailureDetail>,
     },
     /// Not the job's fault: try again after `delay_ms` without consuming an attempt.
     #[serde(rename_all = "camelCase")]
@@ -217,6 +222,7 @@ impl Outcome {
         Outcome::Failed {
             message: message.into(),
             unrecoverable: false,
+            detail: None,
         }
     }
 
@@ -225,6 +231,26 @@ impl Outcome {
         Outcome::Failed {
             message: message.into(),
             unrecoverable: true,
+            detail: None,
+        }
+    }
+
+    /// A retryable failure caused by `error`: its `Display` becomes the `failedReason`, and its type and
+    /// source chain go into the job's stacktrace entry (Bull Board's Error tab).
+    pub fn failed_with<E: std::error::Error + ?Sized>(error: &E) -> Self {
+        Outcome::Failed {
+            message: error.to_string(),
+            unrecoverable: false,
+            detail: Some(FailureDetail::of(error)),
+        }
+    }
+
+    /// An unrecoverable failure caused by `error`, recorded like [`Outcome::failed_with`].
+    pub fn unrecoverable_with<E: std::error::Error + ?Sized>(error: &E) -> Self {
+        Outcome::Failed {
+            message: error.to_string(),
+            unrecoverable: true,
+            detail: Some(FailureDetail::of(error)),
         }
     }
 
@@ -243,6 +269,55 @@ impl Outcome {
             delay_ms,
             scope: RetryScope::Queue,
             reason: reason.into(),
+        }
+    }
+}
+
+/// What is known about a failure besides its message. The host turns it into the attempt's entry in the
+/// job's `stacktrace` (the list Node fills with `err.stack`, shown in Bull Board's Error tab).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureDetail {
+    /// The error's type (`std::any::type_name`) or the plugin's own name for the case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The messages of the error's causes (`std::error::Error::source`), outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// True when the failure is a panic caught at the plugin boundary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub panicked: bool,
+    /// Where the panic happened (`file:line:column`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+impl FailureDetail {
+    /// The type and source chain of `error` (the chain is cut after 16 causes, in case one loops).
+    pub fn of<E: std::error::Error + ?Sized>(error: &E) -> Self {
+        let mut sources = Vec::new();
+        let mut next = error.source();
+        while let Some(cause) = next {
+            if sources.len() == 16 {
+                break;
+            }
+            sources.push(cause.to_string());
+            next = cause.source();
+        }
+        Self {
+            kind: Some(std::any::type_name::<E>().to_owned()),
+            sources,
+            panicked: false,
+            location: None,
+        }
+    }
+
+    /// A caught panic, with its location when the panic hook recorded one.
+    pub fn panic(location: Option<String>) -> Self {
+        Self {
+            panicked: true,
+            location,
+            ..Self::default()
         }
     }
 }
@@ -356,6 +431,93 @@ mod tests {
         let back: Outcome =
             serde_json::from_value(json!({"status": "completed", "result": {"a": 1}})).unwrap();
         assert_eq!(back, Outcome::completed(json!({"a": 1})));
+    }
+
+    /// `detail` is optional both ways: a plugin built before it existed sends none, and an older host reading
+    /// a newer plugin's outcome ignores it (serde skips unknown fields).
+    #[test]
+    fn failure_detail_is_optional_on_the_wire() {
+        let old: Outcome = serde_json::from_value(
+            json!({"status": "failed", "message": "m", "unrecoverable": false}),
+        )
+        .unwrap();
+        assert_eq!(old, Outcome::failed("m"));
+        assert_eq!(
+            serde_json::to_value(Outcome::failed("m")).unwrap(),
+            json!({"status": "failed", "message": "m", "unrecoverable": false})
+        );
+
+        #[derive(Deserialize)]
+        #[serde(tag = "status", rename_all = "camelCase")]
+        enum OldOutcome {
+            Failed {
+                message: String,
+                unrecoverable: bool,
+            },
+        }
+        let new = serde_json::to_string(&Outcome::Failed {
+            message: "boom".into(),
+            unrecoverable: false,
+            detail: Some(FailureDetail::panic(Some("src/lib.rs:3:5".into()))),
+        })
+        .unwrap();
+        assert!(
+            new.contains(r#""detail":{"panicked":true,"location":"src/lib.rs:3:5"}"#),
+            "{new}"
+        );
+        let OldOutcome::Failed {
+            message,
+            unrecoverable,
+        } = serde_json::from_str(&new).unwrap();
+        assert_eq!((message.as_str(), unrecoverable), ("boom", false));
+    }
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1
+                .as_deref()
+                .map(|l| l as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    #[test]
+    fn failed_with_records_the_type_and_the_source_chain() {
+        let inner = Layer("connection refused", None);
+        let err = Layer(
+            "provider unreachable",
+            Some(Box::new(Layer("send failed", Some(Box::new(inner))))),
+        );
+        match Outcome::failed_with(&err) {
+            Outcome::Failed {
+                message,
+                unrecoverable,
+                detail: Some(detail),
+            } => {
+                assert_eq!(message, "provider unreachable");
+                assert!(!unrecoverable);
+                assert_eq!(detail.kind.as_deref(), Some(std::any::type_name::<Layer>()));
+                assert_eq!(detail.sources, ["send failed", "connection refused"]);
+                assert!(!detail.panicked);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Outcome::unrecoverable_with(&inner_only()),
+            Outcome::Failed { unrecoverable: true, detail: Some(FailureDetail { ref sources, .. }), .. } if sources.is_empty()
+        ));
+    }
+
+    fn inner_only() -> Layer {
+        Layer("bad number", None)
     }
 
     #[test]

@@ -112,11 +112,17 @@ fn a_panicking_job_fails_and_the_next_job_still_works() {
         Outcome::Failed {
             message,
             unrecoverable,
+            detail,
         } => {
             assert!(!unrecoverable);
+            // The panic's own message, as Node shows a thrown error's; "panicked" and where are in the detail.
+            assert_eq!(message, "test panic: kaboom");
+            let detail = detail.as_ref().expect("a panic carries its detail");
+            assert!(detail.panicked, "{detail:?}");
+            let at = detail.location.as_deref().unwrap_or_default();
             assert!(
-                message.contains("plugin panicked: test panic: kaboom"),
-                "{message}"
+                at.starts_with("plugins/testing/outcomes/src/lib.rs:"),
+                "{detail:?}"
             );
         }
         other => panic!("expected a failure, got {other:?}"),
@@ -179,6 +185,7 @@ fn unknown_job_names_fail_unrecoverably_without_reaching_the_plugin() {
         Outcome::Failed {
             message,
             unrecoverable: true,
+            ..
         } => {
             assert!(
                 message.contains("unknown job name \"send-fax\""),

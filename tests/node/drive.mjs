@@ -243,6 +243,19 @@ const COMMANDS = {
     }
   },
 
+  // {ids} → {jobs: [{id, data, returnvalue}]}: JSON.stringify of job.data and job.returnvalue as Node parsed
+  // them, so a test can compare the text (key order included) byte for byte.
+  async texts(input) {
+    return withQueue(input, async (queue) => {
+      const jobs = [];
+      for (const id of input.ids) {
+        const job = await queue.getJob(String(id));
+        jobs.push({ id, data: JSON.stringify(job?.data ?? null), returnvalue: JSON.stringify(job?.returnvalue ?? null) });
+      }
+      return { jobs };
+    });
+  },
+
   // → getJobCounts()
   async counts(input) {
     return withQueue(input, (queue) => queue.getJobCounts());

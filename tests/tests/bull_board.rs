@@ -100,7 +100,7 @@ fn bull_board_shows_the_hosts_jobs_in_a_real_browser() {
     // Ids longer than eight characters: only then does Bull Board's job heading show "attempt #N".
     let finished = q
         .add(json!([
-            {"name": "complete", "data": {"result": {"reading": 4.5, "unit": "C"}},
+            {"name": "complete", "data": {"result": {"unit": "C", "reading": 4.5}},
              "opts": {"jobId": "reading-accepted"}},
             {"name": "fail", "data": {"message": "sensor gateway unreachable"},
              "opts": {"jobId": "gateway-down", "attempts": 2}},
@@ -197,10 +197,10 @@ fn bull_board_shows_the_hosts_jobs_in_a_real_browser() {
     assert!(card_text("delayed").contains("Will run at"), "{board}");
     assert!(card_text("prioritized").contains("priority 5"), "{board}");
 
-    // A completed job's return value, as the host stored it.
+    // A completed job's return value, as the host stored it, keys in the plugin's order (not sorted).
     let done = job("reading-accepted");
     assert!(
-        compact(&done["tabs"]["Data"]).contains(r#"returnValue:{reading:4.5,unit:"C"}"#),
+        compact(&done["tabs"]["Data"]).contains(r#"returnValue:{unit:"C",reading:4.5}"#),
         "completed job's Data tab: {done}"
     );
     assert!(
@@ -211,12 +211,19 @@ fn bull_board_shows_the_hosts_jobs_in_a_real_browser() {
         "{done}"
     );
 
-    // A failed job: its reason in the Error tab as a stack-less message (the host records no stack frames),
-    // two attempts made, the attempts option it was added with.
+    // A failed job: the Error tab shows one stacktrace entry per attempt, newest first, each with the error's
+    // class and message, the plugin and version, and the attempt; two attempts made, the attempts option it
+    // was added with.
     let failed = job("gateway-down");
+    let entry = |attempt: u32| {
+        format!(
+            "PluginError: sensor gateway unreachable\n    \
+             at test-outcomes 0.1.0 (queue test-outcomes, job fail, attempt {attempt} of 2)"
+        )
+    };
     assert_eq!(
         failed["tabs"]["Error"],
-        json!("sensor gateway unreachable"),
+        json!(format!("{}\n{}", entry(2), entry(1))),
         "failed job's Error tab: {failed}"
     );
     assert_eq!(

@@ -3,8 +3,9 @@
 //! For each job the bridge checks the job name, builds the plugin's [`JobView`] (data from the library's parse),
 //! runs `LoadedPlugin::process` under `spawn_blocking` while applying the plugin's progress and log writes,
 //! and maps the [`Outcome`] to what bullmq-official must do (architecture.md, "Outcome mapping"). It also
-//! applies the host's workarounds for bullmq-official gaps (docs/bullmq-official.md: D1–D4, D10) and honours the shutdown
-//! drain: jobs whose plugin call is cut short by shutdown go back to their queue instead of failing.
+//! applies the host's workarounds for bullmq-official gaps (docs/bullmq-official.md: D1–D4, D10, D15) and honours the
+//! shutdown drain: jobs whose plugin call is cut short by shutdown go back to their queue instead of failing.
+//! Every failed attempt is recorded with its `failedReason` and a `stacktrace` entry (`runtime/stacktrace.rs`).
 //!
 //! **Time budget.** When the queue has a job timeout (`QUEUE_<Q>_JOB_TIMEOUT_MS`, else the plugin's
 //! `ProcessorInfo::timeout_ms`), the job's deadline is its start plus that budget: the plugin sees it as
@@ -31,8 +32,9 @@ use super::completions::Completions;
 use super::health::Health;
 use super::hold::QueueHold;
 use super::metrics::{self, JobResult};
-use super::redis_admin::{AdminRedis, RawJob};
+use super::redis_admin::{AdminRedis, FailureFields, RawJob};
 use super::retry::{random_unit, RetryPolicy};
+use super::stacktrace::{self, AttemptSite, Failure, FailureClass};
 use crate::plugins::ActivePlugin;
 use crate::shutdown::DrainState;
 
@@ -110,7 +112,9 @@ impl QueueBridge {
             let reason = self.processor.rejection(job.name());
             tracing::warn!(queue = %self.queue, job_id = %id, "{reason}");
             metrics::job_rejected(&self.queue);
-            return Err(bullmq::Error::Unrecoverable(reason));
+            return self
+                .fail_for_good(&job, Failure::host(FailureClass::Rejected, reason))
+                .await;
         }
         if let Some(result) = self.completions.replay(&job) {
             // Put back only because Redis failed to record this result: record it, do not run it again.
@@ -134,7 +138,9 @@ impl QueueBridge {
                 // Nothing a plugin could do with it: failed for good, with the data kept for inspection.
                 tracing::warn!(queue = %self.queue, job_id = %id, "{reason}");
                 metrics::job_rejected(&self.queue);
-                return Err(bullmq::Error::Unrecoverable(reason));
+                return self
+                    .fail_for_good(&job, Failure::host(FailureClass::Rejected, reason))
+                    .await;
             }
         };
         let started = Instant::now();
@@ -187,6 +193,7 @@ impl QueueBridge {
             self.wait_for_redis(&id).await;
         }
 
+        let call_crashed = matches!(ended, Ended::Crashed(_));
         let outcome = match ended {
             Ended::Abandoned => {
                 metrics::job_finished(&self.queue, JobResult::Shutdown, elapsed);
@@ -209,7 +216,8 @@ impl QueueBridge {
                     plugin_outcome = %outcome_summary(&outcome),
                     "the plugin's outcome after the deadline is recorded as a timeout"
                 );
-                return self.retryable_failure(&job, reason, elapsed).await;
+                let failure = Failure::host(FailureClass::Timeout, reason);
+                return self.retryable_failure(&job, failure, elapsed).await;
             }
             tracing::info!(
                 queue = %self.queue, job_id = %id, elapsed_ms = millis(elapsed),
@@ -225,11 +233,21 @@ impl QueueBridge {
             Outcome::Failed {
                 message,
                 unrecoverable: true,
+                detail,
             } => {
                 metrics::job_finished(&self.queue, JobResult::Failed, elapsed);
-                Err(bullmq::Error::Unrecoverable(message))
+                let failure = Failure::from_plugin(message, true, detail);
+                self.fail_for_good(&job, failure).await
             }
-            Outcome::Failed { message, .. } => self.retryable_failure(&job, message, elapsed).await,
+            Outcome::Failed {
+                message, detail, ..
+            } => {
+                let failure = match call_crashed {
+                    true => Failure::host(FailureClass::Call, message),
+                    false => Failure::from_plugin(message, false, detail),
+                };
+                self.retryable_failure(&job, failure, elapsed).await
+            }
             Outcome::RetryLater {
                 delay_ms,
                 scope: RetryScope::Job,
@@ -313,33 +331,67 @@ impl QueueBridge {
         })
     }
 
-    /// The job's retry policy as stored by the producer (read only when an attempt failed, since the
-    /// library drops `jitter` and may have lost `attempts`; docs/bullmq-official.md D2/D10), else as the library parsed it.
-    async fn stored_policy(&self, job: &Job) -> RetryPolicy {
-        let stored = match self.admin.raw_job(&self.keys, job.id()).await {
-            Ok(RawJob {
-                opts: Some(opts), ..
-            }) => serde_json::from_str::<Value>(&opts).ok(),
-            Ok(_) => None,
+    /// What a failed attempt is recorded with: the job's retry policy as stored by the producer (the library
+    /// drops `jitter` and may have lost `attempts`; docs/bullmq-official.md D2/D10), else as the library parsed
+    /// it, and the job's `stacktrace` with this attempt's entry added (D15). One read, on failures only.
+    async fn failed_attempt(&self, job: &Job, failure: &Failure) -> (RetryPolicy, String) {
+        let fields = match self.admin.failure_fields(&self.keys, job.id()).await {
+            Ok(fields) => fields,
             Err(e) => {
                 tracing::debug!(queue = %self.queue, job_id = %job.id(), error = %e, "using the library's retry policy");
-                None
+                FailureFields::default()
             }
         };
-        stored
+        let opts = fields
+            .opts
+            .and_then(|o| serde_json::from_str::<Value>(&o).ok());
+        let policy = opts
             .as_ref()
             .and_then(RetryPolicy::from_opts)
-            .unwrap_or_else(|| library_policy(job))
+            .unwrap_or_else(|| library_policy(job));
+        let site = AttemptSite {
+            plugin: &self.plugin.info.name,
+            version: &self.plugin.info.version,
+            queue: &self.queue,
+            job_name: job.name(),
+            attempt: job.attempts_made().saturating_add(1),
+            attempts: policy.attempts,
+        };
+        let entry = stacktrace::entry(failure, &site);
+        let limit = stacktrace::stack_trace_limit(opts.as_ref());
+        let list = stacktrace::append(fields.stacktrace.as_deref(), entry, limit);
+        (policy, list)
+    }
+
+    /// A failure that ends the job now: recorded with its stacktrace entry, then failed for good.
+    async fn fail_for_good(&self, job: &Job, failure: Failure) -> LibResult {
+        let (_, stacktrace) = self.failed_attempt(job, &failure).await;
+        self.record(job, &failure.message, &stacktrace).await;
+        Err(bullmq::Error::Unrecoverable(failure.message))
+    }
+
+    /// Writes a failed attempt's `failedReason` and `stacktrace` (the library writes neither on retries and
+    /// no stacktrace at all); a write that fails is logged, the failure itself still goes to the library.
+    async fn record(&self, job: &Job, reason: &str, stacktrace: &str) {
+        if let Err(e) = self
+            .admin
+            .record_failed_attempt(&self.keys, job.id(), reason, stacktrace, false)
+            .await
+        {
+            tracing::debug!(queue = %self.queue, job_id = %job.id(), error = %e, "could not record the failed attempt");
+        }
     }
 
     /// A retryable failure: the library applies attempts and backoff, unless it would get them wrong.
-    async fn retryable_failure(&self, job: &Job, message: String, elapsed: Duration) -> LibResult {
+    async fn retryable_failure(&self, job: &Job, failure: Failure, elapsed: Duration) -> LibResult {
         let id = job.id();
-        let policy = self.stored_policy(job).await;
+        let (policy, stacktrace) = self.failed_attempt(job, &failure).await;
+        let message = failure.message;
         let made = job.attempts_made();
         let lib = library_policy(job);
         if policy.is_final(made) {
             metrics::job_finished(&self.queue, JobResult::Failed, elapsed);
+            self.record(job, &message, &stacktrace).await;
             // Force the final failure when the library's (mis-parsed) attempts would retry.
             return Err(if lib.is_final(made) {
                 bullmq::Error::ProcessingError(message)
@@ -353,7 +405,7 @@ impl QueueBridge {
             let delay = policy.delay_ms(made, random_unit()).unwrap_or(0);
             match self
                 .admin
-                .record_failed_attempt(&self.keys, id, &message, true)
+                .record_failed_attempt(&self.keys, id, &message, &stacktrace, true)
                 .await
             {
                 Ok(()) => {
@@ -374,12 +426,8 @@ impl QueueBridge {
                     "could not schedule the retry in the host; leaving it to the library"
                 ),
             }
-        } else if let Err(e) = self
-            .admin
-            .record_failed_attempt(&self.keys, id, &message, false)
-            .await
-        {
-            tracing::debug!(queue = %self.queue, job_id = %id, error = %e, "could not record failedReason");
+        } else {
+            self.record(job, &message, &stacktrace).await;
         }
         Err(bullmq::Error::ProcessingError(message))
     }
@@ -453,6 +501,7 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::Failed {
             message,
             unrecoverable,
+            ..
         } => {
             let kind = if *unrecoverable {
                 "unrecoverable"

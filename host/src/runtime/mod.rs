@@ -15,6 +15,7 @@ mod hold;
 pub(crate) mod metrics;
 mod redis_admin;
 mod retry;
+mod stacktrace;
 mod stalled;
 mod supervisor;
 

@@ -1,5 +1,5 @@
 //! The host's own Redis connection, for the few things bullmq-official does not do for it: reading a job's
-//! raw `data`/`opts`, recording a retry's `failedReason`, counting a host-managed retry, setting the queue
+//! raw `data`/`opts`, recording a failed attempt's `failedReason` and `stacktrace`, counting a host-managed retry, setting the queue
 //! rate limit, and the readiness ping.
 //!
 //! It is a bullmq `RedisConnection`, so it reconnects in the background like the workers' connections.
@@ -25,6 +25,16 @@ pub struct RawJob {
     pub data: Option<String>,
     /// The `opts` field, verbatim JSON text.
     pub opts: Option<String>,
+}
+
+/// What a failed attempt needs from the job's hash: the stored options (retry policy, `stackTraceLimit`) and
+/// the stacktrace list so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailureFields {
+    /// The `opts` field, verbatim JSON text.
+    pub opts: Option<String>,
+    /// The `stacktrace` field, verbatim JSON text.
+    pub stacktrace: Option<String>,
 }
 
 /// A cheap-to-clone handle on the admin connection.
@@ -116,13 +126,30 @@ impl AdminRedis {
         Ok(RawJob { data, opts })
     }
 
-    /// Stores the reason of a failed attempt on the job, as Node does on every attempt; with
-    /// `count_attempt` also increments `atm` (used when the host schedules the retry itself).
+    /// `HMGET <job> opts stacktrace`, read when an attempt failed.
+    pub async fn failure_fields(
+        &self,
+        keys: &QueueKeys,
+        job_id: &str,
+    ) -> anyhow::Result<FailureFields> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(keys.job_key(job_id)).arg("opts").arg("stacktrace");
+        let (opts, stacktrace): (Option<String>, Option<String>) = self
+            .query(&cmd)
+            .await
+            .with_context(|| format!("reading job {job_id}"))?;
+        Ok(FailureFields { opts, stacktrace })
+    }
+
+    /// Stores the reason and the stacktrace list (JSON text) of a failed attempt on the job, as Node does on
+    /// every attempt; with `count_attempt` also increments `atm` (used when the host schedules the retry
+    /// itself).
     pub async fn record_failed_attempt(
         &self,
         keys: &QueueKeys,
         job_id: &str,
         reason: &str,
+        stacktrace: &str,
         count_attempt: bool,
     ) -> anyhow::Result<()> {
         let key = keys.job_key(job_id);
@@ -132,6 +159,8 @@ impl AdminRedis {
             .arg(&key)
             .arg("failedReason")
             .arg(reason)
+            .arg("stacktrace")
+            .arg(stacktrace)
             .ignore();
         if count_attempt {
             pipe.cmd("HINCRBY").arg(&key).arg("atm").arg(1).ignore();

@@ -118,7 +118,8 @@ fn dry_run_writes_the_rendered_email_and_sends_nothing() {
             message:
                 "invalid email:digest job: period must be \"daily\" or \"weekly\", got \"monthly\""
                     .to_owned(),
-            unrecoverable: true
+            unrecoverable: true,
+            detail: None,
         }
     );
     assert!(resend.requests().is_empty());

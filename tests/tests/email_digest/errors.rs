@@ -9,6 +9,7 @@ fn unrecoverable(message: &str) -> Outcome {
     Outcome::Failed {
         message: message.to_owned(),
         unrecoverable: true,
+        detail: None,
     }
 }
 
@@ -16,6 +17,7 @@ fn retryable(message: &str) -> Outcome {
     Outcome::Failed {
         message: message.to_owned(),
         unrecoverable: false,
+        detail: None,
     }
 }
 
@@ -109,6 +111,7 @@ fn timeouts_and_database_outages_are_retryable() {
         Outcome::Failed {
             message,
             unrecoverable: false,
+            ..
         } => assert!(
             message.starts_with("digest database unavailable: "),
             "{message}"

@@ -4,6 +4,8 @@
 //! One test binary, one module per area:
 //! * [`results`] — what Node sees of finished jobs: return values, failures, attempts, timestamps, events,
 //!   progress and job logs, retention (`removeOnComplete` / `removeOnFail`).
+//! * [`failures`] — the `stacktrace` of failed jobs (one entry per failed attempt, as a Node worker writes),
+//!   and the key order of job data and return values.
 //! * [`retries`] — backoff (exponential, fixed) and the plugin's retry-later (job and queue scope).
 //! * [`scheduling`] — when jobs run: delays, priority and LIFO order, job schedulers, pause and resume.
 //! * [`concurrency`] — how many jobs run at once: concurrency override, rate limit, a mixed fleet of a Node
@@ -16,6 +18,7 @@
 
 mod concurrency;
 mod connection;
+mod failures;
 mod lifecycle;
 mod results;
 mod retries;

@@ -213,6 +213,7 @@ fn failed(run: &HarnessRun) -> (&str, bool) {
         Outcome::Failed {
             message,
             unrecoverable,
+            ..
         } => (message.as_str(), *unrecoverable),
         other => panic!("expected a failure, got {other:?}"),
     }

@@ -1,11 +1,14 @@
 //! Test-only plugin (`test-outcomes` queue) whose job names exercise every processor outcome, so the harness,
 //! the loader and the host runtime can be tested against a real `cdylib`. Never shipped in the image.
 //!
-//! Job names: `complete`, `fail`, `fail-unrecoverable`, `fail-until`, `retry-later`, `panic`, `sleep`
+//! Job names: `complete`, `fail`, `fail-unrecoverable`, `fail-until`, `fail-with-causes` (`{"message",
+//! "causes": [..], "unrecoverable"}`: an error with that source chain), `retry-later`, `panic`, `sleep`
 //! (`{"ms", "ignoreCancel"}`), `progress`, `log`. Setting `FAIL_INIT=true` makes `init` refuse to start.
 //! Any job whose data has `"logRun": true` writes one job log line per plugin call, so a test can count how
 //! often a job ran.
 
+use std::error::Error;
+use std::fmt;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,6 +26,7 @@ const JOB_NAMES: &[&str] = &[
     "fail",
     "fail-unrecoverable",
     "fail-until",
+    "fail-with-causes",
     "retry-later",
     "panic",
     "sleep",
@@ -91,6 +95,18 @@ impl Plugin for TestOutcomes {
                     Outcome::completed(json!({ "attempt": attempt }))
                 }
             }
+            "fail-with-causes" => {
+                let causes = data
+                    .get("causes")
+                    .and_then(Value::as_array)
+                    .map(|c| c.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                let error = Chained::new(&text("message", "requested failure"), &causes);
+                match data.get("unrecoverable").and_then(Value::as_bool) {
+                    Some(true) => Outcome::unrecoverable_with(&error),
+                    _ => Outcome::failed_with(&error),
+                }
+            }
             "retry-later" => {
                 if job.attempts_started <= 1 {
                     let delay = number("delayMs", 1000);
@@ -130,6 +146,37 @@ impl Plugin for TestOutcomes {
 
     fn shutdown(&self, _deadline: Duration) {
         tracing::info!("test-outcomes plugin shut down");
+    }
+}
+
+/// An error with a chain of causes, the way a plugin's errors wrap a client's.
+#[derive(Debug)]
+pub struct Chained {
+    message: String,
+    cause: Option<Box<Chained>>,
+}
+
+impl Chained {
+    /// `message`, caused by `causes[0]`, caused by `causes[1]`, ...
+    pub fn new(message: &str, causes: &[&str]) -> Self {
+        Self {
+            message: message.to_owned(),
+            cause: causes
+                .split_first()
+                .map(|(first, rest)| Box::new(Chained::new(first, rest))),
+        }
+    }
+}
+
+impl fmt::Display for Chained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Error for Chained {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.cause.as_deref().map(|c| c as &(dyn Error + 'static))
     }
 }
 
