@@ -104,6 +104,7 @@ fn bull_board_shows_the_hosts_jobs_in_a_real_browser() {
              "opts": {"jobId": "reading-accepted"}},
             {"name": "fail", "data": {"message": "sensor gateway unreachable"},
              "opts": {"jobId": "gateway-down", "attempts": 2}},
+            {"name": "panic", "data": {"message": "boom"}, "opts": {"jobId": "plugin-panicked"}},
             {"name": "fail-until", "data": {"succeedOnAttempt": 3},
              "opts": {"jobId": "retried-then-done", "attempts": 3}},
             {"name": "progress", "data": {}, "opts": {"jobId": "with-progress"}},
@@ -115,7 +116,7 @@ fn bull_board_shows_the_hosts_jobs_in_a_real_browser() {
     let states: Vec<&str> = snapshots.iter().map(|j| j.state.as_str()).collect();
     assert_eq!(
         states,
-        ["completed", "failed", "completed", "completed"],
+        ["completed", "failed", "failed", "completed", "completed"],
         "{snapshots:?}"
     );
 
@@ -134,6 +135,7 @@ fn bull_board_shows_the_hosts_jobs_in_a_real_browser() {
     let jobs: Vec<Value> = [
         "reading-accepted",
         "gateway-down",
+        "plugin-panicked",
         "retried-then-done",
         "with-progress",
     ]
@@ -155,7 +157,7 @@ fn bull_board_shows_the_hosts_jobs_in_a_real_browser() {
     assert_eq!(queue["paused"], json!(true), "paused badge: {board}");
     for (state, expected) in [
         ("completed", 3),
-        ("failed", 1),
+        ("failed", 2),
         ("waiting", 1),
         ("prioritized", 1),
         ("delayed", 1),
@@ -180,7 +182,9 @@ fn bull_board_shows_the_hosts_jobs_in_a_real_browser() {
         "{board}"
     );
     assert_eq!(listed_ids(queue, "delayed"), ["later-digest"], "{board}");
-    assert_eq!(listed_ids(queue, "failed"), ["gateway-down"], "{board}");
+    let mut failed_ids = listed_ids(queue, "failed");
+    failed_ids.sort();
+    assert_eq!(failed_ids, ["gateway-down", "plugin-panicked"], "{board}");
     let mut completed = listed_ids(queue, "completed");
     completed.sort();
     assert_eq!(
@@ -241,6 +245,21 @@ fn bull_board_shows_the_hosts_jobs_in_a_real_browser() {
             .unwrap_or_default()
             .contains("Failed at"),
         "{failed}"
+    );
+
+    // A panic: the panic's own message first, then where it happened.
+    let panicked = job("plugin-panicked");
+    let error_tab = panicked["tabs"]["Error"].as_str().unwrap_or_default();
+    assert!(
+        error_tab.starts_with(
+            "PanicError: test panic: boom\n    panicked at plugins/testing/outcomes/src/lib.rs:"
+        ),
+        "panicked job's Error tab: {panicked}"
+    );
+    assert!(
+        error_tab
+            .ends_with("at test-outcomes 0.1.0 (queue test-outcomes, job panic, attempt 1 of 1)"),
+        "panicked job's Error tab: {panicked}"
     );
 
     // A job retried twice before it completed: attempt #3 and the value of the third attempt.
