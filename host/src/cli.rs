@@ -225,6 +225,26 @@ mod tests {
     }
 
     #[test]
+    fn healthcheck_takes_its_address_from_the_table_entry() {
+        let cli = Cli::command();
+        let healthcheck = cli.find_subcommand("healthcheck").unwrap();
+        let addr = healthcheck
+            .get_arguments()
+            .find(|a| a.get_id() == "addr")
+            .unwrap();
+        assert_eq!(
+            addr.get_env().and_then(|e| e.to_str()),
+            Some(vars::HTTP_ADDR.name)
+        );
+        let default: Vec<String> = addr
+            .get_default_values()
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(default, [vars::DEFAULT_HTTP_ADDR]);
+    }
+
+    #[test]
     fn healthcheck_takes_its_port_from_the_table_entry() {
         let cli = Cli::command();
         let healthcheck = cli.find_subcommand("healthcheck").unwrap();

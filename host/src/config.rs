@@ -717,8 +717,9 @@ pub(crate) mod tests {
         if command == vars::Command::Plugins {
             seen.insert(vars::PLUGIN_DIR.name);
         }
-        // `healthcheck` takes its port through clap.
+        // `healthcheck` takes its address and port through clap.
         if command == vars::Command::Healthcheck {
+            seen.insert(vars::HTTP_ADDR.name);
             seen.insert(vars::HTTP_PORT.name);
         }
         seen
