@@ -55,6 +55,17 @@ pub enum Command {
     /// Exit 0 when the local worker's `/healthz` (on HTTP_PORT) answers healthy, 1 otherwise, within 2 s;
     /// for a container HEALTHCHECK.
     Healthcheck(HealthcheckArgs),
+    /// The plugin process the host starts per plugin in process isolation (not for operators).
+    #[command(hide = true)]
+    PluginProcess(PluginProcessArgs),
+}
+
+/// `plugin-process --plugin FILE` (started by the host; speaks the framed protocol on stdin/stdout).
+#[derive(Debug, Args)]
+pub struct PluginProcessArgs {
+    /// The plugin library (`.so`).
+    #[arg(long)]
+    pub plugin: PathBuf,
 }
 
 /// `healthcheck [--addr ADDR] [--port PORT]`.
@@ -175,6 +186,10 @@ pub struct RunJobArgs {
     /// Plugin setting `KEY=VALUE`, overriding the environment; repeatable.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
+    /// Run the plugin in a child process (`process`) or in this one (`in-process`); default: the plugin's
+    /// PLUGIN_ISOLATION_<NAME>, else PLUGIN_ISOLATION. A crash is reported with its signal either way.
+    #[arg(long, value_name = "MODE")]
+    pub isolation: Option<String>,
 }
 
 #[cfg(test)]

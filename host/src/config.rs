@@ -193,6 +193,12 @@ pub struct Config {
     pub depth_interval: Option<Duration>,
     /// Worker name shown in Node's `getWorkers` and as `processedBy` (from `HOSTNAME`).
     pub worker_name: Option<String>,
+    /// `PLUGIN_ISOLATION`, `PLUGIN_ISOLATION_<NAME>`: where each plugin's code runs.
+    pub isolation: crate::isolation::IsolationSettings,
+    /// `STATE_DIR`: where the crash journal of in-process plugins is kept.
+    pub state_dir: PathBuf,
+    /// `JOB_CRASH_LIMIT`: crashes after which a job fails for good (at least 1).
+    pub crash_limit: u32,
     queues: BTreeMap<String, QueueOverrides>,
 }
 
@@ -324,6 +330,12 @@ impl Config {
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()));
         let queues = queue_overrides(env)?;
+        let isolation = crate::isolation::IsolationSettings::read(env)?;
+        let state_dir = PathBuf::from(env.get_or_default(&vars::STATE_DIR).unwrap_or_default());
+        let crash_limit = parse_num::<u32>(env, &vars::JOB_CRASH_LIMIT)?.unwrap_or(2);
+        if crash_limit == 0 {
+            return Err(invalid(vars::JOB_CRASH_LIMIT.name, "must be at least 1"));
+        }
         Ok(Config {
             redis: target,
             plugin_dir,
@@ -336,6 +348,9 @@ impl Config {
             log_format,
             depth_interval,
             worker_name,
+            isolation,
+            state_dir,
+            crash_limit,
             queues,
         })
     }
@@ -666,8 +681,9 @@ pub(crate) mod tests {
                     "LOG_FORMAT" => "json",
                     "RUST_LOG" => "debug",
                     "HTTP_ADDR" => "127.0.0.1",
+                    "PLUGIN_ISOLATION" => "in-process",
                     "PLUGIN_DIR" | "HOSTNAME" | "REDIS_HOST" | "REDIS_USERNAME"
-                    | "REDIS_PASSWORD" | "BULLMQ_PREFIX" => "x",
+                    | "REDIS_PASSWORD" | "BULLMQ_PREFIX" | "STATE_DIR" => "x",
                     _ => "1",
                 };
                 (v.name.to_owned(), value.to_owned())
@@ -703,7 +719,11 @@ pub(crate) mod tests {
                 Logging::read(env).unwrap();
                 Config::read(env).unwrap();
             }),
-            vars::Command::Plugins | vars::Command::Healthcheck => consulted_by(|env| {
+            vars::Command::Plugins => consulted_by(|env| {
+                Logging::read(env).unwrap();
+                crate::isolation::IsolationSettings::read(env).unwrap();
+            }),
+            vars::Command::Healthcheck => consulted_by(|env| {
                 Logging::read(env).unwrap();
             }),
             vars::Command::Stats | vars::Command::Enqueue => consulted_by(|env| {
@@ -773,6 +793,14 @@ pub(crate) mod tests {
             value(&vars::METRICS_QUEUE_DEPTH_INTERVAL_MS)
         );
         assert_eq!(c.plugin_dir, PathBuf::from(value(&vars::PLUGIN_DIR)));
+        assert_eq!(c.state_dir, PathBuf::from(value(&vars::STATE_DIR)));
+        assert_eq!(c.crash_limit.to_string(), value(&vars::JOB_CRASH_LIMIT));
+        assert_eq!(
+            c.isolation.for_plugin("any-plugin").to_string(),
+            value(&vars::PLUGIN_ISOLATION)
+        );
+        let err = config(&[("REDIS_HOST", "r"), ("JOB_CRASH_LIMIT", "0")]).unwrap_err();
+        assert!(err.to_string().starts_with("JOB_CRASH_LIMIT"), "{err}");
         assert!(c
             .redis
             .redacted()

@@ -7,6 +7,7 @@ mod config;
 mod enqueue_cmd;
 mod healthcheck;
 mod http;
+mod isolation;
 mod output;
 mod plugins;
 mod plugins_cmd;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Some(Command::Stats(args)) => stats_cmd::main(args),
         Some(Command::Enqueue(args)) => enqueue_cmd::main(args),
         Some(Command::Healthcheck(args)) => healthcheck::main(args),
+        Some(Command::PluginProcess(args)) => isolation::child::main(&args.plugin),
         Some(Command::Run) | None => run(),
     };
     match result {
@@ -72,7 +74,8 @@ fn init_logging(logging: &Logging) {
 /// runtime is shut down without waiting for plugin calls abandoned by the drain.
 fn run() -> anyhow::Result<ExitCode> {
     let config = config::Config::from_env()?;
-    let registry = plugins::Registry::load_dir(&config.plugin_dir, &|k| std::env::var(k));
+    let registry =
+        plugins::Registry::load_dir(&config.plugin_dir, &|k| std::env::var(k), &config.isolation);
     let rt = runtime::build_tokio(runtime::blocking_threads_needed(&config, &registry))?;
     let result = rt.block_on(runtime::run(config, registry));
     rt.shutdown_timeout(std::time::Duration::from_millis(200));

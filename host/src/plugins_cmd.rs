@@ -1,16 +1,22 @@
 //! `frostguard-worker plugins`: what an operator runs to see which plugins a directory holds and whether they
-//! load, `plugins run` to push one job through a plugin without Redis, and `plugins new` (in `plugins_new`)
-//! to start a plugin crate.
+//! load, `plugins run` to push one job through a plugin without Redis (in its isolation mode; a crash is
+//! reported with its signal), and `plugins new` (in `plugins_new`) to start a plugin crate.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use plugin_api::harness::{Harness, JobSpec};
-use plugin_api::{JobOpts, Outcome, PluginConfig};
+use plugin_api::host::{
+    ForwardedLog, HostLogger, JobCallbacks, LoadError, LoadStage, LoadedPlugin,
+};
+use plugin_api::{JobOpts, JobView, Outcome, PluginConfig};
 use serde_json::json;
 
 use crate::cli::{PluginsAction, PluginsArgs, RunJobArgs};
+use crate::config::Env;
+use crate::isolation::{cause, crashnote, Isolation, IsolationSettings, PluginProcess, Reply};
 use crate::output::out;
 use crate::plugins::{settings, Registry};
 
@@ -29,13 +35,14 @@ fn env_var(key: &str) -> Result<String, std::env::VarError> {
 
 fn list(args: &PluginsArgs) -> anyhow::Result<ExitCode> {
     let registry = if args.init {
-        Registry::load_dir(&args.plugin_dir, &env_var)
+        let isolation = isolation_from_env()?;
+        Registry::load_dir(&args.plugin_dir, &env_var, &isolation)
     } else {
         Registry::inspect_dir(&args.plugin_dir, &env_var)
     };
     if args.init {
         for p in &registry.active {
-            p.plugin.shutdown(Duration::from_secs(5));
+            p.shutdown(Duration::from_secs(5));
         }
     }
     if args.json {
@@ -133,6 +140,54 @@ fn run_job(args: RunJobArgs) -> anyhow::Result<ExitCode> {
         };
         overrides.push((k.to_owned(), v.to_owned()));
     }
+    let mode = match &args.isolation {
+        Some(mode) => Isolation::parse(mode).map_err(|e| anyhow::anyhow!("--isolation: {e}"))?,
+        None => {
+            // The plugin's own variable may decide: its name comes from its description.
+            let plugin = LoadedPlugin::load(&args.plugin).map_err(anyhow::Error::new)?;
+            isolation_from_env()?.for_plugin(&plugin.info().name)
+        }
+    };
+    match mode {
+        Isolation::InProcess => run_in_process(&args, data, overrides),
+        Isolation::Process => run_in_child(&args, data, overrides),
+    }
+}
+
+/// `PLUGIN_ISOLATION` and `PLUGIN_ISOLATION_<NAME>` from the process environment.
+fn isolation_from_env() -> anyhow::Result<IsolationSettings> {
+    let all: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let get = |k: &str| std::env::var(k).ok();
+    Ok(IsolationSettings::read(&Env::new(&get, all))?)
+}
+
+fn job_spec(args: &RunJobArgs, data: serde_json::Value) -> JobSpec {
+    let mut spec = JobSpec::new(&args.queue, &args.name, data);
+    spec.attempts_made = args.attempts_made;
+    spec.opts = JobOpts {
+        attempts: args.attempts,
+        ..JobOpts::default()
+    };
+    spec.timeout = args.timeout_ms.map(Duration::from_millis);
+    spec
+}
+
+fn exit_code(outcome: &Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Completed { .. } => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// The job runs in this process, through the harness. A crash ends this process with the plugin's signal;
+/// the crash-note handler names the signal and the job on stderr first.
+fn run_in_process(
+    args: &RunJobArgs,
+    data: serde_json::Value,
+    overrides: Vec<(String, String)>,
+) -> anyhow::Result<ExitCode> {
     let mut config_error = None;
     let harness = Harness::load_with(&args.plugin, |info| {
         let mut config = settings::resolve(info, &env_var).unwrap_or_else(|e| {
@@ -148,18 +203,147 @@ fn run_job(args: RunJobArgs) -> anyhow::Result<ExitCode> {
         bail!("configuration of {}: {e}", args.plugin.display());
     }
     let harness = harness.map_err(anyhow::Error::new)?;
-    let mut spec = JobSpec::new(&args.queue, &args.name, data);
-    spec.attempts_made = args.attempts_made;
-    spec.opts = JobOpts {
-        attempts: args.attempts,
-        ..JobOpts::default()
+    crashnote::install(crashnote::Sink::StderrOnly);
+    let label = format!(
+        "job {} of queue {} (plugin {})",
+        args.name,
+        args.queue,
+        harness.info().name
+    );
+    let run = {
+        let _entered = crashnote::enter(1, &label);
+        harness.run(job_spec(args, data))
     };
-    spec.timeout = args.timeout_ms.map(Duration::from_millis);
-    let run = harness.run(spec);
     harness.shutdown(Duration::from_secs(5));
     out!("{}", serde_json::to_string_pretty(&run)?);
-    Ok(match run.outcome {
-        Outcome::Completed { .. } => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
-    })
+    Ok(exit_code(&run.outcome))
+}
+
+/// The job runs in a plugin process, as the host runs it in process isolation; a crash is reported as
+/// `"crash": {"cause", "reason"}` with exit status 1.
+fn run_in_child(
+    args: &RunJobArgs,
+    data: serde_json::Value,
+    overrides: Vec<(String, String)>,
+) -> anyhow::Result<ExitCode> {
+    let plugin = LoadedPlugin::load(&args.plugin).map_err(anyhow::Error::new)?;
+    let info = plugin.info().clone();
+    let mut config = settings::resolve(&info, &env_var)
+        .map_err(|e| anyhow::anyhow!("configuration of {}: {e}", args.plugin.display()))?;
+    for (k, v) in overrides {
+        config.insert(k, v);
+    }
+    let logs = Arc::new(Recorded::default());
+    let child =
+        PluginProcess::start(&args.plugin, &info.name, config, logs.clone()).map_err(|reason| {
+            anyhow::Error::new(LoadError::new(&args.plugin, LoadStage::Init, reason))
+        })?;
+    let spec = job_spec(args, data);
+    let rejection = match info.processor(&spec.queue) {
+        None => Some(format!("queue {} is not served by this plugin", spec.queue)),
+        Some(p) if !p.accepts(&spec.name) => Some(p.rejection(&spec.name)),
+        Some(_) => None,
+    };
+    let callbacks = Arc::new(Recorded::with_deadline(spec.timeout));
+    let _ = logs.take_logs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let reply = match rejection {
+        Some(reason) => Reply::Outcome(Outcome::unrecoverable(reason)),
+        None => {
+            let job = JobView {
+                id: "harness-1".to_owned(),
+                name: spec.name.clone(),
+                queue: spec.queue.clone(),
+                data: serde_json::value::to_raw_value(&spec.data)?,
+                attempts_made: spec.attempts_made,
+                attempts_started: spec.attempts_made + 1,
+                opts: spec.opts.clone(),
+                timestamp: now,
+                deadline_ms: spec.timeout.map(|t| now + t.as_millis() as u64),
+            };
+            child.process(&job, callbacks.clone())
+        }
+    };
+    let records = logs.take_logs();
+    child.shutdown(Duration::from_secs(5));
+    let (progress, job_logs) = callbacks.take_job_writes();
+    let mut report = json!({ "progress": progress, "jobLogs": job_logs, "logs": records });
+    let code = match reply {
+        Reply::Outcome(outcome) => {
+            let code = exit_code(&outcome);
+            report["outcome"] = serde_json::to_value(&outcome)?;
+            code
+        }
+        Reply::Crashed(crash) => {
+            let reason = cause::process_crash_reason(&info.name, crash.ending);
+            eprintln!("frostguard-worker: {reason}");
+            report["crash"] = json!({ "cause": crash.ending.to_string(), "reason": reason });
+            ExitCode::FAILURE
+        }
+    };
+    out!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(code)
+}
+
+/// What a plugin process reported for `plugins run`: log records, progress, job log lines.
+#[derive(Default)]
+struct Recorded {
+    logs: Mutex<Vec<ForwardedLog>>,
+    progress: Mutex<Vec<serde_json::Value>>,
+    lines: Mutex<Vec<String>>,
+    deadline: Option<Instant>,
+}
+
+impl Recorded {
+    fn with_deadline(timeout: Option<Duration>) -> Self {
+        Self {
+            deadline: timeout.map(|t| Instant::now() + t),
+            ..Self::default()
+        }
+    }
+
+    fn take_logs(&self) -> Vec<ForwardedLog> {
+        std::mem::take(&mut *self.logs.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn take_job_writes(&self) -> (Vec<serde_json::Value>, Vec<String>) {
+        let progress =
+            std::mem::take(&mut *self.progress.lock().unwrap_or_else(|p| p.into_inner()));
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|p| p.into_inner()));
+        (progress, lines)
+    }
+}
+
+impl HostLogger for Recorded {
+    fn log(&self, record: ForwardedLog) {
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
+    }
+}
+
+impl JobCallbacks for Recorded {
+    fn progress(&self, json: &str) {
+        let value = serde_json::from_str(json)
+            .unwrap_or_else(|_| serde_json::Value::String(json.to_owned()));
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(value);
+    }
+
+    fn log(&self, line: &str) {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line.to_owned());
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }

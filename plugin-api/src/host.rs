@@ -15,7 +15,7 @@ use std::time::Duration;
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::abi::{
     level, HostServices, HostServices_TO, JobServices, JobServices_TO, PluginModuleRef,
@@ -81,7 +81,7 @@ impl LoadError {
 }
 
 /// Severity of a forwarded plugin log record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Errors.
@@ -118,8 +118,8 @@ impl LogLevel {
     }
 }
 
-/// One log record emitted inside a plugin.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One log record emitted inside a plugin (also sent over the wire by a plugin process).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardedLog {
     /// Severity.
     pub level: LogLevel,

@@ -60,6 +60,10 @@ use std::time::{Duration, Instant};
 pub const TEST_QUEUE: &str = "test-outcomes";
 /// Library name (without `lib` and `.so`) of the test plugin `test-outcomes`.
 pub const TEST_PLUGIN: &str = "fg_test_outcomes";
+/// Library name of the test plugin `test-crashes` (jobs that segfault, abort, overflow the stack, exit).
+pub const CRASH_PLUGIN: &str = "fg_test_crashes";
+/// The name of the crash test plugin's queue.
+pub const CRASH_QUEUE: &str = "test-crashes";
 /// Library name of the SMS plugin.
 pub const SMS_PLUGIN: &str = "fg_sms_notifications";
 /// Library name of the email digest plugin.

@@ -80,13 +80,21 @@ impl WorkerBuilder {
         self
     }
 
-    fn command(&self) -> anyhow::Result<(Command, Option<TempDir>)> {
+    fn command(&self) -> anyhow::Result<(Command, Vec<TempDir>)> {
         let mut cmd = Command::new(worker_bin());
         cmd.args(&self.args).env_clear();
         for key in PASS_THROUGH {
             if let Some(v) = std::env::var_os(key) {
                 cmd.env(key, v);
             }
+        }
+        let mut dirs = Vec::new();
+        // A private crash-journal directory, so that no two tests ever read each other's journals; a test
+        // that restarts a worker after a crash passes the same STATE_DIR to both.
+        if !self.env.iter().any(|(k, _)| k == "STATE_DIR") {
+            let state = TempDir::new("state")?;
+            cmd.env("STATE_DIR", state.path());
+            dirs.push(state);
         }
         let plugin_dir = if self.plugin_libs.is_empty() {
             None
@@ -106,12 +114,13 @@ impl WorkerBuilder {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        Ok((cmd, plugin_dir))
+        dirs.extend(plugin_dir);
+        Ok((cmd, dirs))
     }
 
     /// Starts the worker; its stdout and stderr lines are captured (and echoed to the test's stderr).
     pub fn spawn(self) -> anyhow::Result<Worker> {
-        let (mut cmd, plugin_dir) = self.command()?;
+        let (mut cmd, dirs) = self.command()?;
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("spawn {:?}: {e}", cmd.get_program()))?;
@@ -125,7 +134,7 @@ impl WorkerBuilder {
             child,
             log,
             readers,
-            _plugin_dir: plugin_dir,
+            _dirs: dirs,
         })
     }
 
@@ -167,7 +176,8 @@ pub struct Worker {
     child: ChildGuard,
     log: Arc<LineLog>,
     readers: Vec<std::thread::JoinHandle<()>>,
-    _plugin_dir: Option<TempDir>,
+    /// The private plugin and state directories, removed with the worker.
+    _dirs: Vec<TempDir>,
 }
 
 impl Worker {

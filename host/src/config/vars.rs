@@ -278,6 +278,39 @@ pub const PLUGIN_SETTING: Var = Var {
     commands: &[Run, Plugins],
 };
 
+/// `PLUGIN_ISOLATION`.
+pub const PLUGIN_ISOLATION: Var = Var {
+    name: "PLUGIN_ISOLATION",
+    meaning: "where plugin code runs: process (a child process per plugin; a crash fails only the jobs it \
+              held and the child restarts) or in-process (cheaper; a crash ends the whole worker)",
+    default: Default::Value("process"),
+    commands: &[Run, Plugins],
+};
+/// `PLUGIN_ISOLATION_<NAME>`.
+pub const PLUGIN_ISOLATION_NAME: Var = Var {
+    name: "PLUGIN_ISOLATION_<NAME>",
+    meaning: "PLUGIN_ISOLATION for the plugin <NAME> only",
+    default: Default::Note("PLUGIN_ISOLATION"),
+    commands: &[Run, Plugins],
+};
+/// `STATE_DIR`.
+pub const STATE_DIR: Var = Var {
+    name: "STATE_DIR",
+    meaning: "directory of the crash journal of in-process plugins (must outlive the process; replicas may \
+              share it)",
+    default: Default::Value("/tmp/frostguard-worker"),
+    commands: &[Run],
+};
+/// `JOB_CRASH_LIMIT`.
+pub const JOB_CRASH_LIMIT: Var = Var {
+    name: "JOB_CRASH_LIMIT",
+    meaning:
+        "crashes of its process (segfault, abort, exit) after which a job fails for good with \
+              'crashed the worker (signal ...)' instead of running again",
+    default: Default::Value("2"),
+    commands: &[Run],
+};
+
 /// Every variable, in help order.
 pub const ALL: &[&Var] = &[
     &REDIS_URL,
@@ -305,6 +338,10 @@ pub const ALL: &[&Var] = &[
     &QUEUE_MAX_STALLED_COUNT,
     &QUEUE_JOB_TIMEOUT_MS,
     &PLUGIN_SETTING,
+    &PLUGIN_ISOLATION,
+    &PLUGIN_ISOLATION_NAME,
+    &STATE_DIR,
+    &JOB_CRASH_LIMIT,
 ];
 
 /// The `QUEUE_<Q>_*` families.
@@ -385,6 +422,24 @@ impl<'a> Env<'a> {
             .filter_map(|(name, value)| {
                 let queue = name.strip_prefix("QUEUE_")?.strip_suffix(suffix)?;
                 (!queue.is_empty()).then(|| (name.clone(), queue.to_owned(), value.clone()))
+            })
+            .collect()
+    }
+
+    /// The set, non-blank variables of a family with one `<NAME>` placeholder at its end
+    /// (`PLUGIN_ISOLATION_<NAME>`): `(variable, <NAME>, value)`.
+    pub fn family(&self, var: &'static Var) -> Vec<(String, String, String)> {
+        let prefix = var
+            .name
+            .strip_suffix("<NAME>")
+            .expect("a family ending in <NAME>");
+        self.consulted.borrow_mut().insert(var.name);
+        self.all
+            .iter()
+            .filter(|(_, value)| !value.trim().is_empty())
+            .filter_map(|(name, value)| {
+                let member = name.strip_prefix(prefix)?;
+                (!member.is_empty()).then(|| (name.clone(), member.to_owned(), value.clone()))
             })
             .collect()
     }

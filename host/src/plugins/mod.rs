@@ -18,6 +18,8 @@ use serde::Serialize;
 
 pub use log_bridge::TracingLogger;
 
+use crate::isolation::{Isolation, IsolationSettings, PluginProcess};
+
 /// Environment lookup, `std::env::var` in production; injectable for tests.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Result<String, std::env::VarError>;
 
@@ -28,6 +30,9 @@ pub struct ActivePlugin {
     pub plugin: LoadedPlugin,
     /// Its description (a copy of `plugin.info()`, kept for convenience).
     pub info: PluginInfo,
+    /// In process isolation, the child that runs its jobs (`plugin` is then loaded and described in the
+    /// host but never initialised); `None` when it runs in-process.
+    pub process: Option<crate::isolation::PluginProcess>,
 }
 
 /// A plugin file that will not be used, and why.
@@ -61,24 +66,36 @@ struct Candidate {
 }
 
 impl Registry {
-    /// Loads and initialises every plugin in `dir`. Never fails as a whole: see [`Registry::disabled`].
-    pub fn load_dir(dir: &Path, env: EnvLookup<'_>) -> Registry {
+    /// Loads and initialises every plugin in `dir`, each in its isolation mode (in process mode `init` runs
+    /// in the plugin's child). Never fails as a whole: see [`Registry::disabled`].
+    pub fn load_dir(dir: &Path, env: EnvLookup<'_>, isolation: &IsolationSettings) -> Registry {
         let (candidates, mut registry) = discover(dir, env);
         for Candidate { plugin, config } in candidates {
             let logger = Arc::new(TracingLogger::new(&plugin.info().name));
-            match plugin.init(&config, logger) {
-                Ok(()) => {
+            let mode = isolation.for_plugin(&plugin.info().name);
+            let started = match mode {
+                Isolation::InProcess => plugin.init(&config, logger).map(|()| None),
+                Isolation::Process => {
+                    PluginProcess::start(plugin.path(), &plugin.info().name, config, logger)
+                        .map(Some)
+                }
+            };
+            match started {
+                Ok(process) => {
                     let info = plugin.info().clone();
                     tracing::info!(
                         plugin = %info.name,
                         version = %info.version,
                         file = %plugin.path().display(),
                         queues = %queue_list(&info),
+                        isolation = %mode,
                         "plugin loaded"
                     );
-                    registry
-                        .active
-                        .push(Arc::new(ActivePlugin { plugin, info }));
+                    registry.active.push(Arc::new(ActivePlugin {
+                        plugin,
+                        info,
+                        process,
+                    }));
                 }
                 Err(reason) => registry.disable(
                     plugin.path(),
@@ -102,6 +119,7 @@ impl Registry {
                 Arc::new(ActivePlugin {
                     plugin: c.plugin,
                     info,
+                    process: None,
                 })
             })
             .collect();

@@ -35,6 +35,7 @@ use super::metrics::{self, JobResult};
 use super::redis_admin::{AdminRedis, FailureFields, RawJob};
 use super::retry::{random_unit, RetryPolicy};
 use super::stacktrace::{self, AttemptSite, Failure, FailureClass};
+use crate::isolation::{cause, Crash, Reply};
 use crate::plugins::ActivePlugin;
 use crate::shutdown::DrainState;
 
@@ -62,6 +63,8 @@ pub struct QueueBridge {
     pub job_timeout: Option<Duration>,
     /// Completed results handed to the library and not yet recorded by it.
     pub completions: Arc<Completions>,
+    /// `JOB_CRASH_LIMIT`: crashes of its plugin process after which a job fails for good.
+    pub crash_limit: u32,
 }
 
 /// Longest wait for Redis before handing an outcome to the library (kept below the default lock duration so
@@ -92,7 +95,10 @@ fn now_ms() -> u64 {
 /// How the plugin call ended.
 enum Ended {
     Outcome(Outcome),
+    /// The host's blocking task failed (a host bug, not plugin code: plugin panics are caught at the ABI).
     Crashed(String),
+    /// The plugin's process died while running the job (process isolation).
+    ProcessCrashed(Crash),
     Abandoned,
 }
 
@@ -149,7 +155,7 @@ impl QueueBridge {
         let (callbacks, mut writes) =
             Callbacks::new(&self.queue, &id, Arc::clone(&self.drain), token, deadline);
         let active = Arc::clone(&self.plugin);
-        let mut call = tokio::task::spawn_blocking(move || active.plugin.process(&view, callbacks));
+        let mut call = tokio::task::spawn_blocking(move || active.run(&view, callbacks));
         let expiry = async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -166,7 +172,8 @@ impl QueueBridge {
                     None => writes_open = false,
                 },
                 joined = &mut call => break match joined {
-                    Ok(outcome) => Ended::Outcome(outcome),
+                    Ok(Reply::Outcome(outcome)) => Ended::Outcome(outcome),
+                    Ok(Reply::Crashed(crash)) => Ended::ProcessCrashed(crash),
                     Err(e) => Ended::Crashed(e.to_string()),
                 },
                 () = &mut expiry, if !expired => {
@@ -193,7 +200,7 @@ impl QueueBridge {
             self.wait_for_redis(&id).await;
         }
 
-        let call_crashed = matches!(ended, Ended::Crashed(_));
+        let call_crashed = matches!(ended, Ended::Crashed(_) | Ended::ProcessCrashed(_));
         let outcome = match ended {
             Ended::Abandoned => {
                 metrics::job_finished(&self.queue, JobResult::Shutdown, elapsed);
@@ -202,6 +209,7 @@ impl QueueBridge {
                     .await;
             }
             Ended::Crashed(e) => Outcome::failed(format!("plugin call crashed: {e}")),
+            Ended::ProcessCrashed(crash) => self.crash_outcome(&id, crash).await,
             Ended::Outcome(o) => o,
         };
         if self.drain.is_cancelled() && !matches!(outcome, Outcome::Completed { .. }) {
@@ -279,6 +287,38 @@ impl QueueBridge {
                     tracing::warn!(queue = %self.queue, error = %e, "could not rate-limit the queue");
                 }
                 Err(bullmq::Error::RateLimited { delay_ms })
+            }
+        }
+    }
+
+    /// The outcome of a job whose plugin process died under it: a retryable failure naming the plugin and
+    /// the signal, or — for the job whose thread crashed, once it has crashed the process `crash_limit`
+    /// times — a failure for good (`crashed the worker (signal …)`).
+    async fn crash_outcome(&self, id: &str, crash: Crash) -> Outcome {
+        let plugin = &self.plugin.info.name;
+        let retryable = cause::process_crash_reason(plugin, crash.ending);
+        if !crash.blamed {
+            tracing::warn!(queue = %self.queue, job_id = %id, %plugin, cause = %crash.ending, "job failed: its plugin process crashed in another job");
+            return Outcome::failed(retryable);
+        }
+        let limit = self.crash_limit;
+        let poison = cause::poison_reason(plugin, crash.ending, u64::from(limit));
+        match self
+            .admin
+            .count_crash(&self.keys, id, limit, &poison, false)
+            .await
+        {
+            Ok(Some(crashes)) if crashes >= u64::from(limit) => {
+                tracing::error!(queue = %self.queue, job_id = %id, %plugin, cause = %crash.ending, crashes, "job crashed its plugin process {crashes} times; failing it for good");
+                Outcome::unrecoverable(poison)
+            }
+            Ok(crashes) => {
+                tracing::error!(queue = %self.queue, job_id = %id, %plugin, cause = %crash.ending, crashes = crashes.unwrap_or(0), limit, "job crashed its plugin process");
+                Outcome::failed(retryable)
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, job_id = %id, error = %format!("{e:#}"), "could not count the crash of the job");
+                Outcome::failed(retryable)
             }
         }
     }

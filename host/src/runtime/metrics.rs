@@ -29,6 +29,7 @@ const QUEUE_OLDEST_WAITING: &str = "frostguard_queue_oldest_waiting_seconds";
 const QUEUE_HELD: &str = "frostguard_queue_held";
 const QUEUE_HOLDS: &str = "frostguard_queue_holds_total";
 const PLUGIN_EVENTS: &str = "frostguard_plugin_events_total";
+const PLUGIN_CRASHES: &str = "frostguard_plugin_crashes_total";
 
 /// Job duration buckets in seconds: from a fast no-op to a slow provider call.
 const DURATION_BUCKETS: [f64; 12] = [
@@ -100,6 +101,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         PLUGIN_EVENTS,
         "Events a plugin reported by logging them with an `event` field (e.g. sms-notifications: \
          possibly_sent, credentials_rejected), per plugin and event"
+    );
+    describe_counter!(
+        PLUGIN_CRASHES,
+        "Crashes of plugin code (segfault, abort, exit): a plugin process that died, or, in in-process \
+         mode, a crash of an earlier run recognised at start, per plugin"
     );
     Ok(handle)
 }
@@ -224,4 +230,9 @@ pub fn queue_held(queue: &str, plugin: &str, held: bool) {
 pub fn plugin_event(plugin: &str, event: &str) {
     counter!(PLUGIN_EVENTS, "plugin" => plugin.to_owned(), "event" => event.to_owned())
         .increment(1);
+}
+
+/// Counts a crash of the plugin's code (its process died, or an earlier in-process run died in it).
+pub fn plugin_crash(plugin: &str) {
+    counter!(PLUGIN_CRASHES, "plugin" => plugin.to_owned()).increment(1);
 }

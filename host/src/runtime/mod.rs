@@ -13,7 +13,7 @@ mod events;
 pub mod health;
 mod hold;
 pub(crate) mod metrics;
-mod redis_admin;
+pub(crate) mod redis_admin;
 mod retry;
 mod stacktrace;
 mod stalled;
@@ -157,11 +157,22 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
         ));
     }
 
+    // The crash journal, when any plugin runs in-process (process-mode plugins cannot take the host down).
+    let identity = crate::isolation::journal::identity(&config.redis.redacted(), &config.prefix);
+    let journal = registry
+        .active
+        .iter()
+        .any(|p| p.isolation() == crate::isolation::Isolation::InProcess)
+        .then(|| crate::isolation::open_journal(&config.state_dir, &identity))
+        .flatten()
+        .map(|j| j.path().to_owned());
+
     let mut signal = Box::pin(shutdown::wait_for_signal());
     let drain = DrainState::new();
     let running: Arc<Mutex<Vec<Running>>> = Arc::new(Mutex::new(Vec::new()));
     let startup = tokio::spawn(start_all(
         config.clone(),
+        journal,
         processors,
         Arc::clone(&health),
         Arc::clone(&drain),
@@ -216,6 +227,7 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
 /// Connects the admin connection, then starts every queue's worker; logs `worker ready` when all consume.
 async fn start_all(
     config: Config,
+    journal: Option<std::path::PathBuf>,
     processors: Vec<(Arc<ActivePlugin>, plugin_api::ProcessorInfo)>,
     health: Arc<Health>,
     drain: Arc<DrainState>,
@@ -225,6 +237,17 @@ async fn start_all(
     let connection = config.redis.connection_options();
     let admin = connect_admin(&connection).await;
     health.set_redis_up(true);
+    // Jobs a dead in-process run was running: the one that crashed it is counted (and failed for good at
+    // the limit) before any queue is consumed again.
+    crate::isolation::orphans::settle(
+        &admin,
+        &config.prefix,
+        &config.state_dir,
+        &crate::isolation::journal::identity(&config.redis.redacted(), &config.prefix),
+        journal.as_deref().unwrap_or(std::path::Path::new("")),
+        config.crash_limit,
+    )
+    .await;
     tokio::spawn(health::monitor_redis(
         Arc::clone(&health),
         admin.clone(),
@@ -260,6 +283,7 @@ async fn start_all(
             health: Arc::clone(&health),
             job_timeout: overrides.job_timeout(info.timeout_ms),
             completions: Arc::clone(&completions),
+            crash_limit: config.crash_limit,
         });
         let stalled_check = stalled::StalledCheck {
             queue: info.queue.clone(),
@@ -368,7 +392,7 @@ async fn shutdown_plugins(active: &[Arc<ActivePlugin>]) {
     let mut calls = tokio::task::JoinSet::new();
     for plugin in active {
         let plugin = Arc::clone(plugin);
-        calls.spawn_blocking(move || plugin.plugin.shutdown(PLUGIN_SHUTDOWN_BUDGET));
+        calls.spawn_blocking(move || plugin.shutdown(PLUGIN_SHUTDOWN_BUDGET));
     }
     let all = async { while calls.join_next().await.is_some() {} };
     if tokio::time::timeout(PLUGIN_SHUTDOWN_BUDGET + Duration::from_millis(500), all)

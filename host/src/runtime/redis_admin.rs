@@ -172,6 +172,44 @@ impl AdminRedis {
             .with_context(|| format!("recording the failed attempt of job {job_id}"))
     }
 
+    /// Counts one crash of its process against job `job_id` (the `fgCrashes` field of its hash) and returns
+    /// the new count, or `None` when the job no longer exists. With `defer`, a count at `limit` also sets
+    /// BullMQ's deferred failure (`defa`) to `reason`, so whichever worker fetches the job next fails it for
+    /// good without running it (used when the job's lock belongs to a dead run).
+    pub async fn count_crash(
+        &self,
+        keys: &QueueKeys,
+        job_id: &str,
+        limit: u32,
+        reason: &str,
+        defer: bool,
+    ) -> anyhow::Result<Option<u64>> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r#"
+if redis.call("EXISTS", KEYS[1]) == 0 then return -1 end
+local n = redis.call("HINCRBY", KEYS[1], "fgCrashes", 1)
+if ARGV[3] == "1" and n >= tonumber(ARGV[1]) then redis.call("HSET", KEYS[1], "defa", ARGV[2]) end
+return n
+"#,
+            )
+        });
+        let mut invocation = SCRIPT.prepare_invoke();
+        invocation
+            .key(keys.job_key(job_id))
+            .arg(limit)
+            .arg(reason)
+            .arg(if defer { "1" } else { "0" });
+        let reply = self
+            .invoke(&invocation)
+            .await
+            .with_context(|| format!("counting a crash of job {job_id}"))?;
+        Ok(match reply {
+            redis::Value::Int(n) if n >= 0 => Some(n as u64),
+            _ => None,
+        })
+    }
+
     /// Rate-limits the whole queue for `ms`, exactly like Node's `Queue.rateLimit(ms)`.
     pub async fn rate_limit(&self, keys: &QueueKeys, ms: u64) -> anyhow::Result<()> {
         let mut cmd = redis::cmd("SET");

@@ -61,7 +61,8 @@ if #marked > 0 then
       local jobKey = jobPrefix .. jobId
       if call("EXISTS", jobKey .. ":lock") == 0 and call("LREM", activeKey, 1, jobId) > 0 then
         local stalls = call("HINCRBY", jobKey, "stc", 1)
-        if stalls > maxStalled and not fromScheduler(jobKey) then
+        -- A deferred failure already there (a job that crashed the worker) keeps its own reason.
+        if stalls > maxStalled and not fromScheduler(jobKey) and call("HEXISTS", jobKey, "defa") == 0 then
           call("HSET", jobKey, "defa", "job stalled more than allowable limit")
         end
         call("RPUSH", waitKey, jobId)

@@ -1,0 +1,196 @@
+//! The plugin process's side (`frostguard-worker plugin-process --plugin FILE`, a hidden subcommand the host
+//! starts): loads the library through the same loader and checks as the host, starts it with the settings
+//! the host sends, then runs each job it is given on a thread of its own and reports progress, job log lines,
+//! the plugin's `tracing` records and the outcome back over the framed protocol.
+//!
+//! The protocol uses private copies of the original stdin and stdout; descriptors 0 and 1 are then pointed at
+//! /dev/null and stderr, so a plugin that prints cannot corrupt a frame. Descriptor 3, when the host passes
+//! it, receives the crash note ([`super::crashnote`]) naming the request whose thread crashed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::io::FromRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use plugin_api::host::{ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel};
+
+use super::crashnote;
+use super::protocol::{read_frame, write_frame, FromChild, ToChild};
+
+/// The descriptor on which the host reads crash notes.
+pub const NOTE_FD: libc::c_int = 3;
+
+/// The shared writer of frames to the host.
+#[derive(Clone)]
+struct Out(Arc<Mutex<BufWriter<File>>>);
+
+impl Out {
+    fn send(&self, msg: &FromChild) {
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if write_frame(&mut *w, msg).is_err() {
+            // The host is gone: nobody is left to run jobs for.
+            std::process::exit(0);
+        }
+    }
+}
+
+struct ChildLogger {
+    out: Out,
+    max: LogLevel,
+}
+
+impl HostLogger for ChildLogger {
+    fn log(&self, record: ForwardedLog) {
+        self.out.send(&FromChild::Log { record });
+    }
+
+    fn max_level(&self) -> LogLevel {
+        self.max
+    }
+}
+
+struct ChildCallbacks {
+    id: u64,
+    out: Out,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl JobCallbacks for ChildCallbacks {
+    fn progress(&self, json: &str) {
+        self.out.send(&FromChild::Progress {
+            id: self.id,
+            json: json.to_owned(),
+        });
+    }
+
+    fn log(&self, line: &str) {
+        self.out.send(&FromChild::JobLog {
+            id: self.id,
+            line: line.to_owned(),
+        });
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+}
+
+/// Takes the protocol descriptors away from stdin/stdout (see the module docs).
+fn protocol_streams() -> anyhow::Result<(File, File)> {
+    // SAFETY: dup/dup2/open on the process's own standard descriptors; the new descriptors are owned by
+    // the returned files only.
+    unsafe {
+        let input = libc::dup(0);
+        let output = libc::dup(1);
+        if input < 0 || output < 0 {
+            anyhow::bail!("cannot duplicate the protocol descriptors");
+        }
+        libc::fcntl(input, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(output, libc::F_SETFD, libc::FD_CLOEXEC);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::close(null);
+        }
+        libc::dup2(2, 1);
+        Ok((File::from_raw_fd(input), File::from_raw_fd(output)))
+    }
+}
+
+/// Runs the plugin process until the host says stop or goes away. Returns the exit status.
+pub fn main(plugin_path: &Path) -> anyhow::Result<std::process::ExitCode> {
+    let (input, output) = protocol_streams()?;
+    // SAFETY: fcntl on a descriptor number; only used as the note sink when it is open.
+    if unsafe { libc::fcntl(NOTE_FD, libc::F_GETFD) } >= 0 {
+        crashnote::install(crashnote::Sink::Pipe(NOTE_FD));
+    }
+    let out = Out(Arc::new(Mutex::new(BufWriter::new(output))));
+    let mut input = BufReader::new(input);
+    let plugin = match LoadedPlugin::load(plugin_path) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            out.send(&FromChild::InitFailed {
+                reason: e.to_string(),
+            });
+            return Ok(std::process::ExitCode::FAILURE);
+        }
+    };
+    let Some(ToChild::Init { config, max_level }) =
+        read_frame::<ToChild>(&mut input).context("reading the init message")?
+    else {
+        anyhow::bail!("the host did not start with an init message");
+    };
+    let logger = Arc::new(ChildLogger {
+        out: out.clone(),
+        max: max_level,
+    });
+    if let Err(reason) = plugin.init(&config, logger) {
+        out.send(&FromChild::InitFailed { reason });
+        return Ok(std::process::ExitCode::FAILURE);
+    }
+    out.send(&FromChild::Ready);
+    let running: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>> = Arc::default();
+    let name = plugin.info().name.clone();
+    loop {
+        let msg = match read_frame::<ToChild>(&mut input) {
+            Ok(Some(msg)) => msg,
+            // The host closed our input (or died): stop.
+            Ok(None) => return Ok(std::process::ExitCode::SUCCESS),
+            Err(e) => anyhow::bail!("unreadable message from the host: {e}"),
+        };
+        match msg {
+            ToChild::Job { id, job } => {
+                let cancelled = Arc::new(AtomicBool::new(false));
+                running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, Arc::clone(&cancelled));
+                let (plugin, out, running) =
+                    (Arc::clone(&plugin), out.clone(), Arc::clone(&running));
+                let label = format!("job {} of queue {} (plugin {name})", job.id, job.queue);
+                std::thread::Builder::new()
+                    .name(format!("job-{id}"))
+                    .spawn(move || {
+                        let callbacks = Arc::new(ChildCallbacks {
+                            id,
+                            out: out.clone(),
+                            cancelled,
+                        });
+                        let outcome = {
+                            let _entered = crashnote::enter(slot_of(id), &label);
+                            plugin.process(&job, callbacks)
+                        };
+                        running
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&id);
+                        out.send(&FromChild::Outcome { id, outcome });
+                    })
+                    .context("starting a job thread")?;
+            }
+            ToChild::Cancel { id } => {
+                if let Some(flag) = running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                    flag.store(true, Ordering::Release);
+                }
+            }
+            ToChild::Shutdown { deadline_ms } => {
+                plugin.shutdown(Duration::from_millis(deadline_ms));
+                out.send(&FromChild::ShutdownDone);
+                let _ = out.0.lock().unwrap_or_else(|p| p.into_inner()).flush();
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+            ToChild::Init { .. } => anyhow::bail!("a second init message"),
+        }
+    }
+}
+
+/// The crash-note slot of request `id` (non-zero, 32 bits: request ids wrap around long before that
+/// matters for the few requests in flight).
+pub fn slot_of(id: u64) -> u32 {
+    (id % u64::from(u32::MAX)) as u32 + 1
+}

@@ -1,0 +1,92 @@
+//! Crash isolation: where plugin code runs, and what happens when it takes its process down.
+//!
+//! - [`settings`]: the mode of each plugin (`PLUGIN_ISOLATION`, `PLUGIN_ISOLATION_<NAME>`).
+//! - process mode: [`process`] supervises one child per plugin (the host's own binary, subcommand
+//!   `plugin-process`, whose side is [`child`]) speaking [`protocol`]; a dead child fails the jobs it held
+//!   retryably and is restarted with backoff.
+//! - in-process mode: [`journal`] records each job entering plugin code in `STATE_DIR`; [`orphans`] settles
+//!   the journals of dead runs at the next start.
+//! - both: [`crashnote`] writes which job's thread crashed and with which signal; [`cause`] turns endings
+//!   into reasons; a job that crashed its process `JOB_CRASH_LIMIT` times fails for good.
+
+pub mod cause;
+pub mod child;
+pub mod crashnote;
+pub mod journal;
+pub mod orphans;
+pub mod process;
+pub mod protocol;
+pub mod settings;
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use plugin_api::host::JobCallbacks;
+use plugin_api::{JobView, Outcome};
+
+pub use process::{Crash, PluginProcess, Reply};
+pub use settings::{Isolation, IsolationSettings};
+
+use crate::plugins::ActivePlugin;
+
+/// This run's crash journal (in-process mode), once opened.
+static JOURNAL: OnceLock<journal::Journal> = OnceLock::new();
+
+/// Opens this run's crash journal in `dir` and installs the crash-note handlers writing to it. Without a
+/// usable directory the host still runs (with a warning): a crash is then still named on stderr, but the
+/// next start cannot tell which job caused it.
+pub fn open_journal(dir: &Path, identity: &str) -> Option<&'static journal::Journal> {
+    match journal::Journal::create(dir, identity) {
+        Ok(j) => {
+            let j = JOURNAL.get_or_init(|| j);
+            crashnote::install(crashnote::Sink::FileStart(j.note_fd()));
+            Some(j)
+        }
+        Err(e) => {
+            tracing::warn!(
+                state_dir = %dir.display(), error = %e,
+                "cannot open the crash journal; a job that crashes the worker in-process cannot be recognised \
+                 after the restart (set STATE_DIR to a writable directory)"
+            );
+            crashnote::install(crashnote::Sink::StderrOnly);
+            None
+        }
+    }
+}
+
+impl ActivePlugin {
+    /// Runs one job through the plugin in its isolation mode. Blocks: call it from a blocking thread.
+    pub fn run(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Reply {
+        if let Some(child) = &self.process {
+            return child.process(job, callbacks);
+        }
+        let entry = JOURNAL
+            .get()
+            .and_then(|j| j.begin(&job.queue, &job.id, &self.info.name));
+        let label = format!(
+            "job {} of queue {} (plugin {})",
+            job.id, job.queue, self.info.name
+        );
+        let slot = entry.as_ref().map_or(u32::MAX, journal::Entry::slot);
+        let _entered = crashnote::enter(slot, &label);
+        let outcome: Outcome = self.plugin.process(job, callbacks);
+        Reply::Outcome(outcome)
+    }
+
+    /// Asks the plugin to stop within `budget` (in its child, or in-process). Blocks.
+    pub fn shutdown(&self, budget: std::time::Duration) {
+        match &self.process {
+            Some(child) => child.shutdown(budget),
+            None => self.plugin.shutdown(budget),
+        }
+    }
+
+    /// The plugin's isolation mode.
+    pub fn isolation(&self) -> Isolation {
+        if self.process.is_some() {
+            Isolation::Process
+        } else {
+            Isolation::InProcess
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! Process mode, the host's side: one child process per plugin (the host's own binary, hidden subcommand
+//! `plugin-process`), supervised and restarted with backoff when it dies.
+//!
+//! [`PluginProcess::process`] has the same shape as an in-process call (a blocking call that returns the
+//! job's outcome while forwarding progress, job log lines and cancellation), so the bridge runs both modes on
+//! its blocking threads the same way and the queue's concurrency bound holds unchanged. One supervisor thread
+//! per child reads its frames (dispatching progress and log lines to the job's callbacks and the plugin's
+//! `tracing` records to the host's log) and, when the child's output ends, collects its exit status and crash
+//! note, answers every job the child held with a [`Crash`], and starts a new child after a backoff. Jobs that
+//! arrive meanwhile wait for the new child (or for cancellation).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::io::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use plugin_api::host::{HostLogger, JobCallbacks};
+use plugin_api::{JobView, Outcome, PluginConfig};
+
+use super::cause::Ending;
+use super::child::{slot_of, NOTE_FD};
+use super::crashnote;
+use super::protocol::{read_frame, write_frame, FromChild, ToChild};
+
+/// First wait before restarting a crashed child; doubled per crash up to [`RESTART_BACKOFF_MAX`].
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between restarts.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A child that lived this long before dying restarts after the shortest wait again.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How often a job waiting for its outcome checks whether it was cancelled.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// A plugin process died while holding a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crash {
+    /// How the process ended.
+    pub ending: Ending,
+    /// True when this job is the one whose thread crashed (the crash note named it), or when nothing
+    /// named another: only a blamed job counts towards the poison-job limit.
+    pub blamed: bool,
+}
+
+/// How one call through a plugin process ended.
+#[derive(Debug)]
+pub enum Reply {
+    /// The plugin returned.
+    Outcome(Outcome),
+    /// The process died first.
+    Crashed(Crash),
+}
+
+/// One plugin's child process, restarted whenever it dies, until [`PluginProcess::shutdown`].
+pub struct PluginProcess {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PluginProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginProcess")
+            .field("plugin", &self.shared.name)
+            .finish()
+    }
+}
+
+struct Shared {
+    name: String,
+    path: PathBuf,
+    exe: PathBuf,
+    config: PluginConfig,
+    logger: Arc<dyn HostLogger>,
+    state: Mutex<State>,
+    changed: Condvar,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    /// Set once a stopped plugin's child has exited (what [`PluginProcess::shutdown`] waits for).
+    exited: Mutex<bool>,
+    gone: Condvar,
+}
+
+enum State {
+    /// Between a crash and the next child being ready.
+    Starting,
+    Ready(Arc<Conn>),
+    /// The last start failed; retried after the backoff.
+    Down(String),
+    /// Shut down (or shutting down): no new jobs.
+    Stopped,
+}
+
+struct Conn {
+    input: Mutex<ChildStdin>,
+    pid: u32,
+}
+
+struct Pending {
+    tx: mpsc::Sender<Reply>,
+    callbacks: Arc<dyn JobCallbacks>,
+    slot: u32,
+}
+
+/// A started child: its process, its output and the read end of its crash-note pipe.
+struct Started {
+    child: Child,
+    output: BufReader<ChildStdout>,
+    notes: File,
+    conn: Arc<Conn>,
+}
+
+impl PluginProcess {
+    /// Starts the plugin's child with `config` and waits until its `init` answered. `Err` carries the
+    /// reason the plugin cannot run (its `init` refused, the library failed the loader's checks in the
+    /// child, the child could not be started).
+    pub fn start(
+        path: &Path,
+        name: &str,
+        config: PluginConfig,
+        logger: Arc<dyn HostLogger>,
+    ) -> Result<PluginProcess, String> {
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find the host binary to start the plugin process: {e}"))?;
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            exe,
+            config,
+            logger,
+            state: Mutex::new(State::Starting),
+            changed: Condvar::new(),
+            pending: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            exited: Mutex::new(false),
+            gone: Condvar::new(),
+        });
+        let started = shared.spawn()?;
+        *shared.lock_state() = State::Ready(Arc::clone(&started.conn));
+        let supervisor = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("plugin-{name}"))
+            .spawn(move || supervisor.supervise(started))
+            .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+        Ok(PluginProcess { shared })
+    }
+
+    /// Runs one job in the child. Blocks until the outcome, the child's death, or (while no child is
+    /// running) cancellation: call it from a blocking thread, as an in-process call.
+    pub fn process(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Reply {
+        let shared = &self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        let conn = {
+            let mut state = shared.lock_state();
+            loop {
+                match &*state {
+                    State::Ready(conn) => {
+                        // Registered under the state lock: the supervisor marks the child gone under the
+                        // same lock before answering the jobs it held, so this job is either answered or
+                        // sees the restart.
+                        shared.lock_pending().insert(
+                            id,
+                            Pending {
+                                tx,
+                                callbacks: Arc::clone(&callbacks),
+                                slot: slot_of(id),
+                            },
+                        );
+                        break Arc::clone(conn);
+                    }
+                    State::Stopped => {
+                        return Reply::Outcome(Outcome::failed(format!(
+                            "plugin {} is shutting down",
+                            shared.name
+                        )))
+                    }
+                    State::Down(reason) => {
+                        return Reply::Outcome(Outcome::failed(format!(
+                            "plugin process of {} cannot be started: {reason}",
+                            shared.name
+                        )))
+                    }
+                    State::Starting => {
+                        if callbacks.is_cancelled() {
+                            return Reply::Outcome(Outcome::failed(format!(
+                                "cancelled while the plugin process of {} restarted",
+                                shared.name
+                            )));
+                        }
+                        state = shared
+                            .changed
+                            .wait_timeout(state, CANCEL_POLL)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
+            }
+        };
+        // A failed write means the child is dying; the supervisor answers this job with its crash.
+        let _ = conn.send(&ToChild::Job {
+            id,
+            job: job.clone(),
+        });
+        let mut cancel_sent = false;
+        loop {
+            match rx.recv_timeout(CANCEL_POLL) {
+                Ok(reply) => return reply,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if !cancel_sent && callbacks.is_cancelled() {
+                        cancel_sent = true;
+                        let _ = conn.send(&ToChild::Cancel { id });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Reply::Outcome(Outcome::failed(format!(
+                        "plugin process of {} went away without an answer",
+                        shared.name
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Asks the child to run the plugin's `shutdown` within `budget` and exit; kills it when it does not.
+    /// Blocks: call it from a blocking thread.
+    pub fn shutdown(&self, budget: Duration) {
+        let shared = &self.shared;
+        let conn = match std::mem::replace(&mut *shared.lock_state(), State::Stopped) {
+            State::Ready(conn) => conn,
+            _ => return,
+        };
+        shared.changed.notify_all();
+        let ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+        let _ = conn.send(&ToChild::Shutdown { deadline_ms: ms });
+        let until = Instant::now() + budget + Duration::from_millis(500);
+        let mut exited = shared.exited.lock().unwrap_or_else(|p| p.into_inner());
+        while !*exited {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(plugin = %shared.name, pid = conn.pid, "plugin process did not exit after shutdown; killing it");
+                // SAFETY: kill of our own child's pid (not yet reaped: the supervisor has not seen it exit).
+                unsafe {
+                    libc::kill(conn.pid as libc::pid_t, libc::SIGKILL);
+                }
+                return;
+            }
+            exited = shared
+                .gone
+                .wait_timeout(exited, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Conn {
+    fn send(&self, msg: &ToChild) -> std::io::Result<()> {
+        let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
+        write_frame(&mut *input, msg)
+    }
+}
+
+impl Shared {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a child and waits for its `init` to answer.
+    fn spawn(&self) -> Result<Started, String> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills `fds` with two new descriptors, both close-on-exec.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(format!(
+                "cannot create the crash-note pipe: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: the two descriptors were just created and are owned by these files alone.
+        let (notes, note_writer) =
+            unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let writer_fd = fds[1];
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("plugin-process")
+            .arg("--plugin")
+            .arg(&self.path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: only async-signal-safe calls between fork and exec: dup2 (which clears close-on-exec on
+        // the copy) and prctl.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(writer_fd, NOTE_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The child must not outlive a host killed outright.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the plugin process: {e}"))?;
+        drop(note_writer);
+        let input = child.stdin.take().expect("piped stdin");
+        let output = child.stdout.take().expect("piped stdout");
+        let conn = Arc::new(Conn {
+            input: Mutex::new(input),
+            pid: child.id(),
+        });
+        let mut output = BufReader::new(output);
+        let max_level = self.logger.max_level();
+        let init = ToChild::Init {
+            config: self.config.clone(),
+            max_level,
+        };
+        let answer = match conn.send(&init) {
+            Ok(()) => self.await_init(&mut output),
+            Err(e) => Err(Refusal::Broken(format!(
+                "cannot talk to the plugin process: {e}"
+            ))),
+        };
+        match answer {
+            Ok(()) => Ok(Started {
+                child,
+                output,
+                notes,
+                conn,
+            }),
+            Err(refusal) => {
+                let status = reap(&mut child, true).ok();
+                Err(match refusal {
+                    Refusal::Plugin(reason) => reason,
+                    // The child died or talked nonsense: say how it ended.
+                    Refusal::Broken(reason) => match status.and_then(Ending::from_status) {
+                        Some(ending) => format!("{reason} ({ending})"),
+                        None => reason,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Reads the child's answer to `init`, forwarding the plugin's log records meanwhile.
+    fn await_init(&self, output: &mut BufReader<ChildStdout>) -> Result<(), Refusal> {
+        loop {
+            match read_frame::<FromChild>(output) {
+                Ok(Some(FromChild::Ready)) => return Ok(()),
+                Ok(Some(FromChild::InitFailed { reason })) => return Err(Refusal::Plugin(reason)),
+                Ok(Some(FromChild::Log { record })) => self.logger.log(record),
+                Ok(Some(other)) => {
+                    return Err(Refusal::Broken(format!(
+                        "unexpected message before init answered: {other:?}"
+                    )))
+                }
+                Ok(None) => {
+                    return Err(Refusal::Broken(
+                        "the plugin process exited during init".to_owned(),
+                    ))
+                }
+                Err(e) => return Err(Refusal::Broken(format!("reading the plugin process: {e}"))),
+            }
+        }
+    }
+
+    /// The supervisor thread: reads the child's frames; on its death answers its jobs and restarts it.
+    fn supervise(self: Arc<Self>, mut started: Started) {
+        let mut backoff = RESTART_BACKOFF_MIN;
+        loop {
+            let born = Instant::now();
+            let clean_end = self.read_frames(&mut started.output);
+            let status = reap(&mut started.child, clean_end);
+            let mut note = Vec::new();
+            let _ = started.notes.read_to_end(&mut note);
+            let note = crashnote::parse(&note);
+            let ending = status.ok().and_then(Ending::from_status);
+            let stopping = {
+                let mut state = self.lock_state();
+                let stopping = matches!(*state, State::Stopped);
+                if !stopping {
+                    *state = State::Starting;
+                }
+                stopping
+            };
+            let held: Vec<Pending> = self.lock_pending().drain().map(|(_, p)| p).collect();
+            if stopping {
+                for p in held {
+                    let _ =
+                        p.tx.send(Reply::Outcome(Outcome::failed("plugin shut down")));
+                }
+                self.mark_exited();
+                return;
+            }
+            // A crash note names the job whose thread crashed; without one (killed from outside, out of
+            // memory) every job the child held is blamed.
+            let ending = match (note, ending) {
+                (Some((0, _)), Some(e)) => e,
+                (Some((sig, _)), _) if sig != 0 => Ending::from_note(sig),
+                (_, Some(e)) => e,
+                (_, None) => Ending::ExitCalled,
+            };
+            let blamed_slot = note.map(|(_, slot)| slot);
+            tracing::error!(
+                plugin = %self.name,
+                pid = started.conn.pid,
+                cause = %ending,
+                jobs = held.len(),
+                "plugin process crashed; failing the jobs it held and restarting it"
+            );
+            crate::runtime::metrics::plugin_crash(&self.name);
+            for p in held {
+                let blamed = blamed_slot.is_none_or(|slot| slot == p.slot);
+                let _ = p.tx.send(Reply::Crashed(Crash { ending, blamed }));
+            }
+            if born.elapsed() >= STABLE_AFTER {
+                backoff = RESTART_BACKOFF_MIN;
+            }
+            started = loop {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                if matches!(*self.lock_state(), State::Stopped) {
+                    self.mark_exited();
+                    return;
+                }
+                match self.spawn() {
+                    Ok(started) => {
+                        let mut state = self.lock_state();
+                        if matches!(*state, State::Stopped) {
+                            drop(state);
+                            let mut started = started;
+                            let _ = started.child.kill();
+                            let _ = started.child.wait();
+                            continue;
+                        }
+                        *state = State::Ready(Arc::clone(&started.conn));
+                        drop(state);
+                        self.changed.notify_all();
+                        tracing::info!(plugin = %self.name, pid = started.conn.pid, "plugin process restarted");
+                        break started;
+                    }
+                    Err(reason) => {
+                        tracing::error!(plugin = %self.name, retry_in_ms = backoff.as_millis() as u64, "plugin process cannot be restarted: {reason}");
+                        let mut state = self.lock_state();
+                        if !matches!(*state, State::Stopped) {
+                            *state = State::Down(reason);
+                        }
+                        drop(state);
+                        self.changed.notify_all();
+                    }
+                }
+            };
+        }
+    }
+
+    fn mark_exited(&self) {
+        *self.exited.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.gone.notify_all();
+    }
+
+    /// Dispatches the child's frames until its output ends: true at a clean end (the child is exiting),
+    /// false when the stream broke mid-frame or made no sense (the child is then killed).
+    fn read_frames(&self, output: &mut BufReader<ChildStdout>) -> bool {
+        loop {
+            let msg = match read_frame::<FromChild>(output) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return true,
+                Err(e) => {
+                    tracing::error!(plugin = %self.name, error = %e, "unreadable message from the plugin process");
+                    return false;
+                }
+            };
+            match msg {
+                FromChild::Progress { id, json } => {
+                    if let Some(cb) = self.callbacks(id) {
+                        cb.progress(&json);
+                    }
+                }
+                FromChild::JobLog { id, line } => {
+                    if let Some(cb) = self.callbacks(id) {
+                        cb.log(&line);
+                    }
+                }
+                FromChild::Log { record } => self.logger.log(record),
+                FromChild::Outcome { id, outcome } => {
+                    if let Some(p) = self.lock_pending().remove(&id) {
+                        let _ = p.tx.send(Reply::Outcome(outcome));
+                    }
+                }
+                FromChild::Ready | FromChild::InitFailed { .. } | FromChild::ShutdownDone => {}
+            }
+        }
+    }
+
+    fn callbacks(&self, id: u64) -> Option<Arc<dyn JobCallbacks>> {
+        self.lock_pending()
+            .get(&id)
+            .map(|p| Arc::clone(&p.callbacks))
+    }
+}
+
+/// Why a child did not become ready.
+enum Refusal {
+    /// The plugin (or the loader in the child) said why: its words are the reason.
+    Plugin(String),
+    /// The child died or broke the protocol.
+    Broken(String),
+}
+
+/// Waits for a child whose output ended. After a clean end it is exiting on its own and gets a moment to
+/// do so (so its real status is seen); otherwise, or when it lingers, it is killed.
+fn reap(child: &mut Child, clean_end: bool) -> std::io::Result<std::process::ExitStatus> {
+    if clean_end {
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let _ = child.kill();
+    child.wait()
+}

@@ -1,0 +1,176 @@
+//! The framed protocol between the host and a plugin process: each message is a 4-byte big-endian length
+//! followed by that many bytes of JSON (serde_json, as everything else that crosses the plugin boundary).
+//!
+//! Host → plugin process on its stdin: [`ToChild`]; plugin process → host on its stdout: [`FromChild`].
+//! Requests carry a host-chosen `id`, so any number of jobs can be in flight at once and replies come back
+//! in whatever order the plugin finishes them.
+
+use std::io::{self, Read, Write};
+
+use plugin_api::host::{ForwardedLog, LogLevel};
+use plugin_api::{JobView, Outcome, PluginConfig};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The largest frame either side accepts (a job's data, an outcome's result).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// What the host sends. Externally tagged (`{"job": {...}}`): an internally tagged enum would buffer its
+/// fields and lose the job's raw JSON data.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ToChild {
+    /// First message: start the plugin with this configuration; forward log records up to `max_level`.
+    Init {
+        /// The plugin's resolved settings.
+        config: PluginConfig,
+        /// The most verbose level worth forwarding.
+        max_level: LogLevel,
+    },
+    /// Run one job.
+    Job {
+        /// Request id, echoed in every message about this job.
+        id: u64,
+        /// The job as the plugin sees it.
+        job: JobView,
+    },
+    /// The job's `is_cancelled()` turns true (shutdown, deadline, library cancellation).
+    Cancel {
+        /// Request id.
+        id: u64,
+    },
+    /// Call the plugin's `shutdown` with this budget, answer, and exit.
+    Shutdown {
+        /// The budget in milliseconds.
+        deadline_ms: u64,
+    },
+}
+
+/// What the plugin process sends.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FromChild {
+    /// `init` succeeded: jobs may come.
+    Ready,
+    /// `init` refused (or the library could not be loaded); the process exits.
+    InitFailed {
+        /// Why, in one line.
+        reason: String,
+    },
+    /// `ctx.progress` (JSON text).
+    Progress {
+        /// Request id.
+        id: u64,
+        /// The progress value as JSON text.
+        json: String,
+    },
+    /// `ctx.log`.
+    JobLog {
+        /// Request id.
+        id: u64,
+        /// The line.
+        line: String,
+    },
+    /// A `tracing` record from plugin code.
+    Log {
+        /// The record.
+        record: ForwardedLog,
+    },
+    /// The job's outcome.
+    Outcome {
+        /// Request id.
+        id: u64,
+        /// What the plugin returned.
+        outcome: Outcome,
+    },
+    /// `shutdown` returned.
+    ShutdownDone,
+}
+
+/// Writes one frame (one `write_all` of length and body, so concurrent writers under a lock never interleave).
+pub fn write_frame(w: &mut impl Write, msg: &impl Serialize) -> io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {} bytes exceeds the frame limit", body.len()),
+        ));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)?;
+    w.flush()
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream (the other side closed between frames).
+pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn frames_round_trip_in_order() {
+        let job = JobView {
+            id: "7".into(),
+            name: "complete".into(),
+            queue: "q".into(),
+            data: RawValue::from_string(r#"{"to":"+1","n":[1,2]}"#.into()).unwrap(),
+            attempts_made: 1,
+            attempts_started: 2,
+            opts: Default::default(),
+            timestamp: 5,
+            deadline_ms: Some(9),
+        };
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &ToChild::Job { id: 3, job }).unwrap();
+        write_frame(&mut wire, &ToChild::Cancel { id: 3 }).unwrap();
+        let mut r = wire.as_slice();
+        match read_frame::<ToChild>(&mut r).unwrap() {
+            Some(ToChild::Job { id: 3, job }) => {
+                // The job's data is passed through byte for byte.
+                assert_eq!(job.data.get(), r#"{"to":"+1","n":[1,2]}"#);
+                assert_eq!((job.attempts_made, job.deadline_ms), (1, Some(9)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_frame::<ToChild>(&mut r).unwrap(),
+            Some(ToChild::Cancel { id: 3 })
+        ));
+        assert!(read_frame::<ToChild>(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn truncated_and_oversized_frames_are_errors() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &FromChild::Ready).unwrap();
+        let cut = &wire[..wire.len() - 1];
+        assert!(read_frame::<FromChild>(&mut &cut[..]).is_err());
+        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert!(read_frame::<FromChild>(&mut &huge[..]).is_err());
+        let garbage = [0, 0, 0, 2, b'{', b'x'];
+        assert!(read_frame::<FromChild>(&mut &garbage[..]).is_err());
+    }
+}
