@@ -1,11 +1,14 @@
 //! Throughput benchmark: the same no-op jobs (Node-produced `complete` jobs returning `data.result`) drained
 //! from one queue by a Node BullMQ 6.7 Worker, by a bare `bullmq-official` Worker, and by `frostguard-worker`
-//! running the `test-outcomes` plugin, at several concurrencies, each on a fresh Redis. Prints jobs/s and the
-//! host's ratio to both. Run with `scripts/bench.sh` (it builds the release binaries first).
+//! running the `test-outcomes` plugin in both isolation modes (in-process, and a plugin process), at several
+//! concurrencies, each on a fresh Redis. Prints jobs/s, the host's ratios, and the CPU time per job of the
+//! Node worker and of the host (with its plugin process). Run with `scripts/bench.sh` (it builds the release
+//! binaries first).
 //!
 //! The rate is measured from the first completed job to the last, read from Redis itself (`ZCARD` of the
 //! completed set), so start-up time is excluded for every contender alike. Environment: `BENCH_JOBS`
-//! (default 20000), `BENCH_CONCURRENCY` (default `1,10,100`).
+//! (default 20000), `BENCH_CONCURRENCY` (default `1,10,100`). CPU time is read from `/proc` (user + system
+//! of the process and its children still running) over the same interval.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +22,10 @@ const QUEUE: &str = "test-outcomes";
 enum Contender {
     Node,
     Bare,
-    Host,
+    /// `PLUGIN_ISOLATION=in-process`.
+    HostInProcess,
+    /// `PLUGIN_ISOLATION=process`.
+    HostProcess,
 }
 
 impl Contender {
@@ -27,9 +33,16 @@ impl Contender {
         match self {
             Contender::Node => "node bullmq 6.7",
             Contender::Bare => "bare bullmq-official",
-            Contender::Host => "frostguard-worker",
+            Contender::HostInProcess => "frostguard in-process",
+            Contender::HostProcess => "frostguard process",
         }
     }
+}
+
+/// One run's figures: jobs/s, and CPU microseconds per job when measured.
+struct Figures {
+    rate: f64,
+    cpu_us_per_job: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,41 +55,90 @@ fn main() -> anyhow::Result<()> {
         .map(|c| c.trim().parse().context("BENCH_CONCURRENCY"))
         .collect::<anyhow::Result<_>>()?;
     ensure_node_modules()?;
-    println!("throughput, {jobs} no-op jobs per run, one fresh redis-server per run (jobs/s)");
+    println!("throughput, {jobs} no-op jobs per run, one fresh redis-server per run (jobs/s; CPU µs per job)");
     println!(
-        "{:>11} | {:>16} | {:>20} | {:>17} | {:>9} | {:>9}",
+        "{:>11} | {:>15} | {:>15} | {:>21} | {:>18} | {:>8} | {:>8} | {:>11} | {:>11} | {:>11}",
         "concurrency",
         "node bullmq 6.7",
-        "bare bullmq-official",
-        "frostguard-worker",
+        "bare bullmq-off.",
+        "frostguard in-process",
+        "frostguard process",
         "vs node",
-        "vs bare"
+        "proc/in",
+        "cpu node",
+        "cpu in-proc",
+        "cpu process"
     );
+    let contenders = [
+        Contender::Node,
+        Contender::Bare,
+        Contender::HostInProcess,
+        Contender::HostProcess,
+    ];
     for c in concurrencies {
-        let mut rates = Vec::new();
-        for contender in [Contender::Node, Contender::Bare, Contender::Host] {
-            let rate = run_one(contender, c, jobs)
+        let mut runs = Vec::new();
+        for contender in contenders {
+            let figures = run_one(contender, c, jobs)
                 .with_context(|| format!("{} at concurrency {c}", contender.label()))?;
-            rates.push(rate);
+            runs.push(figures);
         }
+        let cpu = |f: &Figures| {
+            f.cpu_us_per_job
+                .map(|us| format!("{us:.0}"))
+                .unwrap_or_else(|| "-".into())
+        };
         println!(
-            "{:>11} | {:>16.0} | {:>20.0} | {:>17.0} | {:>8.2}x | {:>8.2}x",
+            "{:>11} | {:>15.0} | {:>15.0} | {:>21.0} | {:>18.0} | {:>7.2}x | {:>7.2}x | {:>11} | {:>11} | {:>11}",
             c,
-            rates[0],
-            rates[1],
-            rates[2],
-            rates[2] / rates[0],
-            rates[2] / rates[1]
+            runs[0].rate,
+            runs[1].rate,
+            runs[2].rate,
+            runs[3].rate,
+            runs[3].rate / runs[0].rate,
+            runs[3].rate / runs[2].rate,
+            cpu(&runs[0]),
+            cpu(&runs[2]),
+            cpu(&runs[3]),
         );
     }
     Ok(())
+}
+
+/// CPU seconds (user + system) used so far by `pid` and its live children.
+fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = |pid: &str| -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may contain spaces): state is field 3.
+        let rest = text.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ppid: u64 = fields.get(1)?.parse().ok()?;
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((ppid, utime + stime))
+    };
+    let mut total = stat(&pid.to_string()).map(|(_, t)| t).unwrap_or(0);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.bytes().all(|b| b.is_ascii_digit()) {
+                if let Some((ppid, t)) = stat(&name) {
+                    if ppid == u64::from(pid) {
+                        total += t;
+                    }
+                }
+            }
+        }
+    }
+    total as f64 / ticks
 }
 
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
 }
 
-fn run_one(contender: Contender, concurrency: usize, jobs: u64) -> anyhow::Result<f64> {
+fn run_one(contender: Contender, concurrency: usize, jobs: u64) -> anyhow::Result<Figures> {
     let redis = RedisServer::start()?;
     let status = Command::new("node")
         .current_dir(node_dir())
@@ -87,9 +149,10 @@ fn run_one(contender: Contender, concurrency: usize, jobs: u64) -> anyhow::Resul
         bail!("enqueueing failed: {status}");
     }
     let running = Running::start(contender, &redis, concurrency)?;
-    let rate = measure(&redis, jobs);
+    let pid = running.pid();
+    let figures = measure(&redis, jobs, pid);
     running.stop();
-    rate
+    figures
 }
 
 /// A contender processing the queue until dropped.
@@ -129,15 +192,31 @@ impl Running {
                 let thread = std::thread::spawn(move || bare_worker(url, concurrency, stopped));
                 Running::Bare(thread, stop)
             }
-            Contender::Host => Running::Host(Box::new(
+            Contender::HostInProcess | Contender::HostProcess => Running::Host(Box::new(
                 Worker::builder()
                     .redis(redis)
                     .plugins(&[TEST_PLUGIN])
                     .env("QUEUE_TEST_OUTCOMES_CONCURRENCY", concurrency.to_string())
+                    .env(
+                        "PLUGIN_ISOLATION",
+                        match contender {
+                            Contender::HostProcess => "process",
+                            _ => "in-process",
+                        },
+                    )
                     .env("RUST_LOG", "warn")
                     .spawn()?,
             )),
         })
+    }
+
+    /// The process whose CPU time is measured (none for the bare worker, which runs in this process).
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Node(child) => Some(child.id()),
+            Running::Bare(..) => None,
+            Running::Host(worker) => Some(worker.pid()),
+        }
     }
 
     fn stop(self) {
@@ -183,8 +262,9 @@ fn bare_worker(url: String, concurrency: usize, stopped: tokio::sync::oneshot::R
     });
 }
 
-/// Jobs per second between the first and the last completion seen in Redis.
-fn measure(redis: &RedisServer, jobs: u64) -> anyhow::Result<f64> {
+/// Jobs per second between the first and the last completion seen in Redis, and `pid`'s CPU time per job
+/// over the same interval.
+fn measure(redis: &RedisServer, jobs: u64, pid: Option<u32>) -> anyhow::Result<Figures> {
     let key = format!("bull:{QUEUE}:completed");
     let completed =
         || -> anyhow::Result<u64> { Ok(redis.cmd(&["ZCARD", &key])?.as_int().unwrap_or(0) as u64) };
@@ -199,11 +279,19 @@ fn measure(redis: &RedisServer, jobs: u64) -> anyhow::Result<f64> {
         }
         std::thread::sleep(Duration::from_millis(2));
     };
+    let cpu_at_first = pid.map(cpu_seconds);
     loop {
         let n = completed()?;
         if n >= jobs {
             let secs = first_at.elapsed().as_secs_f64();
-            return Ok((jobs - first_count) as f64 / secs);
+            let done = (jobs - first_count) as f64;
+            let cpu_us_per_job = pid
+                .zip(cpu_at_first)
+                .map(|(pid, first)| (cpu_seconds(pid) - first) * 1e6 / done);
+            return Ok(Figures {
+                rate: done / secs,
+                cpu_us_per_job,
+            });
         }
         if Instant::now() > deadline {
             bail!("only {n} of {jobs} jobs completed");

@@ -107,6 +107,9 @@ pub fn main(plugin_path: &Path) -> anyhow::Result<std::process::ExitCode> {
     let (input, output) = protocol_streams()?;
     // SAFETY: fcntl on a descriptor number; only used as the note sink when it is open.
     if unsafe { libc::fcntl(NOTE_FD, libc::F_GETFD) } >= 0 {
+        // Not inherited by processes the plugin starts (they would keep the host's read waiting).
+        // SAFETY: fcntl on our own descriptor.
+        unsafe { libc::fcntl(NOTE_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
         crashnote::install(crashnote::Sink::Pipe(NOTE_FD));
     }
     let out = Out(Arc::new(Mutex::new(BufWriter::new(output))));

@@ -88,7 +88,7 @@ enum State {
     /// Between a crash and the next child being ready.
     Starting,
     Ready(Arc<Conn>),
-    /// The last start failed; retried after the backoff.
+    /// The last start failed (the reason is logged); retried after the backoff.
     Down(String),
     /// Shut down (or shutting down): no new jobs.
     Stopped,
@@ -178,13 +178,9 @@ impl PluginProcess {
                             shared.name
                         )))
                     }
-                    State::Down(reason) => {
-                        return Reply::Outcome(Outcome::failed(format!(
-                            "plugin process of {} cannot be started: {reason}",
-                            shared.name
-                        )))
-                    }
-                    State::Starting => {
+                    // While the child is being restarted (or its restart keeps failing) the job waits,
+                    // holding its lock, rather than using up its attempts on a plugin that cannot run.
+                    State::Starting | State::Down(_) => {
                         if callbacks.is_cancelled() {
                             return Reply::Outcome(Outcome::failed(format!(
                                 "cancelled while the plugin process of {} restarted",
@@ -236,7 +232,8 @@ impl PluginProcess {
         shared.changed.notify_all();
         let ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
         let _ = conn.send(&ToChild::Shutdown { deadline_ms: ms });
-        let until = Instant::now() + budget + Duration::from_millis(500);
+        // Within the runtime's own bound on plugin shutdowns (the budget plus 500 ms).
+        let until = Instant::now() + budget + Duration::from_millis(300);
         let mut exited = shared.exited.lock().unwrap_or_else(|p| p.into_inner());
         while !*exited {
             let left = until.saturating_duration_since(Instant::now());
@@ -310,6 +307,13 @@ impl Shared {
             .spawn()
             .map_err(|e| format!("cannot start the plugin process: {e}"))?;
         drop(note_writer);
+        // Read without blocking once the child is gone: a process the plugin started may still hold the
+        // pipe's write end, and everything the dead child wrote is already in the pipe.
+        // SAFETY: fcntl on the read end we own.
+        unsafe {
+            let flags = libc::fcntl(fds[0], libc::F_GETFL);
+            libc::fcntl(fds[0], libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
         let input = child.stdin.take().expect("piped stdin");
         let output = child.stdout.take().expect("piped stdout");
         let conn = Arc::new(Conn {
