@@ -160,7 +160,7 @@ fn in_process_mode_dies_with_the_plugin_and_fails_the_poison_job_after_restarts(
         .wait_for_line("job crashed the worker 2 times", LONG)
         .unwrap();
     let job = crashes
-        .wait_states(&[poison.clone()], &["failed"], LONG)
+        .wait_states(std::slice::from_ref(&poison), &["failed"], LONG)
         .unwrap()
         .remove(0);
     assert_eq!(

@@ -248,7 +248,8 @@ mod tests {
 
     #[test]
     fn notes_are_parsed_only_when_whole() {
-        let table: [(&[u8], Option<(i32, u32)>); 7] = [
+        type Case = (&'static [u8], Option<(i32, u32)>);
+        let table: [Case; 7] = [
             (b"crash 11 3\n", Some((11, 3))),
             (b"crash 0 12\n", Some((0, 12))),
             (b"crash 6 1\nrest", Some((6, 1))),

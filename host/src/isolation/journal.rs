@@ -116,7 +116,7 @@ impl Journal {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        file.try_lock().map_err(io::Error::other)?;
+        lock(&file)?;
         let mut header = vec![0u8; HEADER as usize];
         let line = format!("{identity}\n");
         let line = line.as_bytes();
@@ -174,6 +174,16 @@ impl Journal {
     }
 }
 
+/// Takes the exclusive `flock` of `file` without waiting (refused while another open file holds it).
+fn lock(file: &File) -> io::Result<()> {
+    // SAFETY: flock on a descriptor `file` owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The journals in `dir` of runs that are gone (nobody holds their lock) and were written for `identity`.
 /// Each returned file stays locked by this process until settled and removed ([`remove`]).
 pub fn dead_runs(dir: &Path, identity: &str, own: &Path) -> io::Result<Vec<(DeadRun, File)>> {
@@ -194,7 +204,7 @@ pub fn dead_runs(dir: &Path, identity: &str, own: &Path) -> io::Result<Vec<(Dead
         let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
             continue;
         };
-        if file.try_lock().is_err() {
+        if lock(&file).is_err() {
             continue; // a live run
         }
         let bytes = std::fs::read(&path)?;

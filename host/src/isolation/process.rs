@@ -89,7 +89,7 @@ enum State {
     Starting,
     Ready(Arc<Conn>),
     /// The last start failed (the reason is logged); retried after the backoff.
-    Down(String),
+    Down,
     /// Shut down (or shutting down): no new jobs.
     Stopped,
 }
@@ -180,7 +180,7 @@ impl PluginProcess {
                     }
                     // While the child is being restarted (or its restart keeps failing) the job waits,
                     // holding its lock, rather than using up its attempts on a plugin that cannot run.
-                    State::Starting | State::Down(_) => {
+                    State::Starting | State::Down => {
                         if callbacks.is_cancelled() {
                             return Reply::Outcome(Outcome::failed(format!(
                                 "cancelled while the plugin process of {} restarted",
@@ -454,7 +454,7 @@ impl Shared {
                         tracing::error!(plugin = %self.name, retry_in_ms = backoff.as_millis() as u64, "plugin process cannot be restarted: {reason}");
                         let mut state = self.lock_state();
                         if !matches!(*state, State::Stopped) {
-                            *state = State::Down(reason);
+                            *state = State::Down;
                         }
                         drop(state);
                         self.changed.notify_all();

@@ -93,7 +93,12 @@ mod tests {
     #[test]
     fn the_plugins_own_variable_wins_over_the_default() {
         // (environment, plugin, expected mode)
-        let table: [(&[(&str, &str)], &str, Isolation); 5] = [
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            &'static str,
+            Isolation,
+        );
+        let table: [Case; 5] = [
             (&[], "sms-notifications", Isolation::Process),
             (
                 &[("PLUGIN_ISOLATION", "in-process")],
