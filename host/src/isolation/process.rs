@@ -199,7 +199,7 @@ impl PluginProcess {
         // A failed write means the child is dying; the supervisor answers this job with its crash.
         let _ = conn.send(&ToChild::Job {
             id,
-            job: job.clone(),
+            job: Box::new(job.clone()),
         });
         let mut cancel_sent = false;
         loop {

@@ -31,8 +31,8 @@ pub enum ToChild {
     Job {
         /// Request id, echoed in every message about this job.
         id: u64,
-        /// The job as the plugin sees it.
-        job: JobView,
+        /// The job as the plugin sees it (boxed: it is by far the largest message).
+        job: Box<JobView>,
     },
     /// The job's `is_cancelled()` turns true (shutdown, deadline, library cancellation).
     Cancel {
@@ -144,7 +144,14 @@ mod tests {
             deadline_ms: Some(9),
         };
         let mut wire = Vec::new();
-        write_frame(&mut wire, &ToChild::Job { id: 3, job }).unwrap();
+        write_frame(
+            &mut wire,
+            &ToChild::Job {
+                id: 3,
+                job: Box::new(job),
+            },
+        )
+        .unwrap();
         write_frame(&mut wire, &ToChild::Cancel { id: 3 }).unwrap();
         let mut r = wire.as_slice();
         match read_frame::<ToChild>(&mut r).unwrap() {
