@@ -260,3 +260,58 @@ fn plugins_run_reports_a_crash_with_its_signal_in_both_modes() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["outcome"]["result"], json!({"ok": true}), "{report}");
 }
+
+/// The plugin processes of the worker with pid `host` (children running `plugin-process`).
+fn plugin_processes(host: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(host) && String::from_utf8_lossy(&cmdline).contains("plugin-process") {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn plugin_processes_leave_sigint_and_sigterm_to_the_host() {
+    // A terminal's Ctrl-C reaches the whole process group, and a service manager may signal every process
+    // of the service: the plugin processes must stay up so the host can drain their jobs.
+    let redis = RedisServer::start().unwrap();
+    let mut worker = Worker::builder()
+        .redis(&redis)
+        .plugins(&[CRASH_PLUGIN])
+        .env("PLUGIN_ISOLATION", "process")
+        .spawn_ready()
+        .unwrap();
+    let children = plugin_processes(worker.pid());
+    assert_eq!(children.len(), 1, "one plugin process: {children:?}");
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: kill of a process this test's worker started.
+        assert_eq!(unsafe { libc::kill(children[0], sig) }, 0);
+    }
+    let q = NodeQueue::new(&redis, CRASH_QUEUE);
+    let done = q.run(json!([{"name": "complete", "data": {}}])).unwrap();
+    assert_eq!(done[0].state, "completed", "{done:?}");
+    assert!(
+        !worker.has_line("plugin process crashed"),
+        "{}",
+        worker.output_text()
+    );
+    assert_eq!(
+        plugin_processes(worker.pid()),
+        children,
+        "the same plugin process"
+    );
+    let status = worker.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -102,8 +102,25 @@ fn protocol_streams() -> anyhow::Result<(File, File)> {
     }
 }
 
+/// Does nothing: SIGINT and SIGTERM are the host's to act on.
+extern "C" fn ignore_signal(_sig: libc::c_int) {}
+
 /// Runs the plugin process until the host says stop or goes away. Returns the exit status.
 pub fn main(plugin_path: &Path) -> anyhow::Result<std::process::ExitCode> {
+    // A Ctrl-C reaches the whole process group and a service manager may signal every process of the
+    // service: the plugin process must outlive those so the host can drain its jobs, then it is told to stop
+    // (or sees the host go away). A handler, not SIG_IGN, so processes the plugin starts get the defaults.
+    // SAFETY: installing a handler that does nothing is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            ignore_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            ignore_signal as *const () as libc::sighandler_t,
+        );
+    }
     let (input, output) = protocol_streams()?;
     // SAFETY: fcntl on a descriptor number; only used as the note sink when it is open.
     if unsafe { libc::fcntl(NOTE_FD, libc::F_GETFD) } >= 0 {
