@@ -13,6 +13,23 @@ use frostguard_tests::*;
 
 const LONG: Duration = Duration::from_secs(90);
 
+/// The worker's `/metrics` page.
+fn metrics_text(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// `complete` jobs on the test-outcomes queue, as a second queue flowing through the same host.
 fn other_queue_jobs(n: usize) -> serde_json::Value {
     let jobs: Vec<serde_json::Value> = (0..n)
@@ -24,10 +41,12 @@ fn other_queue_jobs(n: usize) -> serde_json::Value {
 #[test]
 fn process_mode_fails_crashing_jobs_restarts_the_plugin_and_keeps_every_queue_going() {
     let redis = RedisServer::start().unwrap();
+    let (port, _held) = reserved_port();
     let mut worker = Worker::builder()
         .redis(&redis)
         .plugins(&[TEST_PLUGIN, CRASH_PLUGIN])
         .env("PLUGIN_ISOLATION", "process")
+        .env("HTTP_PORT", port.to_string())
         // One job at a time in the crashing plugin, so each crash is one job's doing.
         .env("QUEUE_TEST_CRASHES_CONCURRENCY", "1")
         .spawn_ready()
@@ -94,6 +113,14 @@ fn process_mode_fails_crashing_jobs_restarts_the_plugin_and_keeps_every_queue_go
         );
     }
     assert!(worker.has_line("plugin process restarted"));
+    // Four kinds of crash, two runs each.
+    let metrics = metrics_text(port);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "frostguard_plugin_crashes_total{plugin=\"test-crashes\"} 8"),
+        "{metrics}"
+    );
     // The host itself never went down.
     assert!(worker.is_running(), "the host is still running");
     let status = worker.terminate(Duration::from_secs(30)).unwrap();
