@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bullmq::options::RedisConnectionOptions;
 
+pub mod cluster;
 pub mod vars;
 
 pub use vars::Env;
@@ -28,7 +29,7 @@ pub enum ConfigError {
     /// Neither way of reaching Redis was configured.
     #[error(
         "no Redis configured: set REDIS_URL (redis:// or rediss://) or REDIS_HOST \
-         (with REDIS_PORT, default 6379)"
+         (with REDIS_PORT, default 6379), or REDIS_CLUSTER_NODES for a Redis Cluster"
     )]
     NoRedis,
     /// A variable holds a value that cannot be used.
@@ -53,6 +54,16 @@ fn invalid(var: &str, reason: impl Into<String>) -> ConfigError {
 pub enum RedisTarget {
     /// `REDIS_URL` as given (may carry credentials and a database).
     Url(String),
+    /// `REDIS_CLUSTER_NODES`: a Redis Cluster, reached through these seed nodes (the client learns the
+    /// rest of the topology from them and follows MOVED/ASK redirects and failovers).
+    Cluster {
+        /// Seed node URLs (`redis://` or `rediss://`, possibly with credentials).
+        nodes: Vec<String>,
+        /// `REDIS_USERNAME`, for every node.
+        username: Option<String>,
+        /// `REDIS_PASSWORD`, for every node.
+        password: Option<String>,
+    },
     /// `REDIS_HOST` and friends.
     Host {
         /// Host name or address.
@@ -79,6 +90,14 @@ impl RedisTarget {
     pub fn redacted(&self) -> String {
         match self {
             RedisTarget::Url(url) => redact_url(url),
+            RedisTarget::Cluster { nodes, .. } => format!(
+                "Redis Cluster {}",
+                nodes
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             RedisTarget::Host { host, port, db, .. } => {
                 let db = db.map(|d| format!("/{d}")).unwrap_or_default();
                 format!("redis://{host}:{port}{db}")
@@ -86,11 +105,31 @@ impl RedisTarget {
         }
     }
 
-    /// The connection options handed to bullmq (which reconnects on its own once connected).
+    /// Whether this is a Redis Cluster (every key of a queue must then hash to one slot, see [`cluster`]).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisTarget::Cluster { .. })
+    }
+
+    /// The connection options handed to bullmq (which reconnects on its own once connected; in cluster
+    /// mode it also refreshes the slot map on MOVED/ASK and after a failover).
     pub fn connection_options(&self) -> RedisConnectionOptions {
         let opts = RedisConnectionOptions::new();
         match self {
             RedisTarget::Url(url) => opts.url(url.clone()),
+            RedisTarget::Cluster {
+                nodes,
+                username,
+                password,
+            } => {
+                let mut opts = opts.cluster_nodes(nodes.iter().cloned());
+                if let Some(u) = username {
+                    opts = opts.username(u.clone());
+                }
+                if let Some(p) = password {
+                    opts = opts.password(p.clone());
+                }
+                opts
+            }
             RedisTarget::Host {
                 host,
                 port,
@@ -399,6 +438,20 @@ pub fn queue_env_name(queue: &str) -> String {
 }
 
 fn redis_target(env: &Env<'_>) -> Result<RedisTarget, ConfigError> {
+    if let Some(raw) = env.get(&vars::REDIS_CLUSTER_NODES) {
+        let nodes = cluster::parse_nodes(&raw)?;
+        if parse_num::<u8>(env, &vars::REDIS_DB)?.is_some_and(|db| db != 0) {
+            return Err(invalid(
+                vars::REDIS_DB.name,
+                "Redis Cluster has only database 0; unset REDIS_DB or set it to 0",
+            ));
+        }
+        return Ok(RedisTarget::Cluster {
+            nodes,
+            username: env.get(&vars::REDIS_USERNAME),
+            password: env.get(&vars::REDIS_PASSWORD),
+        });
+    }
     if let Some(url) = env.get(&vars::REDIS_URL) {
         let url = url.trim().to_owned();
         let scheme = url.split_once("://").map(|(s, _)| s);
@@ -670,14 +723,27 @@ pub(crate) mod tests {
         }
     }
 
-    /// Every variable of the table set to a valid value (two Redis variants: URL, and host with friends).
-    fn full_env(redis_url: bool) -> Vec<(String, String)> {
+    /// How a full environment reaches Redis.
+    #[derive(Clone, Copy, PartialEq)]
+    enum RedisVia {
+        /// Everything set: `REDIS_CLUSTER_NODES` wins.
+        Cluster,
+        /// No cluster nodes: `REDIS_URL` wins.
+        Url,
+        /// Neither: `REDIS_HOST` and friends.
+        Host,
+    }
+
+    /// Every variable of the table set to a valid value, for one way of reaching Redis.
+    fn full_env(via: RedisVia) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = vars::ALL
             .iter()
             .filter(|v| !v.name.contains('<'))
             .map(|v| {
                 let value = match v.name {
                     "REDIS_URL" => "redis://localhost:6379",
+                    "REDIS_CLUSTER_NODES" => "127.0.0.1:7000,127.0.0.1:7001",
+                    "REDIS_DB" => "0",
                     "LOG_FORMAT" => "json",
                     "RUST_LOG" => "debug",
                     "HTTP_ADDR" => "127.0.0.1",
@@ -688,7 +754,8 @@ pub(crate) mod tests {
                 };
                 (v.name.to_owned(), value.to_owned())
             })
-            .filter(|(k, _)| redis_url || k != "REDIS_URL")
+            .filter(|(k, _)| via == RedisVia::Cluster || k != "REDIS_CLUSTER_NODES")
+            .filter(|(k, _)| via != RedisVia::Host || k != "REDIS_URL")
             .collect();
         for family in vars::queue_families() {
             let name = family.name.replace("<Q>", "Q");
@@ -697,11 +764,11 @@ pub(crate) mod tests {
         vars
     }
 
-    /// What `read` consults from a full environment, over both Redis variants.
+    /// What `read` consults from a full environment, over every way of reaching Redis.
     fn consulted_by(read: impl Fn(&Env<'_>)) -> BTreeSet<&'static str> {
         let mut seen = BTreeSet::new();
-        for redis_url in [true, false] {
-            let all = full_env(redis_url);
+        for via in [RedisVia::Cluster, RedisVia::Url, RedisVia::Host] {
+            let all = full_env(via);
             let map: HashMap<String, String> = all.iter().cloned().collect();
             let get = |k: &str| map.get(k).cloned();
             let env = Env::new(&get, all);
@@ -755,7 +822,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_full_environment_sets_every_queue_override() {
-        let all = full_env(false);
+        let all = full_env(RedisVia::Host);
         let map: HashMap<String, String> = all.iter().cloned().collect();
         let get = |k: &str| map.get(k).cloned();
         let c = Config::read(&Env::new(&get, all)).unwrap();
@@ -819,5 +886,39 @@ pub(crate) mod tests {
         assert_eq!(c.prefix, "{bull}");
         assert!(config(&[("REDIS_HOST", "r"), ("BULLMQ_PREFIX", "a:b")]).is_err());
         assert!(config(&[("REDIS_HOST", "r"), ("LOG_FORMAT", "xml")]).is_err());
+    }
+
+    #[test]
+    fn cluster_nodes_win_over_url_and_host_and_carry_the_credentials() {
+        let c = config(&[
+            (
+                "REDIS_CLUSTER_NODES",
+                "127.0.0.1:7000, redis://:pw@127.0.0.1:7001",
+            ),
+            ("REDIS_URL", "redis://elsewhere:6379"),
+            ("REDIS_HOST", "elsewhere"),
+            ("REDIS_PASSWORD", "s3cret"),
+            ("BULLMQ_PREFIX", "{bull}"),
+        ])
+        .unwrap();
+        assert!(c.redis.is_cluster());
+        assert_eq!(
+            c.redis.redacted(),
+            "Redis Cluster redis://127.0.0.1:7000,redis://***@127.0.0.1:7001"
+        );
+        let opts = c.redis.connection_options();
+        assert_eq!(
+            opts.cluster_nodes,
+            ["redis://127.0.0.1:7000", "redis://:pw@127.0.0.1:7001"]
+        );
+        assert_eq!(opts.password.as_deref(), Some("s3cret"));
+        let err = config(&[("REDIS_CLUSTER_NODES", "a:7000"), ("REDIS_DB", "2")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("REDIS_DB: Redis Cluster has only database 0"),
+            "{err}"
+        );
+        assert!(config(&[("REDIS_CLUSTER_NODES", "a:7000"), ("REDIS_DB", "0")]).is_ok());
+        assert!(config(&[("REDIS_CLUSTER_NODES", " , ")]).is_err());
     }
 }

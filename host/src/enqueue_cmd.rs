@@ -170,6 +170,9 @@ pub fn main(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     };
     let opts = job_options(&opts_json).map_err(anyhow::Error::msg)?;
     let settings = RedisSettings::from_env()?;
+    if settings.target.is_cluster() {
+        crate::config::cluster::require_one_slot(&settings.prefix, [args.queue.as_str()])?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -13,6 +13,7 @@ mod plugins;
 mod plugins_cmd;
 mod plugins_new;
 mod queue_stats;
+mod redis_nodes;
 mod runtime;
 mod shutdown;
 mod stats_cmd;
@@ -76,6 +77,13 @@ fn run() -> anyhow::Result<ExitCode> {
     let config = config::Config::from_env()?;
     let registry =
         plugins::Registry::load_dir(&config.plugin_dir, &|k| std::env::var(k), &config.isolation);
+    if config.redis.is_cluster() {
+        let processors = registry.processors();
+        config::cluster::require_one_slot(
+            &config.prefix,
+            processors.iter().map(|(_, p)| p.queue.as_str()),
+        )?;
+    }
     let rt = runtime::build_tokio(runtime::blocking_threads_needed(&config, &registry))?;
     let result = rt.block_on(runtime::run(config, registry));
     rt.shutdown_timeout(std::time::Duration::from_millis(200));

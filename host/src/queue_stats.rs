@@ -217,42 +217,32 @@ pub fn workers_in_client_list(
         .collect()
 }
 
-/// `CLIENT LIST` (the workers connected to this Redis node).
-pub async fn client_list<C: redis::aio::ConnectionLike + Send>(
-    conn: &mut C,
-) -> anyhow::Result<String> {
-    redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async::<String>(conn)
-        .await
-        .context("CLIENT LIST")
+/// The workers of a queue over the `CLIENT LIST` replies of every node (pure): the most found on one node, as
+/// Node's `getWorkers()` counts on a cluster (a worker's blocking cluster connection is named on every node
+/// it reaches, so a sum would count it once per node).
+pub fn workers_in_client_lists(lists: &[String], keys: &QueueKeys) -> usize {
+    lists
+        .iter()
+        .map(|list| workers_in_client_list(list, keys).len())
+        .max()
+        .unwrap_or(0)
 }
 
 /// The names of the queues under `prefix`: every `<prefix>:<queue>:meta` key (BullMQ writes the meta hash
-/// when a queue is created and on every add), found with `SCAN`, sorted.
-pub async fn discover_queues<C: redis::aio::ConnectionLike + Send>(
-    conn: &mut C,
+/// when a queue is created and on every add), found with `SCAN` on the server or on every primary of a
+/// cluster, sorted.
+pub async fn discover_queues(
+    conn: &bullmq::redis_connection::AnyConnection,
     prefix: &str,
 ) -> anyhow::Result<Vec<String>> {
     let pattern = format!("{}:*:meta", glob_escape(prefix));
-    let mut cursor: u64 = 0;
-    let mut queues = std::collections::BTreeSet::new();
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .context("SCAN for queues")?;
-        queues.extend(keys.iter().filter_map(|k| queue_of_meta_key(k, prefix)));
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let keys = crate::redis_nodes::scan_keys(conn, &pattern)
+        .await
+        .context("SCAN for queues")?;
+    let queues: std::collections::BTreeSet<String> = keys
+        .iter()
+        .filter_map(|k| queue_of_meta_key(k, prefix))
+        .collect();
     Ok(queues.into_iter().collect())
 }
 
@@ -332,6 +322,14 @@ mod tests {
         };
         assert_eq!(ids("bull"), ["1", "2"]);
         assert_eq!(ids("{bull}"), ["5"]);
+        // On a cluster every node lists the same named worker: counted once, as the most on one node.
+        let keys = QueueKeys::new("sms-notifications", Some("bull"));
+        let node_b = "id=7 addr=x name=bull:c21zLW5vdGlmaWNhdGlvbnM=:w:host-a cmd=get\n".to_owned();
+        assert_eq!(
+            workers_in_client_lists(&[list.to_owned(), node_b.clone(), node_b], &keys),
+            2
+        );
+        assert_eq!(workers_in_client_lists(&[], &keys), 0);
     }
 
     #[test]

@@ -76,11 +76,17 @@ async fn collect(settings: &RedisSettings, queues: &[String]) -> anyhow::Result<
         .with_context(|| format!("connecting to Redis at {}", settings.target.redacted()))?;
     let mut conn = connection.connection();
     let names = if queues.is_empty() {
-        queue_stats::discover_queues(&mut conn, &settings.prefix).await?
+        queue_stats::discover_queues(&conn, &settings.prefix).await?
     } else {
         queues.to_vec()
     };
-    let client_list = match queue_stats::client_list(&mut conn).await {
+    if settings.target.is_cluster() {
+        crate::config::cluster::require_one_slot(
+            &settings.prefix,
+            names.iter().map(String::as_str),
+        )?;
+    }
+    let client_lists = match crate::redis_nodes::client_lists(&conn).await {
         Ok(list) => Some(list),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot list clients; workers are not counted");
@@ -101,9 +107,9 @@ async fn collect(settings: &RedisSettings, queues: &[String]) -> anyhow::Result<
             .context("EXISTS")?
             > 0;
         reports.push(QueueReport {
-            workers: client_list
+            workers: client_lists
                 .as_deref()
-                .map(|list| queue_stats::workers_in_client_list(list, &keys).len()),
+                .map(|lists| queue_stats::workers_in_client_lists(lists, &keys)),
             oldest_waiting_ms: snapshot
                 .oldest_ready_ms
                 .map(|_| snapshot.oldest_waiting_ms(now)),

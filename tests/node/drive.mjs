@@ -2,9 +2,10 @@
 //
 //   node drive.mjs <command> '<json>'
 //
-// Every command takes one JSON object (at least `redis`: a redis:// URL; `queue`; optional `prefix`, default
-// "bull") and prints exactly one JSON document on stdout. Failures print a message on stderr and exit 1.
-// Commands are listed in COMMANDS at the bottom.
+// Every command takes one JSON object (at least `redis`: a redis:// URL, or `cluster`: the redis:// URLs of
+// Redis Cluster seed nodes, then ioredis' Cluster is used; `queue`; optional `prefix`, default "bull") and
+// prints exactly one JSON document on stdout. Failures print a message on stderr and exit 1. Commands are
+// listed in COMMANDS at the bottom.
 
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -28,8 +29,24 @@ const { Queue, QueueEvents, Worker } = await loadBullmq();
 
 const FINISHED = ['completed', 'failed'];
 
+// A Redis Cluster connection (ioredis Cluster) from `cluster`: [redis:// URLs of seed nodes]. BullMQ takes
+// the instance as its connection (and duplicates it for blocking reads); every key of a queue must hash to
+// one slot, so the prefix carries a hash tag such as {bull}.
+function clusterOf(input) {
+  const nodes = input.cluster.map((u) => {
+    const url = new URL(u);
+    return { host: url.hostname, port: Number(url.port || 6379) };
+  });
+  const first = new URL(input.cluster[0]);
+  const redisOptions = { maxRetriesPerRequest: null };
+  if (first.password) redisOptions.password = decodeURIComponent(first.password);
+  if (first.username) redisOptions.username = decodeURIComponent(first.username);
+  return new IORedis.Cluster(nodes, { redisOptions });
+}
+
 function connectionOf(input) {
-  if (!input.redis) throw new Error('input needs "redis" (a redis:// URL)');
+  if (input.cluster) return clusterOf(input);
+  if (!input.redis) throw new Error('input needs "redis" (a redis:// URL) or "cluster" (seed node URLs)');
   const url = new URL(input.redis);
   const conn = { host: url.hostname, port: Number(url.port || 6379), maxRetriesPerRequest: null };
   if (url.password) conn.password = decodeURIComponent(url.password);
@@ -43,12 +60,16 @@ function prefixOf(input) {
   return input.prefix ?? 'bull';
 }
 
+// `eventsMaxLen`: how long the queue's event stream may grow (BullMQ's default keeps about 10,000 events), for
+// tests that count every job's events afterwards.
 function queueOf(input, extra = {}) {
   if (!input.queue) throw new Error('input needs "queue"');
-  return new Queue(input.queue, { connection: connectionOf(input), prefix: prefixOf(input), ...extra });
+  const streams = input.eventsMaxLen ? { streams: { events: { maxLen: input.eventsMaxLen } } } : {};
+  return new Queue(input.queue, { connection: connectionOf(input), prefix: prefixOf(input), ...streams, ...extra });
 }
 
 function redisOf(input) {
+  if (input.cluster) return clusterOf(input);
   return new IORedis(input.redis, { maxRetriesPerRequest: null });
 }
 
@@ -158,9 +179,22 @@ const COMMANDS = {
     return { version: pkg.version };
   },
 
-  // {jobs: [{name, data, opts}], bulk?} → {ids}
+  // {jobs: [{name, data, opts}], bulk?} → {ids}. Instead of `jobs`, `template` ({name, data, opts}) and
+  // `count` add that many copies, each with `data.i` set to its index (added in bulk batches of 500): thousands
+  // of jobs without a command line that long.
   async add(input) {
-    return withQueue(input, async (queue) => ({ ids: await addJobs(queue, input.jobs, input.bulk) }));
+    return withQueue(input, async (queue) => {
+      if (!input.template) return { ids: await addJobs(queue, input.jobs, input.bulk) };
+      const ids = [];
+      for (let start = 0; start < input.count; start += 500) {
+        const jobs = [];
+        for (let i = start; i < Math.min(input.count, start + 500); i++) {
+          jobs.push({ ...input.template, data: { ...(input.template.data ?? {}), i } });
+        }
+        ids.push(...(await addJobs(queue, jobs, true)));
+      }
+      return { ids };
+    });
   },
 
   // {ids, withLogs?} → {jobs: [snapshot]}
@@ -426,6 +460,61 @@ const COMMANDS = {
       redis.disconnect();
       gate.disconnect();
     }
+  },
+
+  // Waits until every job of `ids` is finished (one queue), then reports, in chunks so that thousands of jobs
+  // stay cheap: {timedOut, states: {state: n}, processedBy: {name: n}, wrongValue: [id],
+  // rerun: [[id, attemptsStarted]], completedNotOnce: [[id, n]]} where completedNotOnce counts each job's
+  // 'completed' events in the stream (keep it long: add with `streams.events.maxLen`).
+  async 'fleet-report'(input) {
+    return withQueue(input, async (queue) => {
+      const ids = input.ids;
+      const deadline = Date.now() + (input.timeoutMs ?? 120000);
+      let pending = ids;
+      while (pending.length > 0 && Date.now() < deadline) {
+        const next = [];
+        for (let start = 0; start < pending.length; start += 500) {
+          const chunk = pending.slice(start, start + 500);
+          const states = await Promise.all(chunk.map((id) => queue.getJobState(id)));
+          chunk.forEach((id, k) => {
+            if (!FINISHED.includes(states[k])) next.push(id);
+          });
+        }
+        pending = next;
+        if (pending.length > 0) await sleep(200);
+      }
+      const states = {};
+      const processedBy = {};
+      const wrongValue = [];
+      const rerun = [];
+      for (let start = 0; start < ids.length; start += 500) {
+        const chunk = ids.slice(start, start + 500);
+        const jobs = await Promise.all(chunk.map((id) => queue.getJob(id)));
+        const jobStates = await Promise.all(chunk.map((id) => queue.getJobState(id)));
+        chunk.forEach((id, k) => {
+          const job = jobs[k];
+          const state = job ? jobStates[k] : 'missing';
+          states[state] = (states[state] ?? 0) + 1;
+          if (!job) return;
+          const by = job.processedBy ?? 'none';
+          processedBy[by] = (processedBy[by] ?? 0) + 1;
+          if (job.attemptsStarted > 1) rerun.push([id, job.attemptsStarted]);
+          if (state === 'completed' && (job.returnvalue === null || job.returnvalue === undefined)) wrongValue.push(id);
+        });
+      }
+      const completed = {};
+      for (const ev of await readEvents(input)) {
+        if (ev.event === 'completed') completed[ev.jobId] = (completed[ev.jobId] ?? 0) + 1;
+      }
+      return {
+        timedOut: pending.length > 0,
+        states,
+        processedBy,
+        wrongValue,
+        rerun,
+        completedNotOnce: ids.filter((id) => completed[id] !== 1).map((id) => [id, completed[id] ?? 0]),
+      };
+    });
   },
 
   // {cmd: ["SMEMBERS", "key"]} → {result}

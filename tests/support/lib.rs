@@ -7,6 +7,8 @@
 //!
 //! * [`RedisServer`] — `redis-server` on a free port; [`RedisServer::kill`] / [`RedisServer::restart`] simulate a
 //!   Redis restart on the same port; [`RedisServer::cmd`] runs a raw command.
+//! * [`RedisCluster`] — a Redis Cluster (primaries with replicas) on free ports; [`RedisCluster::kill`] and
+//!   [`RedisCluster::wait_failover`] for a failover.
 //! * [`Postgres`] — `initdb` + `postgres` on a free port with the FrostGuard schema loaded into database
 //!   `frostguard`; [`Postgres::query_json`] and [`Postgres::execute`] run SQL through `psql`.
 //! * [`Worker`] — spawns `frostguard-worker` with a clean environment, captures its log lines, waits for a line,
@@ -21,6 +23,7 @@
 //! `cargo test`); `FROSTGUARD_WORKER_BIN` and `FROSTGUARD_PLUGIN_DIR_BUILT` override that. Build them first
 //! (`cargo build --workspace`): `cargo test` does not build other packages' binaries and cdylibs.
 
+mod cluster;
 mod events;
 mod frostguard;
 mod http;
@@ -34,6 +37,7 @@ mod tempdir;
 mod tls;
 mod worker;
 
+pub use cluster::{RedisCluster, CLUSTER_NODE_TIMEOUT_MS};
 pub use events::{queue_events, wait_for_event};
 pub use frostguard::{assert_delivery, delivery_row, insert_sms_delivery, sms_sent, telnyx_error};
 pub use http::{FakeHttp, RecordedRequest, Reply};

@@ -204,6 +204,8 @@ pub struct JobSnapshot {
 #[derive(Debug, Clone)]
 pub struct NodeQueue {
     redis_url: String,
+    /// Seed node URLs when the queue lives on a Redis Cluster (drive.mjs then uses ioredis' `Cluster`).
+    cluster: Option<Vec<String>>,
     queue: String,
     prefix: String,
 }
@@ -215,8 +217,21 @@ impl NodeQueue {
     pub fn new(redis: &RedisServer, queue: &str) -> NodeQueue {
         NodeQueue {
             redis_url: redis.url(),
+            cluster: None,
             queue: queue.to_string(),
             prefix: "bull".to_string(),
+        }
+    }
+
+    /// A queue on a Redis Cluster, under `prefix` (which must carry a hash tag such as `{bull}`), reached
+    /// through ioredis' `Cluster` as a producer on a cluster is.
+    pub fn on_cluster(cluster: &crate::RedisCluster, queue: &str, prefix: &str) -> NodeQueue {
+        let urls = cluster.urls();
+        NodeQueue {
+            redis_url: urls[0].clone(),
+            cluster: Some(urls),
+            queue: queue.to_string(),
+            prefix: prefix.to_string(),
         }
     }
 
@@ -232,6 +247,9 @@ impl NodeQueue {
     /// The drive.mjs input for this queue merged with `extra` (an object).
     pub fn input(&self, extra: Value) -> Value {
         let mut v = json!({"redis": self.redis_url, "queue": self.queue, "prefix": self.prefix});
+        if let Some(urls) = &self.cluster {
+            v["cluster"] = json!(urls);
+        }
         if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
             obj.extend(more);
         }

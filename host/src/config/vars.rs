@@ -96,6 +96,15 @@ pub const REDIS_URL: Var = Var {
     default: Default::None,
     commands: REDIS_USERS,
 };
+/// `REDIS_CLUSTER_NODES`.
+pub const REDIS_CLUSTER_NODES: Var = Var {
+    name: "REDIS_CLUSTER_NODES",
+    meaning: "Redis Cluster seed nodes, comma-separated (host:port or redis://, rediss:// URLs); \
+              switches to cluster mode, wins over REDIS_URL and REDIS_HOST, and needs a hash-tagged \
+              BULLMQ_PREFIX such as {bull}",
+    default: Default::None,
+    commands: REDIS_USERS,
+};
 /// `REDIS_HOST`.
 pub const REDIS_HOST: Var = Var {
     name: "REDIS_HOST",
@@ -113,14 +122,14 @@ pub const REDIS_PORT: Var = Var {
 /// `REDIS_USERNAME`.
 pub const REDIS_USERNAME: Var = Var {
     name: "REDIS_USERNAME",
-    meaning: "Redis ACL user name, with REDIS_HOST",
+    meaning: "Redis ACL user name, with REDIS_HOST or REDIS_CLUSTER_NODES",
     default: Default::None,
     commands: REDIS_USERS,
 };
 /// `REDIS_PASSWORD`.
 pub const REDIS_PASSWORD: Var = Var {
     name: "REDIS_PASSWORD",
-    meaning: "Redis password, with REDIS_HOST",
+    meaning: "Redis password, with REDIS_HOST or REDIS_CLUSTER_NODES",
     default: Default::None,
     commands: REDIS_USERS,
 };
@@ -314,6 +323,7 @@ pub const JOB_CRASH_LIMIT: Var = Var {
 /// Every variable, in help order.
 pub const ALL: &[&Var] = &[
     &REDIS_URL,
+    &REDIS_CLUSTER_NODES,
     &REDIS_HOST,
     &REDIS_PORT,
     &REDIS_USERNAME,

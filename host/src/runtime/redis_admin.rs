@@ -279,9 +279,29 @@ pub fn classify(e: &redis::RedisError) -> ConnectProblem {
 }
 
 /// One plain connection attempt and a `PING`, to name why the managed client could not connect. `None`
-/// when the attempt succeeded (the failure was transient) or the options cannot form a client.
+/// when the attempt succeeded (the failure was transient) or the options cannot form a client. On a Redis
+/// Cluster the first seed node is asked, with the credentials given apart from the node URLs.
 pub async fn probe(opts: &RedisConnectionOptions) -> Option<String> {
-    let client = redis::Client::open(opts.effective_url()).ok()?;
+    use redis::IntoConnectionInfo as _;
+    let info = if opts.is_cluster() {
+        let info = opts
+            .cluster_nodes
+            .first()?
+            .as_str()
+            .into_connection_info()
+            .ok()?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &opts.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &opts.password {
+            settings = settings.set_password(password);
+        }
+        info.set_redis_settings(settings)
+    } else {
+        opts.effective_url().into_connection_info().ok()?
+    };
+    let client = redis::Client::open(info).ok()?;
     let attempt = async {
         let mut conn = client.get_multiplexed_async_connection().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await
