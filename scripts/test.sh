@@ -22,6 +22,8 @@ fi
 command -v redis-server >/dev/null || missing+=("redis-server: Redis 7 (Debian: apt-get install redis-server)")
 [ -n "$(pg_bin_dir)" ] || missing+=("PostgreSQL server binaries under /usr/lib/postgresql/<v>/bin (Debian: apt-get install postgresql) or FROSTGUARD_PG_BIN=<dir with initdb>")
 command -v flock >/dev/null || missing+=("flock (Debian: apt-get install util-linux)")
+# The Kubernetes manifests are validated offline with kubernetes-validate (PyPI, installed below).
+python3 -m pip --version >/dev/null 2>&1 || missing+=("python3 with pip, for the offline check of deploy/kubernetes (Debian: apt-get install python3-pip)")
 # The Bull Board check opens the dashboard in headless Chromium (CHROMIUM overrides the path).
 chromium_bin=${CHROMIUM:-/usr/bin/chromium}
 if [ ! -x "$chromium_bin" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
@@ -63,6 +65,14 @@ step "npm ci (tests/node: bullmq 6, ioredis; tests/node-bullmq5: bullmq 5.67, Fr
 (cd tests/node && npm ci --no-audit --no-fund)
 (cd tests/node-bullmq5 && npm ci --no-audit --no-fund)
 (cd tests/board && npm ci --no-audit --no-fund)
+
+# The schemas the Kubernetes manifests are checked against offline (tests/tests/kubernetes.rs): KEDA's and
+# prometheus-operator's CRD validators (tests/kube), Kubernetes' own through kubernetes-validate.
+step "npm ci (tests/kube) and pip install kubernetes-validate into target/kube-validate"
+(cd tests/kube && npm ci --no-audit --no-fund)
+if [ ! -d target/kube-validate/kubernetes_validate ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --target target/kube-validate 'kubernetes-validate==1.37.0'
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
