@@ -206,6 +206,25 @@ fn three_hosts_share_both_queues_on_a_cluster_and_survive_a_primary_failover() {
         enqueued.text()
     );
 
+    // Failed attempts on the cluster: the host records each attempt's failedReason (an atomic pipeline on
+    // the job's slot) and schedules the jittered backoff itself.
+    let retry_ids = add(
+        &test_q,
+        json!({"name": "fail-until", "data": {"succeedOnAttempt": 2},
+               "opts": {"attempts": 3, "backoff": {"type": "fixed", "delay": 50, "jitter": 0.5}}}),
+        10,
+    );
+    for job in test_q.wait_finished(&retry_ids).unwrap() {
+        assert_eq!(job.state, "completed", "{job:?}");
+        assert_eq!(job.attempts_made, 2, "{job:?}");
+        assert_eq!(job.returnvalue, json!({"attempt": 2}), "{job:?}");
+        assert_eq!(
+            job.failed_reason.as_deref(),
+            Some("attempt 1 failed"),
+            "{job:?}"
+        );
+    }
+
     // Hosts leaving and joining, then a failover: more work is added (and replicated); while the hosts are
     // busy with it, one host dies (SIGKILL, its jobs still locked) and a new one joins, then the primary
     // serving the queues is killed and its replica takes over.
@@ -222,7 +241,7 @@ fn three_hosts_share_both_queues_on_a_cluster_and_survive_a_primary_failover() {
         .wait_replicated(primary, replicas[0], Duration::from_secs(10))
         .unwrap();
     let completed_key = format!("{PREFIX}:{TEST_QUEUE}:completed");
-    let before = STEADY_JOBS + 1; // and the enqueued job
+    let before = STEADY_JOBS + 1 + 10; // and the enqueued job and the retried ones
     let wait_completed = |cluster: &mut RedisCluster, at_least: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -291,6 +310,19 @@ fn three_hosts_share_both_queues_on_a_cluster_and_survive_a_primary_failover() {
         "host-c killed, host-d joined; primary {primary} killed, {promoted} promoted; {} jobs ran again",
         reruns.len()
     );
+    // Readiness follows Redis: the surviving first host is ready again once the replica took over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = http_get(http_port, "/readyz").unwrap_or_default();
+        if body.contains("\"ready\":true") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz after the failover: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for h in &mut hosts {
         assert!(
             h.is_running(),
