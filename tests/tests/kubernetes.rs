@@ -41,12 +41,14 @@ fn validate_dir() -> PathBuf {
         .join("kube-validate")
 }
 
-/// Installs the tools where missing, under `flock` so parallel test processes install once.
+/// Installs the tools where missing, under `flock` (the lock file in the target directory, out of the
+/// source tree) so parallel test processes install once.
 fn ensure_tools() {
+    let lock = validate_dir().with_extension("lock");
     let run = |dir: &Path, script: &str| {
         std::fs::create_dir_all(dir).unwrap();
         let status = Command::new("flock")
-            .arg(dir.join(".install.lock"))
+            .arg(&lock)
             .args(["sh", "-c", script])
             .current_dir(dir)
             .stdin(Stdio::null())
