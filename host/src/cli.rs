@@ -126,6 +126,17 @@ pub struct PluginsArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Ask the worker running on this machine (its `/readyz` on HTTP_ADDR:HTTP_PORT, as `healthcheck` asks)
+    /// instead of reading the directory: per plugin the version serving and any refused replacement (hot
+    /// reload), and the disabled files.
+    #[arg(long)]
+    pub running: bool,
+    /// Address the running worker's endpoint binds, with --running (the worker's HTTP_ADDR).
+    #[arg(long, env = vars::HTTP_ADDR.name, default_value = vars::DEFAULT_HTTP_ADDR)]
+    pub addr: std::net::IpAddr,
+    /// Port of the running worker's endpoint, with --running (the worker's HTTP_PORT).
+    #[arg(long, env = vars::HTTP_PORT.name, default_value = vars::DEFAULT_HTTP_PORT)]
+    pub port: u16,
     /// `run`: process one job through a plugin.
     #[command(subcommand)]
     pub action: Option<PluginsAction>,

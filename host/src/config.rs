@@ -216,6 +216,8 @@ pub struct Config {
     pub plugin_dir: PathBuf,
     /// `BULLMQ_PREFIX` (hash tags such as `{bull}` are kept verbatim).
     pub prefix: String,
+    /// Hot reload settings; `None` when `PLUGIN_WATCH=false`.
+    pub watch: Option<WatchSettings>,
     /// `SHUTDOWN_TIMEOUT_MS`: how long in-flight jobs may take to finish after a signal.
     pub shutdown_timeout: Duration,
     /// `HTTP_PORT`; `None` when set to 0 (endpoint disabled).
@@ -239,6 +241,17 @@ pub struct Config {
     /// `JOB_CRASH_LIMIT`: crashes after which a job fails for good (at least 1).
     pub crash_limit: u32,
     queues: BTreeMap<String, QueueOverrides>,
+}
+
+/// How hot reload watches the plugin directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// `PLUGIN_WATCH_DEBOUNCE_MS`.
+    pub debounce: Duration,
+    /// `PLUGIN_CACHE_DIR`: the parent of this process's private copies.
+    pub cache_dir: PathBuf,
+    /// `PLUGIN_RETIRED_IMAGES_WARN`.
+    pub retired_warn: usize,
 }
 
 /// Environment lookup: `std::env::var` in production, a map in tests.
@@ -328,6 +341,7 @@ impl Config {
         let RedisSettings { target, prefix } = RedisSettings::read(env)?;
         let plugin_dir = PathBuf::from(env.get_or_default(&vars::PLUGIN_DIR).unwrap_or_default());
         let shutdown_ms = parse_num::<u64>(env, &vars::SHUTDOWN_TIMEOUT_MS)?.unwrap_or_default();
+        let watch = watch_settings(env)?;
         let http_port = match parse_num::<u16>(env, &vars::HTTP_PORT)? {
             Some(0) | None => None,
             Some(p) => Some(p),
@@ -379,6 +393,7 @@ impl Config {
             redis: target,
             plugin_dir,
             prefix,
+            watch,
             shutdown_timeout: Duration::from_millis(shutdown_ms),
             http_port,
             http_addr,
@@ -406,6 +421,42 @@ impl Config {
     pub fn overridden_queues(&self) -> impl Iterator<Item = &str> {
         self.queues.keys().map(String::as_str)
     }
+}
+
+fn watch_settings(env: &Env<'_>) -> Result<Option<WatchSettings>, ConfigError> {
+    let on = match env
+        .get_or_default(&vars::PLUGIN_WATCH)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("true" | "1" | "yes" | "on") => true,
+        Some("false" | "0" | "no" | "off") => false,
+        Some(other) => {
+            return Err(invalid(
+                vars::PLUGIN_WATCH.name,
+                format!("expected true or false, got {other:?}"),
+            ))
+        }
+    };
+    let debounce_ms = parse_num::<u64>(env, &vars::PLUGIN_WATCH_DEBOUNCE_MS)?.unwrap_or(500);
+    if debounce_ms == 0 {
+        return Err(invalid(
+            vars::PLUGIN_WATCH_DEBOUNCE_MS.name,
+            "must be at least 1",
+        ));
+    }
+    let cache_dir = env
+        .get(&vars::PLUGIN_CACHE_DIR)
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let retired_warn = parse_num::<usize>(env, &vars::PLUGIN_RETIRED_IMAGES_WARN)?.unwrap_or(20);
+    Ok(on.then_some(WatchSettings {
+        debounce: Duration::from_millis(debounce_ms),
+        cache_dir,
+        retired_warn,
+    }))
 }
 
 fn log_format(env: &Env<'_>) -> Result<LogFormat, ConfigError> {
@@ -804,8 +855,12 @@ pub(crate) mod tests {
         if command == vars::Command::Plugins {
             seen.insert(vars::PLUGIN_DIR.name);
         }
-        // `healthcheck` takes its address and port through clap.
         if command == vars::Command::Healthcheck {
+            seen.insert(vars::HTTP_ADDR.name);
+            seen.insert(vars::HTTP_PORT.name);
+        }
+        // `plugins --running` takes the address and port through clap, as `healthcheck` does.
+        if command == vars::Command::Plugins {
             seen.insert(vars::HTTP_ADDR.name);
             seen.insert(vars::HTTP_PORT.name);
         }

@@ -109,6 +109,37 @@ fn check(addr: SocketAddr) -> anyhow::Result<Verdict> {
 
 /// One HTTP/1.1 `GET /healthz`; returns the status and the (bounded) body.
 async fn ask(addr: SocketAddr) -> anyhow::Result<(u16, Vec<u8>)> {
+    get(addr, "/healthz", MAX_BODY).await
+}
+
+/// `GET path` on the local worker's endpoint (bound to `bind`:`port`, asked as [`probe_addr`] says) within
+/// [`BUDGET`]: the status and at most `max_body` bytes of the body. What `plugins --running` reads `/readyz`
+/// with.
+pub fn get_local(
+    bind: IpAddr,
+    port: u16,
+    path: &str,
+    max_body: usize,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let addr = probe_addr(bind, port);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime for the request")?;
+    rt.block_on(async {
+        tokio::time::timeout(BUDGET, get(addr, path, max_body))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{addr}: no answer from {path} within {} s",
+                    BUDGET.as_secs()
+                )
+            })?
+            .with_context(|| addr.to_string())
+    })
+}
+
+async fn get(addr: SocketAddr, path: &str, max_body: usize) -> anyhow::Result<(u16, Vec<u8>)> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .context("nothing accepts connections (is the worker running with this HTTP_PORT?)")?;
@@ -116,16 +147,16 @@ async fn ask(addr: SocketAddr) -> anyhow::Result<(u16, Vec<u8>)> {
         .await
         .context("HTTP handshake")?;
     let connection = tokio::spawn(connection);
-    let request = Request::get("/healthz")
+    let request = Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
         .body(String::new())
         .context("building the request")?;
     let response = sender
         .send_request(request)
         .await
-        .context("sending GET /healthz")?;
+        .with_context(|| format!("sending GET {path}"))?;
     let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_BODY)
+    let body = Limited::new(response.into_body(), max_body)
         .collect()
         .await
         .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?

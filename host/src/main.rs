@@ -75,8 +75,20 @@ fn init_logging(logging: &Logging) {
 /// runtime is shut down without waiting for plugin calls abandoned by the drain.
 fn run() -> anyhow::Result<ExitCode> {
     let config = config::Config::from_env()?;
-    let registry =
-        plugins::Registry::load_dir(&config.plugin_dir, &|k| std::env::var(k), &config.isolation);
+    // Hot reload loads every build from a private copy, the start-up ones included: a file written over in
+    // place must never touch a mapped library.
+    let copies = config.watch.as_ref().and_then(|w| {
+        plugins::watch::PrivateCopies::create(&w.cache_dir)
+            .map_err(|e| tracing::error!("{e}; hot reload is off"))
+            .ok()
+            .map(std::sync::Arc::new)
+    });
+    let registry = plugins::Registry::load_dir_with(
+        &config.plugin_dir,
+        &|k| std::env::var(k),
+        &config.isolation,
+        copies.as_deref(),
+    );
     if config.redis.is_cluster() {
         let processors = registry.processors();
         config::cluster::require_one_slot(
@@ -85,7 +97,7 @@ fn run() -> anyhow::Result<ExitCode> {
         )?;
     }
     let rt = runtime::build_tokio(runtime::blocking_threads_needed(&config, &registry))?;
-    let result = rt.block_on(runtime::run(config, registry));
+    let result = rt.block_on(runtime::run(config, registry, copies));
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
     result.map(|()| ExitCode::SUCCESS)
 }

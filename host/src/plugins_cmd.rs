@@ -25,8 +25,79 @@ pub fn main(args: PluginsArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(PluginsAction::Run(run)) => run_job(run),
         Some(PluginsAction::New(new)) => crate::plugins_new::main(new),
+        None if args.running => running(&args),
         None => list(&args),
     }
+}
+
+/// The running worker's `/readyz` body is small; more than this is not our worker.
+const MAX_READYZ: usize = 1 << 20;
+
+/// `plugins --running`: what the local worker serves now, from its `/readyz`.
+fn running(args: &PluginsArgs) -> anyhow::Result<ExitCode> {
+    let (status, body) = crate::healthcheck::get_local(args.addr, args.port, "/readyz", MAX_READYZ)
+        .context("asking the running worker (is it running with this HTTP_PORT?)")?;
+    let ready: serde_json::Value = serde_json::from_slice(&body).with_context(|| {
+        format!(
+            "the answer of /readyz on port {} (HTTP {status}) is not the worker's",
+            args.port
+        )
+    })?;
+    if args.json {
+        let report = json!({
+            "ready": ready["ready"],
+            "plugins": ready["plugins"],
+            "disabled": ready["disabled_plugins"],
+        });
+        out!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!(
+        "running worker on port {} (ready: {})",
+        args.port,
+        ready["ready"]
+    );
+    let none = Vec::new();
+    let plugins = ready["plugins"].as_array().unwrap_or(&none);
+    if plugins.is_empty() {
+        out!("  no plugin serving");
+    }
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    for p in plugins {
+        let queues: Vec<String> = p["queues"]
+            .as_array()
+            .unwrap_or(&none)
+            .iter()
+            .map(text)
+            .collect();
+        out!(
+            "{}: {} {} serving {}",
+            text(&p["file"]),
+            text(&p["plugin"]),
+            text(&p["version"]),
+            queues.join(", ")
+        );
+        let refused = &p["refused_replacement"];
+        if refused.is_object() {
+            out!(
+                "    refused replacement {} (version {}) at stage {}: {}",
+                text(&refused["file"]),
+                text(&refused["version"]),
+                text(&refused["stage"]),
+                text(&refused["reason"])
+            );
+        }
+    }
+    for d in ready["disabled_plugins"].as_array().unwrap_or(&none) {
+        out!(
+            "{}: {} DISABLED at stage {}: {}",
+            text(&d["file"]),
+            text(&d["plugin"]),
+            text(&d["stage"]),
+            text(&d["reason"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn env_var(key: &str) -> Result<String, std::env::VarError> {

@@ -10,6 +10,11 @@
 //!    plugin any longer. Their blocking threads are left behind; the process exits without joining them.
 //!
 //! Nothing here marks a job completed or failed.
+//!
+//! The same phases retire one plugin version at run time (hot reload): each running queue has a *child*
+//! [`DrainState`] of the process-wide one ([`DrainState::child_of`]). A job registers with its queue's child,
+//! which counts it in the parent too, and sees the flags of both: draining the child stops, cancels and puts
+//! back that queue's jobs only, while a shutdown signal still reaches every job through the parent.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,6 +40,8 @@ pub struct DrainState {
     recording: AtomicUsize,
     idle: Notify,
     abandon: Notify,
+    /// The process-wide state of a queue's child state (see the module docs).
+    parent: Option<Arc<DrainState>>,
 }
 
 /// Held by one running job; dropping it unregisters the job.
@@ -45,8 +52,10 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.state.idle.notify_waiters();
+        for state in self.state.lineage() {
+            if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+                state.idle.notify_waiters();
+            }
         }
     }
 }
@@ -60,14 +69,18 @@ pub struct Recording {
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        self.state.recording.fetch_sub(1, Ordering::AcqRel);
+        for state in self.state.lineage() {
+            state.recording.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
 impl DrainState {
     /// Marks one in-flight job as past its plugin call (until the guard is dropped).
     pub fn recording(self: &Arc<Self>) -> Recording {
-        self.recording.fetch_add(1, Ordering::AcqRel);
+        for state in self.lineage() {
+            state.recording.fetch_add(1, Ordering::AcqRel);
+        }
         Recording {
             state: Arc::clone(self),
         }
@@ -84,9 +97,25 @@ impl DrainState {
         Arc::new(Self::default())
     }
 
+    /// A state for one queue's jobs under the process-wide `parent`: its jobs count in both, and every flag
+    /// of the parent shows through.
+    pub fn child_of(parent: &Arc<DrainState>) -> Arc<Self> {
+        Arc::new(Self {
+            parent: Some(Arc::clone(parent)),
+            ..Self::default()
+        })
+    }
+
+    /// This state, then its parent.
+    fn lineage(&self) -> impl Iterator<Item = &DrainState> {
+        std::iter::once(self).chain(self.parent.as_deref())
+    }
+
     /// Registers a job that starts running now.
     pub fn job_started(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        for state in self.lineage() {
+            state.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
         InFlight {
             state: Arc::clone(self),
         }
@@ -99,28 +128,43 @@ impl DrainState {
 
     /// True once a shutdown signal was received.
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.lineage().any(|s| s.stopping.load(Ordering::Acquire))
     }
 
     /// True once the drain timeout passed: running jobs should stop.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
+        self.lineage().any(|s| s.cancelled.load(Ordering::Acquire))
     }
 
     /// True once running jobs are being given up on.
     pub fn is_abandoned(&self) -> bool {
-        self.abandoned.load(Ordering::Acquire)
+        self.lineage().any(|s| s.abandoned.load(Ordering::Acquire))
     }
 
-    /// Resolves when running jobs are to be abandoned (immediately if they already are).
+    /// Resolves when running jobs are to be abandoned (immediately if they already are), by this state or
+    /// by its parent.
     pub async fn abandoned(&self) {
-        let notified = self.abandon.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        let own = self.abandon.notified();
+        tokio::pin!(own);
+        own.as_mut().enable();
+        let parent = self.parent.as_deref().map(|p| p.abandon.notified());
+        tokio::pin!(parent);
+        if let Some(p) = parent.as_mut().as_pin_mut() {
+            p.enable();
+        }
         if self.is_abandoned() {
             return;
         }
-        notified.await;
+        let from_parent = async {
+            match parent.as_pin_mut() {
+                Some(p) => p.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = own => {}
+            () = from_parent => {}
+        }
     }
 
     /// Marks the start of shutdown.
@@ -167,6 +211,11 @@ pub struct DrainReport {
 
 /// Runs the drain phases described in the module docs. Fetching must already be stopped.
 pub async fn drain_in_flight(state: &DrainState, timeout: Duration) -> DrainReport {
+    drain_phases(state, timeout, "shutdown").await
+}
+
+/// The drain phases; `what` names the occasion in the log lines ("shutdown", or the retiring plugin).
+pub async fn drain_phases(state: &DrainState, timeout: Duration, what: &str) -> DrainReport {
     state.begin();
     let start = Instant::now();
     if state.wait_idle(start + timeout).await {
@@ -182,13 +231,13 @@ pub async fn drain_in_flight(state: &DrainState, timeout: Duration) -> DrainRepo
         tracing::warn!(
             jobs = running,
             timeout_ms = timeout.as_millis() as u64,
-            "shutdown timeout reached, cancelling running jobs"
+            "{what}: timeout reached, cancelling running jobs"
         );
     }
     if recording > 0 {
         tracing::warn!(
             jobs = recording,
-            "shutdown timeout reached while finished jobs wait for Redis to record their outcome"
+            "{what}: timeout reached while finished jobs wait for Redis to record their outcome"
         );
     }
     state.cancel();
@@ -204,13 +253,13 @@ pub async fn drain_in_flight(state: &DrainState, timeout: Duration) -> DrainRepo
     if running > 0 {
         tracing::warn!(
             jobs = running,
-            "jobs ignored cancellation, putting them back in their queues"
+            "{what}: jobs ignored cancellation, putting them back in their queues"
         );
     }
     if recording > 0 {
         tracing::warn!(
             jobs = recording,
-            "Redis did not come back before the shutdown deadline: finished jobs stay active unrecorded and \
+            "{what}: Redis did not come back before the deadline: finished jobs stay active unrecorded and \
              are run again once their lock expires (stalled-job recovery)"
         );
     }
@@ -310,5 +359,45 @@ mod tests {
         assert_eq!(report.abandoned, 1);
         assert_eq!(report.left_running, 0);
         waiter.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_a_child_puts_back_its_own_jobs_only() {
+        let process = DrainState::new();
+        let old = DrainState::child_of(&process);
+        let other = DrainState::child_of(&process);
+        let old_job = old.job_started();
+        let other_job = other.job_started();
+        assert_eq!((process.in_flight(), old.in_flight()), (2, 1));
+        let o = Arc::clone(&old);
+        let waiter = tokio::spawn(async move {
+            o.abandoned().await;
+            drop(old_job);
+        });
+        let report = drain_phases(&old, Duration::from_secs(1), "plugin x 1.0.0").await;
+        assert_eq!((report.cancelled, report.abandoned), (1, 1));
+        waiter.await.unwrap();
+        assert!(old.is_stopping() && old.is_abandoned());
+        assert!(!other.is_stopping() && !other.is_cancelled() && !process.is_stopping());
+        assert_eq!((process.in_flight(), other.in_flight()), (1, 1));
+        drop(other_job);
+        assert_eq!(process.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_reaches_every_child() {
+        let process = DrainState::new();
+        let child = DrainState::child_of(&process);
+        let job = child.job_started();
+        let c = Arc::clone(&child);
+        let waiter = tokio::spawn(async move {
+            c.abandoned().await;
+            drop(job);
+        });
+        let report = drain_in_flight(&process, Duration::from_secs(1)).await;
+        assert_eq!(report.abandoned, 1);
+        assert!(child.is_stopping() && child.is_cancelled());
+        waiter.await.unwrap();
+        assert_eq!(child.in_flight(), 0);
     }
 }

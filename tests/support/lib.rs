@@ -68,6 +68,13 @@ pub const TEST_PLUGIN: &str = "fg_test_outcomes";
 pub const CRASH_PLUGIN: &str = "fg_test_crashes";
 /// The name of the crash test plugin's queue.
 pub const CRASH_QUEUE: &str = "test-crashes";
+/// Library names of the hot reload test plugin `test-reload` (queue `test-reload`), versions 1.0.0 and
+/// 2.0.0 of one source: a job returns `{"v": 1}` or `{"v": 2}`.
+pub const RELOAD_V1_PLUGIN: &str = "fg_test_reload_v1";
+/// See [`RELOAD_V1_PLUGIN`].
+pub const RELOAD_V2_PLUGIN: &str = "fg_test_reload_v2";
+/// Library name of the test plugin built against an incompatible plugin API (rejected at load).
+pub const BAD_ABI_PLUGIN: &str = "fg_test_bad_abi";
 /// Library name of the SMS plugin.
 pub const SMS_PLUGIN: &str = "fg_sms_notifications";
 /// Library name of the email digest plugin.

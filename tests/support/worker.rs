@@ -80,7 +80,7 @@ impl WorkerBuilder {
         self
     }
 
-    fn command(&self) -> anyhow::Result<(Command, Vec<TempDir>)> {
+    fn command(&self) -> anyhow::Result<(Command, Vec<TempDir>, Option<PathBuf>)> {
         let mut cmd = Command::new(worker_bin());
         cmd.args(&self.args).env_clear();
         for key in PASS_THROUGH {
@@ -114,13 +114,14 @@ impl WorkerBuilder {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let plugin_path = plugin_dir.as_ref().map(|d| d.path().to_owned());
         dirs.extend(plugin_dir);
-        Ok((cmd, dirs))
+        Ok((cmd, dirs, plugin_path))
     }
 
     /// Starts the worker; its stdout and stderr lines are captured (and echoed to the test's stderr).
     pub fn spawn(self) -> anyhow::Result<Worker> {
-        let (mut cmd, dirs) = self.command()?;
+        let (mut cmd, dirs, plugin_dir) = self.command()?;
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("spawn {:?}: {e}", cmd.get_program()))?;
@@ -135,6 +136,7 @@ impl WorkerBuilder {
             log,
             readers,
             _dirs: dirs,
+            plugin_dir,
         })
     }
 
@@ -178,9 +180,17 @@ pub struct Worker {
     readers: Vec<std::thread::JoinHandle<()>>,
     /// The private plugin and state directories, removed with the worker.
     _dirs: Vec<TempDir>,
+    /// The private plugin directory, when plugins were given.
+    plugin_dir: Option<PathBuf>,
 }
 
 impl Worker {
+    /// The private plugin directory the worker was started with (`PLUGIN_DIR`), when plugins were given: a
+    /// hot reload test changes files in it while the worker runs.
+    pub fn plugin_dir(&self) -> Option<&Path> {
+        self.plugin_dir.as_deref()
+    }
+
     /// A builder with the defaults described on [`WorkerBuilder`].
     pub fn builder() -> WorkerBuilder {
         WorkerBuilder {

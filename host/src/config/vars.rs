@@ -155,6 +155,39 @@ pub const PLUGIN_DIR: Var = Var {
     default: Default::Value(super::DEFAULT_PLUGIN_DIR),
     commands: &[Run, Plugins],
 };
+/// `PLUGIN_WATCH`.
+pub const PLUGIN_WATCH: Var = Var {
+    name: "PLUGIN_WATCH",
+    meaning: "hot reload: watch the plugin directory and start new plugins, replace rebuilt ones and stop \
+              removed ones while the worker runs (true or false)",
+    default: Default::Value("true"),
+    commands: &[Run],
+};
+/// `PLUGIN_WATCH_DEBOUNCE_MS`.
+pub const PLUGIN_WATCH_DEBOUNCE_MS: Var = Var {
+    name: "PLUGIN_WATCH_DEBOUNCE_MS",
+    meaning: "quiet time after the last change in the plugin directory before it is looked at; a new file's \
+              size must also stay the same for this long",
+    default: Default::Value("500"),
+    commands: &[Run],
+};
+/// `PLUGIN_CACHE_DIR`.
+pub const PLUGIN_CACHE_DIR: Var = Var {
+    name: "PLUGIN_CACHE_DIR",
+    meaning:
+        "where hot reload keeps the private copy each plugin build is loaded from (a writable \
+              directory; a copy is removed once its build serves no more)",
+    default: Default::Note("the system temporary directory (TMPDIR, else /tmp)"),
+    commands: &[Run],
+};
+/// `PLUGIN_RETIRED_IMAGES_WARN`.
+pub const PLUGIN_RETIRED_IMAGES_WARN: Var = Var {
+    name: "PLUGIN_RETIRED_IMAGES_WARN",
+    meaning: "replaced or removed plugin libraries that may stay mapped (they are never unloaded) before \
+              each further reload logs a warning to restart the worker",
+    default: Default::Value("20"),
+    commands: &[Run],
+};
 /// `SHUTDOWN_TIMEOUT_MS`.
 pub const SHUTDOWN_TIMEOUT_MS: Var = Var {
     name: "SHUTDOWN_TIMEOUT_MS",
@@ -169,9 +202,9 @@ pub const DEFAULT_HTTP_PORT: &str = "9090";
 pub const HTTP_PORT: Var = Var {
     name: "HTTP_PORT",
     meaning: "port of /healthz, /readyz and /metrics; 0 disables the endpoint \
-              (healthcheck: the port it asks, or --port)",
+              (healthcheck, plugins --running: the port they ask, or --port)",
     default: Default::Value(DEFAULT_HTTP_PORT),
-    commands: &[Run, Healthcheck],
+    commands: &[Run, Plugins, Healthcheck],
 };
 /// `METRICS_QUEUE_DEPTH_INTERVAL_MS`.
 pub const METRICS_QUEUE_DEPTH_INTERVAL_MS: Var = Var {
@@ -187,9 +220,10 @@ pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0";
 pub const HTTP_ADDR: Var = Var {
     name: "HTTP_ADDR",
     meaning: "IP address the endpoint binds (127.0.0.1 keeps it local, :: for IPv6); \
-              healthcheck: the address it asks (loopback when the worker binds all interfaces), or --addr",
+              healthcheck, plugins --running: the address they ask (loopback when the worker binds all \
+              interfaces), or --addr",
     default: Default::Value(DEFAULT_HTTP_ADDR),
-    commands: &[Run, Healthcheck],
+    commands: &[Run, Plugins, Healthcheck],
 };
 /// `HTTP_MAX_CONNECTIONS`.
 pub const HTTP_MAX_CONNECTIONS: Var = Var {
@@ -331,6 +365,10 @@ pub const ALL: &[&Var] = &[
     &REDIS_DB,
     &BULLMQ_PREFIX,
     &PLUGIN_DIR,
+    &PLUGIN_WATCH,
+    &PLUGIN_WATCH_DEBOUNCE_MS,
+    &PLUGIN_CACHE_DIR,
+    &PLUGIN_RETIRED_IMAGES_WARN,
     &SHUTDOWN_TIMEOUT_MS,
     &HTTP_PORT,
     &METRICS_QUEUE_DEPTH_INTERVAL_MS,

@@ -4,15 +4,20 @@
 //! conflicts → configuration → init. A failure at any stage disables that plugin only, with one ERROR line
 //! naming the file, the stage and the reason; its queues are simply not consumed, so their jobs wait in Redis
 //! until a fixed plugin is deployed. Libraries are never unloaded.
+//!
+//! With hot reload on, every file is loaded from a private copy (`watch.rs`) and the same stages run again
+//! at run time for each new build (`reload.rs` decides, `runtime/reloader.rs` applies).
 
 mod log_bridge;
+pub mod reload;
 pub mod settings;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use plugin_api::host::{LoadStage, LoadedPlugin};
+use plugin_api::host::{LoadError, LoadStage, LoadedPlugin};
 use plugin_api::{PluginConfig, PluginInfo, ProcessorInfo};
 use serde::Serialize;
 
@@ -33,6 +38,10 @@ pub struct ActivePlugin {
     /// In process isolation, the child that runs its jobs (`plugin` is then loaded and described in the
     /// host but never initialised); `None` when it runs in-process.
     pub process: Option<crate::isolation::PluginProcess>,
+    /// The file in the plugin directory it came from (`plugin.path()` is its private copy under hot reload).
+    pub source: PathBuf,
+    /// SHA-256 of the build, when it was loaded from a private copy.
+    pub digest: Option<String>,
 }
 
 /// A plugin file that will not be used, and why.
@@ -59,50 +68,150 @@ pub struct Registry {
     pub dir_error: Option<String>,
 }
 
-/// A plugin that passed the checks up to configuration but has not been initialised.
+/// A plugin build that passed the load stages up to its description: not initialised, serving nothing.
+#[derive(Debug)]
+pub struct Build {
+    /// The loaded library.
+    pub plugin: LoadedPlugin,
+    /// The file in the plugin directory.
+    pub source: PathBuf,
+    /// SHA-256 of the build, when loaded from a private copy.
+    pub digest: Option<String>,
+}
+
+impl Build {
+    /// Removes the build's private copy (when it has one): a build that will not serve, or serves no more.
+    /// Its image stays mapped (never unloaded); only the file goes.
+    pub fn discard_copy(&self) {
+        if self.digest.is_some() {
+            let _ = std::fs::remove_file(self.plugin.path());
+        }
+    }
+}
+
+/// A build that passed the checks up to configuration but has not been initialised.
 struct Candidate {
-    plugin: LoadedPlugin,
+    build: Build,
     config: PluginConfig,
+}
+
+/// Runs the load stages up to `describe` on `source`, from a private copy when `copies` is given. Errors
+/// name `source`, not the copy. The copy stays on disk while the build may serve (a plugin's child process
+/// loads it, and loads it again after a crash).
+pub fn load_build(
+    source: &Path,
+    copies: Option<&watch::PrivateCopies>,
+) -> Result<Build, LoadError> {
+    let Some(copies) = copies else {
+        return LoadedPlugin::load(source).map(|plugin| Build {
+            plugin,
+            source: source.to_owned(),
+            digest: None,
+        });
+    };
+    let copied = copies
+        .copy(source)
+        .map_err(|e| LoadError::new(source, LoadStage::File, format!("cannot copy: {e}")))?;
+    match LoadedPlugin::load(&copied.path) {
+        Ok(plugin) => Ok(Build {
+            plugin,
+            source: source.to_owned(),
+            digest: Some(copied.digest),
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&copied.path);
+            Err(LoadError {
+                path: source.to_owned(),
+                ..e
+            })
+        }
+    }
+}
+
+/// Resolves the configuration of `build` and starts it in its isolation mode: the last two load stages.
+/// Blocks while the plugin's `init` runs. A build that fails has its private copy removed.
+pub fn start_build(
+    build: Build,
+    env: EnvLookup<'_>,
+    isolation: &IsolationSettings,
+) -> Result<ActivePlugin, (LoadStage, String)> {
+    let info = build.plugin.info().clone();
+    let config = match settings::resolve(&info, env) {
+        Ok(c) => c,
+        Err(reason) => {
+            build.discard_copy();
+            return Err((LoadStage::Config, reason));
+        }
+    };
+    init_build(build, config, isolation).map_err(|r| (LoadStage::Init, r))
+}
+
+/// Starts `build` in its isolation mode (in process mode `init` runs in the plugin's child).
+fn init_build(
+    build: Build,
+    config: PluginConfig,
+    isolation: &IsolationSettings,
+) -> Result<ActivePlugin, String> {
+    let plugin = &build.plugin;
+    let logger = Arc::new(TracingLogger::new(&plugin.info().name));
+    let mode = isolation.for_plugin(&plugin.info().name);
+    let started = match mode {
+        Isolation::InProcess => plugin.init(&config, logger).map(|()| None),
+        Isolation::Process => {
+            PluginProcess::start(plugin.path(), &plugin.info().name, config, logger).map(Some)
+        }
+    };
+    let process = match started {
+        Ok(process) => process,
+        Err(reason) => {
+            build.discard_copy();
+            return Err(reason);
+        }
+    };
+    let Build {
+        plugin,
+        source,
+        digest,
+    } = build;
+    let info = plugin.info().clone();
+    tracing::info!(
+        plugin = %info.name,
+        version = %info.version,
+        file = %source.display(),
+        queues = %queue_list(&info),
+        isolation = %mode,
+        "plugin loaded"
+    );
+    Ok(ActivePlugin {
+        plugin,
+        info,
+        process,
+        source,
+        digest,
+    })
 }
 
 impl Registry {
     /// Loads and initialises every plugin in `dir`, each in its isolation mode (in process mode `init` runs
     /// in the plugin's child). Never fails as a whole: see [`Registry::disabled`].
     pub fn load_dir(dir: &Path, env: EnvLookup<'_>, isolation: &IsolationSettings) -> Registry {
-        let (candidates, mut registry) = discover(dir, env);
-        for Candidate { plugin, config } in candidates {
-            let logger = Arc::new(TracingLogger::new(&plugin.info().name));
-            let mode = isolation.for_plugin(&plugin.info().name);
-            let started = match mode {
-                Isolation::InProcess => plugin.init(&config, logger).map(|()| None),
-                Isolation::Process => {
-                    PluginProcess::start(plugin.path(), &plugin.info().name, config, logger)
-                        .map(Some)
-                }
-            };
-            match started {
-                Ok(process) => {
-                    let info = plugin.info().clone();
-                    tracing::info!(
-                        plugin = %info.name,
-                        version = %info.version,
-                        file = %plugin.path().display(),
-                        queues = %queue_list(&info),
-                        isolation = %mode,
-                        "plugin loaded"
-                    );
-                    registry.active.push(Arc::new(ActivePlugin {
-                        plugin,
-                        info,
-                        process,
-                    }));
-                }
-                Err(reason) => registry.disable(
-                    plugin.path(),
-                    LoadStage::Init,
-                    reason,
-                    Some(plugin.info().name.clone()),
-                ),
+        Self::load_dir_with(dir, env, isolation, None)
+    }
+
+    /// [`Registry::load_dir`], loading each file from a private copy when `copies` is given (hot reload).
+    pub fn load_dir_with(
+        dir: &Path,
+        env: EnvLookup<'_>,
+        isolation: &IsolationSettings,
+        copies: Option<&watch::PrivateCopies>,
+    ) -> Registry {
+        let (candidates, mut registry) = discover(dir, env, copies);
+        for Candidate { build, config } in candidates {
+            let name = build.plugin.info().name.clone();
+            let source = build.source.clone();
+            match init_build(build, config, isolation) {
+                Ok(active) => registry.active.push(Arc::new(active)),
+                Err(reason) => registry.disable(&source, LoadStage::Init, reason, Some(name)),
             }
         }
         registry
@@ -111,15 +220,17 @@ impl Registry {
     /// Runs every stage except `init` (no plugin code beyond `describe`): what `frostguard-worker plugins`
     /// shows. Plugins that pass are listed in `active` but must not be given jobs.
     pub fn inspect_dir(dir: &Path, env: EnvLookup<'_>) -> Registry {
-        let (candidates, mut registry) = discover(dir, env);
+        let (candidates, mut registry) = discover(dir, env, None);
         registry.active = candidates
             .into_iter()
             .map(|c| {
-                let info = c.plugin.info().clone();
+                let info = c.build.plugin.info().clone();
                 Arc::new(ActivePlugin {
-                    plugin: c.plugin,
+                    plugin: c.build.plugin,
                     info,
                     process: None,
+                    source: c.build.source,
+                    digest: c.build.digest,
                 })
             })
             .collect();
@@ -165,6 +276,15 @@ fn queue_list(info: &PluginInfo) -> String {
 
 /// The plugin files of `dir`, sorted so that conflicts are decided the same way on every start.
 fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    plugin_files_with(dir, true)
+}
+
+/// [`plugin_files`] without the warning about hidden files (the reloader rescans often).
+fn plugin_files_quiet(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    plugin_files_with(dir, false)
+}
+
+fn plugin_files_with(dir: &Path, warn_hidden: bool) -> Result<Vec<PathBuf>, String> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read plugin directory {}: {e}", dir.display()))?;
     let suffix = std::env::consts::DLL_SUFFIX;
@@ -175,6 +295,7 @@ fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         };
         match candidate(&name, suffix) {
             FileKind::Plugin => files.push(path),
+            FileKind::Hidden if !warn_hidden => {}
             FileKind::Hidden => tracing::warn!(
                 file = %path.display(),
                 "skipping a hidden file in the plugin directory (names starting with '.' are never loaded)"
@@ -208,7 +329,11 @@ fn candidate(name: &str, suffix: &str) -> FileKind {
 }
 
 /// Runs the stages up to configuration for every file of `dir`.
-fn discover(dir: &Path, env: EnvLookup<'_>) -> (Vec<Candidate>, Registry) {
+fn discover(
+    dir: &Path,
+    env: EnvLookup<'_>,
+    copies: Option<&watch::PrivateCopies>,
+) -> (Vec<Candidate>, Registry) {
     let mut registry = Registry::default();
     let files = match plugin_files(dir) {
         Ok(files) => files,
@@ -223,20 +348,22 @@ fn discover(dir: &Path, env: EnvLookup<'_>) -> (Vec<Candidate>, Registry) {
     let mut queue_owner: HashMap<String, (String, PathBuf)> = HashMap::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for path in files {
-        let plugin = match LoadedPlugin::load(&path) {
-            Ok(p) => p,
+        let build = match load_build(&path, copies) {
+            Ok(b) => b,
             Err(e) => {
                 registry.disable(&e.path, e.stage, e.reason, None);
                 continue;
             }
         };
-        let info = plugin.info().clone();
+        let info = build.plugin.info().clone();
+        let refuse = |build: &Build| build.discard_copy();
         if let Some(first) = names.get(&info.name) {
             let reason = format!(
                 "another plugin named {} is already loaded from {}",
                 info.name,
                 first.display()
             );
+            refuse(&build);
             registry.disable(&path, LoadStage::QueueConflict, reason, Some(info.name));
             continue;
         }
@@ -250,12 +377,14 @@ fn discover(dir: &Path, env: EnvLookup<'_>) -> (Vec<Candidate>, Registry) {
                 "queue {queue} is already served by plugin {owner} ({})",
                 owner_path.display()
             );
+            refuse(&build);
             registry.disable(&path, LoadStage::QueueConflict, reason, Some(info.name));
             continue;
         }
         let config = match settings::resolve(&info, env) {
             Ok(c) => c,
             Err(reason) => {
+                refuse(&build);
                 registry.disable(&path, LoadStage::Config, reason, Some(info.name));
                 continue;
             }
@@ -264,7 +393,7 @@ fn discover(dir: &Path, env: EnvLookup<'_>) -> (Vec<Candidate>, Registry) {
         for p in &info.processors {
             queue_owner.insert(p.queue.clone(), (info.name.clone(), path.clone()));
         }
-        candidates.push(Candidate { plugin, config });
+        candidates.push(Candidate { build, config });
     }
     (candidates, registry)
 }

@@ -6,6 +6,7 @@
 //! sits in the path of job processing. When Redis does not answer, the gauges keep their last values and
 //! one warning is logged until a read succeeds again.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bullmq::QueueKeys;
@@ -14,15 +15,17 @@ use super::metrics;
 use super::redis_admin::AdminRedis;
 use crate::queue_stats::{now_ms, Reader};
 
-/// Reads every queue's depth each `period` until the process ends.
-pub async fn refresh(admin: AdminRedis, queues: Vec<QueueKeys>, period: Duration) {
+/// Reads the depth of every queue in `queues` (served queues change with hot reload) each `period` until the
+/// process ends.
+pub async fn refresh(admin: AdminRedis, queues: Arc<Mutex<Vec<QueueKeys>>>, period: Duration) {
     let reader = Reader::default();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         tick.tick().await;
-        for keys in &queues {
+        let now: Vec<QueueKeys> = queues.lock().map(|q| q.clone()).unwrap_or_default();
+        for keys in &now {
             match admin.queue_snapshot(&reader, keys).await {
                 Ok(snapshot) => {
                     metrics::queue_depth(keys.name(), &snapshot, now_ms());

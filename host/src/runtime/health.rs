@@ -41,6 +41,41 @@ pub struct HeldQueue {
     pub until_ms: u64,
 }
 
+/// A plugin being served, as `/readyz` and `frostguard-worker plugins --running` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServingEntry {
+    /// Plugin name.
+    pub plugin: String,
+    /// The version serving its queues.
+    pub version: String,
+    /// The file in the plugin directory it was loaded from.
+    pub file: String,
+    /// Its queues.
+    pub queues: Vec<String>,
+    /// Unix ms since when this version serves.
+    pub since_ms: u64,
+    /// The last new build of this plugin that was refused (the version above kept serving), if any since
+    /// this version started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_replacement: Option<RefusedReplacement>,
+}
+
+/// A new build that did not replace the serving version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedReplacement {
+    /// The new build's file.
+    pub file: String,
+    /// Its version, when it got far enough to describe itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The load stage that refused it.
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+    /// Unix ms when it was refused.
+    pub at_ms: u64,
+}
+
 /// The shared state.
 #[derive(Debug)]
 pub struct Health {
@@ -48,7 +83,8 @@ pub struct Health {
     held: Mutex<BTreeMap<String, HeldQueue>>,
     redis_up: AtomicBool,
     shutting_down: AtomicBool,
-    disabled: Vec<DisabledEntry>,
+    disabled: Mutex<Vec<DisabledEntry>>,
+    plugins: Mutex<BTreeMap<String, ServingEntry>>,
     plugin_dir_error: Option<String>,
 }
 
@@ -63,6 +99,8 @@ pub struct Readiness {
     pub shutting_down: bool,
     /// Each served queue and whether it is consuming.
     pub queues: BTreeMap<String, bool>,
+    /// Plugins serving, with their version and any refused replacement.
+    pub plugins: Vec<ServingEntry>,
     /// Queues held by their plugin right now, with the plugin and its reason. A held queue does not make the
     /// worker unready (restarting it would not help; the hold ends by itself), but an operator sees why no
     /// job moves.
@@ -86,9 +124,61 @@ impl Health {
             held: Mutex::new(BTreeMap::new()),
             redis_up: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
-            disabled,
+            disabled: Mutex::new(disabled),
+            plugins: Mutex::new(BTreeMap::new()),
             plugin_dir_error,
         })
+    }
+
+    /// Records that `entry.plugin` serves at `entry.version` (replacing what was recorded for it).
+    pub fn set_serving(&self, entry: ServingEntry) {
+        if let Ok(mut plugins) = self.plugins.lock() {
+            plugins.insert(entry.plugin.clone(), entry);
+        }
+    }
+
+    /// Records that `plugin` no longer serves.
+    pub fn remove_serving(&self, plugin: &str) {
+        if let Ok(mut plugins) = self.plugins.lock() {
+            plugins.remove(plugin);
+        }
+    }
+
+    /// Records a refused new build of the serving `plugin`.
+    pub fn set_refused_replacement(&self, plugin: &str, refused: RefusedReplacement) {
+        if let Ok(mut plugins) = self.plugins.lock() {
+            if let Some(p) = plugins.get_mut(plugin) {
+                p.refused_replacement = Some(refused);
+            }
+        }
+    }
+
+    /// Replaces the disabled entry of `entry.file` (or adds it).
+    pub fn set_disabled(&self, entry: DisabledEntry) {
+        if let Ok(mut disabled) = self.disabled.lock() {
+            disabled.retain(|d| d.file != entry.file);
+            disabled.push(entry);
+        }
+    }
+
+    /// Removes the disabled entry of `file`, if any.
+    pub fn clear_disabled(&self, file: &str) {
+        if let Ok(mut disabled) = self.disabled.lock() {
+            disabled.retain(|d| d.file != file);
+        }
+    }
+
+    /// The disabled entries now.
+    pub fn disabled(&self) -> Vec<DisabledEntry> {
+        self.disabled.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Stops reporting `queue` (its plugin was removed): it no longer counts for readiness.
+    pub fn remove_queue(&self, queue: &str) {
+        if let Ok(mut queues) = self.queues.lock() {
+            queues.remove(queue);
+        }
+        metrics::queue_consuming(queue, false);
     }
 
     /// Records whether `queue` is consuming.
@@ -158,8 +248,13 @@ impl Health {
             redis,
             shutting_down,
             queues,
+            plugins: self
+                .plugins
+                .lock()
+                .map(|p| p.values().cloned().collect())
+                .unwrap_or_default(),
             held_queues,
-            disabled_plugins: self.disabled.clone(),
+            disabled_plugins: self.disabled(),
             plugin_dir_error: self.plugin_dir_error.clone(),
         }
     }

@@ -30,6 +30,10 @@ const QUEUE_HELD: &str = "frostguard_queue_held";
 const QUEUE_HOLDS: &str = "frostguard_queue_holds_total";
 const PLUGIN_EVENTS: &str = "frostguard_plugin_events_total";
 const PLUGIN_CRASHES: &str = "frostguard_plugin_crashes_total";
+const PLUGIN_RELOADS: &str = "frostguard_plugin_reloads_total";
+const PLUGIN_SERVING: &str = "frostguard_plugin_serving";
+const RETIRED_IMAGES: &str = "frostguard_plugin_retired_images";
+const RETIRED_IMAGE_BYTES: &str = "frostguard_plugin_retired_image_bytes";
 
 /// Job duration buckets in seconds: from a fast no-op to a slow provider call.
 const DURATION_BUCKETS: [f64; 12] = [
@@ -107,7 +111,50 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Crashes of plugin code (segfault, abort, exit): a plugin process that died, or, in in-process \
          mode, a crash of an earlier run recognised at start, per plugin"
     );
+    describe_counter!(
+        PLUGIN_RELOADS,
+        "Plugin directory changes handled at run time, per plugin, change (new, replaced, removed) and result \
+         (applied, refused)"
+    );
+    describe_gauge!(
+        PLUGIN_SERVING,
+        "1 for the version of each plugin serving its queues (0 once replaced or removed)"
+    );
+    describe_gauge!(
+        RETIRED_IMAGES,
+        "Replaced or removed plugin libraries still mapped (libraries are never unloaded)"
+    );
+    describe_gauge!(
+        RETIRED_IMAGE_BYTES,
+        Unit::Bytes,
+        "Address space the retired plugin libraries keep mapped"
+    );
     Ok(handle)
+}
+
+/// Counts one plugin directory change handled at run time.
+pub fn plugin_change(plugin: &str, change: &'static str, applied: bool) {
+    let result = if applied { "applied" } else { "refused" };
+    counter!(PLUGIN_RELOADS, "plugin" => plugin.to_owned(), "change" => change, "result" => result)
+        .increment(1);
+}
+
+/// Sets whether `version` of `plugin` serves.
+pub fn plugin_serving(plugin: &str, version: &str, serving: bool) {
+    gauge!(PLUGIN_SERVING, "plugin" => plugin.to_owned(), "version" => version.to_owned())
+        .set(if serving { 1.0 } else { 0.0 });
+}
+
+/// Sets the retired-image gauges.
+pub fn retired_images(count: usize, bytes: u64) {
+    gauge!(RETIRED_IMAGES).set(count as f64);
+    gauge!(RETIRED_IMAGE_BYTES).set(bytes as f64);
+}
+
+/// Clears the disabled gauge of one file (a fixed or removed plugin file).
+pub fn plugin_enabled_again(plugin: &str, file: &str, stage: &str) {
+    gauge!(PLUGIN_DISABLED, "plugin" => plugin.to_owned(), "file" => file.to_owned(), "stage" => stage.to_owned())
+        .set(0.0);
 }
 
 /// Drains histogram buckets periodically so the recorder's memory stays bounded.

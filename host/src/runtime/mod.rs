@@ -14,6 +14,7 @@ pub mod health;
 mod hold;
 pub(crate) mod metrics;
 pub(crate) mod redis_admin;
+mod reloader;
 mod retry;
 mod stacktrace;
 mod stalled;
@@ -23,16 +24,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bullmq::{QueueKeys, Worker};
+use bullmq::QueueKeys;
 use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 
-use self::bridge::QueueBridge;
 use self::health::{DisabledEntry, Health};
-use self::hold::QueueHold;
 use self::redis_admin::AdminRedis;
-use self::supervisor::QueuePlan;
+use self::reloader::{ReloaderHandle, ServingSet};
+use self::supervisor::{Fleet, Running};
 use crate::config::Config;
+use crate::plugins::watch::PrivateCopies;
 use crate::plugins::{ActivePlugin, Registry};
 use crate::shutdown::{self, DrainState};
 
@@ -43,16 +43,6 @@ const PLUGIN_SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
 /// Extra time a worker gets to close after the drain phases (its fetch loop leaves an idle BZPOPMIN within
 /// the drain delay set in the supervisor).
 const WORKER_CLOSE_EXTRA: Duration = Duration::from_secs(3);
-
-/// A queue whose worker is running.
-struct Running {
-    queue: String,
-    worker: Arc<Worker>,
-    events: JoinHandle<()>,
-    stalled_check: JoinHandle<()>,
-    sweeper: JoinHandle<()>,
-    completions: Arc<completions::Completions>,
-}
 
 /// Blocking threads the runtime needs: one per concurrent job of every queue, plus room for plugin
 /// shutdown calls and the library's own blocking work. Use it for tokio's `max_blocking_threads`.
@@ -72,8 +62,13 @@ pub fn blocking_threads_needed(config: &Config, registry: &Registry) -> usize {
 }
 
 /// Runs the worker until a shutdown signal, then drains. Errors only for problems that make running
-/// impossible (the HTTP port cannot be bound, signal handlers cannot be installed).
-pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
+/// impossible (the HTTP port cannot be bound, signal handlers cannot be installed). `copies` is set when hot
+/// reload is on (the registry was loaded from private copies made there).
+pub async fn run(
+    config: Config,
+    registry: Registry,
+    copies: Option<Arc<PrivateCopies>>,
+) -> anyhow::Result<()> {
     tracing::info!(
         prefix = %config.prefix,
         shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
@@ -132,6 +127,22 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
         disabled,
         registry.dir_error.clone(),
     );
+    for p in &registry.active {
+        health.set_serving(reloader::serving_entry(p));
+        metrics::plugin_serving(&p.info.name, &p.info.version, true);
+    }
+    let serving: ServingSet = Arc::new(std::sync::Mutex::new(registry.active.clone()));
+    let reload_slot: Arc<std::sync::Mutex<Option<ReloaderHandle>>> = Arc::default();
+    let watching = match (&config.watch, copies) {
+        (Some(settings), Some(copies)) => Some(Watching {
+            settings: settings.clone(),
+            copies,
+            files: reloader::registry_files(&registry),
+            serving: Arc::clone(&serving),
+            slot: Arc::clone(&reload_slot),
+        }),
+        _ => None,
+    };
     if let Some(port) = config.http_port {
         let nofile = crate::http::raise_descriptor_limit();
         let (max_connections, lowered) =
@@ -157,6 +168,9 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
         ));
     }
 
+    let mut signal = Box::pin(shutdown::wait_for_signal());
+    let drain = DrainState::new();
+    let running: Arc<Mutex<Vec<Running>>> = Arc::new(Mutex::new(Vec::new()));
     // The crash journal, when any plugin runs in-process (process-mode plugins cannot take the host down).
     let identity = crate::isolation::journal::identity(&config.redis.redacted(), &config.prefix);
     let journal = registry
@@ -167,9 +181,7 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
         .flatten()
         .map(|j| j.path().to_owned());
 
-    let mut signal = Box::pin(shutdown::wait_for_signal());
-    let drain = DrainState::new();
-    let running: Arc<Mutex<Vec<Running>>> = Arc::new(Mutex::new(Vec::new()));
+    let copies_dir = watching.as_ref().map(|w| Arc::clone(&w.copies));
     let startup = tokio::spawn(start_all(
         config.clone(),
         journal,
@@ -177,6 +189,7 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
         Arc::clone(&health),
         Arc::clone(&drain),
         Arc::clone(&running),
+        watching,
     ));
 
     let signal_name = signal.as_mut().await?;
@@ -186,10 +199,14 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
     startup.abort();
     // Wait for the abort to land so that no worker can be registered after the list is taken.
     let _ = startup.await;
+    let reloading = reload_slot.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(reloader) = reloading {
+        // A change being applied finishes first (bounded by the drain timeouts); then nothing changes.
+        reloader.stop().await;
+    }
     let running = std::mem::take(&mut *running.lock().await);
     for r in &running {
-        r.worker.pause();
-        r.stalled_check.abort();
+        r.stop_fetching();
     }
     // Closing runs alongside the drain: it waits for the library's active jobs (which the drain ends) and
     // for the fetch loop to leave its idle BZPOPMIN (at most the drain delay).
@@ -197,24 +214,17 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
         + shutdown::CANCEL_GRACE
         + shutdown::ABANDON_GRACE
         + WORKER_CLOSE_EXTRA;
-    let mut closing = close_all(&running, close_budget);
+    let mut closing = supervisor::close_all(&running, close_budget);
     let report = shutdown::drain_in_flight(&drain, config.shutdown_timeout).await;
     while closing.join_next().await.is_some() {}
     for r in &running {
-        r.events.abort();
-        r.sweeper.abort();
-        health.set_consuming(&r.queue, false);
-        let unrecorded = r.completions.unconfirmed();
-        if unrecorded > 0 {
-            tracing::warn!(
-                queue = %r.queue,
-                jobs = unrecorded,
-                "completed jobs whose result Redis has not recorded (it was unreachable); they stay active and \
-                 run again once their lock expires"
-            );
-        }
+        r.finish(&health);
     }
-    shutdown_plugins(&registry.active).await;
+    let serving_now = serving.lock().map(|s| s.clone()).unwrap_or_default();
+    shutdown_plugins(&serving_now).await;
+    if let Some(copies) = copies_dir {
+        copies.remove();
+    }
     tracing::info!(
         cancelled = report.cancelled,
         abandoned = report.abandoned,
@@ -224,7 +234,17 @@ pub async fn run(config: Config, registry: Registry) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects the admin connection, then starts every queue's worker; logs `worker ready` when all consume.
+/// What hot reload needs once the queues run.
+struct Watching {
+    settings: crate::config::WatchSettings,
+    copies: Arc<PrivateCopies>,
+    files: std::collections::BTreeSet<std::path::PathBuf>,
+    serving: ServingSet,
+    slot: Arc<std::sync::Mutex<Option<ReloaderHandle>>>,
+}
+
+/// Connects the admin connection, then starts every queue's worker; logs `worker ready` when all consume,
+/// then starts watching the plugin directory when hot reload is on.
 async fn start_all(
     config: Config,
     journal: Option<std::path::PathBuf>,
@@ -232,6 +252,7 @@ async fn start_all(
     health: Arc<Health>,
     drain: Arc<DrainState>,
     running: Arc<Mutex<Vec<Running>>>,
+    watching: Option<Watching>,
 ) {
     tracing::info!(redis = %config.redis.redacted(), prefix = %config.prefix, "connecting to Redis");
     let connection = config.redis.connection_options();
@@ -254,88 +275,28 @@ async fn start_all(
         REDIS_PING_PERIOD,
     ));
 
+    let depth_queues: Arc<std::sync::Mutex<Vec<QueueKeys>>> = Arc::default();
     if let (Some(_), Some(period)) = (config.http_port, config.depth_interval) {
-        let queues = processors
-            .iter()
-            .map(|(_, info)| QueueKeys::new(&info.queue, Some(&config.prefix)))
-            .collect();
-        tokio::spawn(depth::refresh(admin.clone(), queues, period));
+        tokio::spawn(depth::refresh(
+            admin.clone(),
+            Arc::clone(&depth_queues),
+            period,
+        ));
     }
+    let fleet = Arc::new(Fleet::new(
+        config,
+        connection,
+        admin,
+        health,
+        drain,
+        running,
+        depth_queues,
+    ));
 
     let mut starting = tokio::task::JoinSet::new();
     for (plugin, info) in processors {
-        let overrides = config.queue(&info.queue);
-        let (concurrency, options) =
-            supervisor::worker_options(&config, &connection, &info, &overrides);
-        let completions = completions::Completions::new(
-            &info.queue,
-            QueueKeys::new(&info.queue, Some(&config.prefix)),
-            admin.clone(),
-        );
-        let bridge = Arc::new(QueueBridge {
-            queue: info.queue.clone(),
-            keys: QueueKeys::new(&info.queue, Some(&config.prefix)),
-            plugin,
-            processor: info.clone(),
-            admin: admin.clone(),
-            drain: Arc::clone(&drain),
-            hold: QueueHold::new(),
-            health: Arc::clone(&health),
-            job_timeout: overrides.job_timeout(info.timeout_ms),
-            completions: Arc::clone(&completions),
-            crash_limit: config.crash_limit,
-        });
-        let stalled_check = stalled::StalledCheck {
-            queue: info.queue.clone(),
-            keys: QueueKeys::new(&info.queue, Some(&config.prefix)),
-            admin: admin.clone(),
-            interval: Duration::from_millis(options.stalled_interval.max(1)),
-            max_stalled: options.max_stalled_count,
-        };
-        let plan = QueuePlan {
-            queue: info.queue.clone(),
-            concurrency,
-            options,
-            bridge,
-            stalled_check,
-        };
-        let health = Arc::clone(&health);
-        let running = Arc::clone(&running);
-        let drain = Arc::clone(&drain);
-        starting.spawn(async move {
-            let worker = Arc::new(supervisor::start(&plan).await);
-            plan.bridge.hold.attach(&worker, drain);
-            let completions = Arc::clone(&plan.bridge.completions);
-            let events = events::spawn_logger(
-                plan.queue.clone(),
-                Arc::clone(&worker),
-                Arc::clone(&health),
-                Arc::clone(&completions),
-            );
-            let stalled_check = plan.stalled_check.clone().spawn();
-            let sweeper = completions.spawn_sweeper(Arc::clone(&worker));
-            running.lock().await.push(Running {
-                queue: plan.queue.clone(),
-                worker,
-                events,
-                stalled_check,
-                sweeper,
-                completions,
-            });
-            health.set_consuming(&plan.queue, true);
-            // The time budget goes after the fields tests and operators grep for, and only when there is one.
-            match plan.bridge.job_timeout {
-                Some(t) => tracing::info!(
-                    queue = %plan.queue,
-                    concurrency = plan.concurrency,
-                    job_timeout_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
-                    "queue consuming"
-                ),
-                None => {
-                    tracing::info!(queue = %plan.queue, concurrency = plan.concurrency, "queue consuming")
-                }
-            }
-        });
+        let fleet = Arc::clone(&fleet);
+        starting.spawn(async move { fleet.start_queue(plugin, info).await });
     }
     let mut any = false;
     while let Some(joined) = starting.join_next().await {
@@ -349,6 +310,12 @@ async fn start_all(
     }
     if any {
         tracing::info!("worker ready");
+    }
+    if let Some(w) = watching {
+        let handle = reloader::spawn(fleet, w.files, w.settings, w.copies, w.serving);
+        if let Ok(mut slot) = w.slot.lock() {
+            *slot = handle;
+        }
     }
 }
 
@@ -369,22 +336,6 @@ async fn connect_admin(connection: &bullmq::options::RedisConnectionOptions) -> 
             }
         }
     }
-}
-
-/// Starts closing every worker concurrently; the caller joins the returned set.
-fn close_all(running: &[Running], budget: Duration) -> tokio::task::JoinSet<()> {
-    let mut closing = tokio::task::JoinSet::new();
-    let budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
-    for r in running {
-        let worker = Arc::clone(&r.worker);
-        let queue = r.queue.clone();
-        closing.spawn(async move {
-            if let Err(e) = worker.close(budget_ms).await {
-                tracing::warn!(queue = %queue, error = %e, "closing the worker failed");
-            }
-        });
-    }
-    closing
 }
 
 /// Calls every plugin's `shutdown` on blocking threads, bounded by the shutdown budget.
