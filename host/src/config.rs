@@ -657,6 +657,49 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn hot_reload_is_on_unless_switched_off() {
+        let table: [(&[(&str, &str)], Option<(u64, &str)>); 5] = [
+            (&[], Some((500, ""))),
+            (&[("PLUGIN_WATCH", "false")], None),
+            (&[("PLUGIN_WATCH", "0")], None),
+            (
+                &[
+                    ("PLUGIN_WATCH", "TRUE"),
+                    ("PLUGIN_WATCH_DEBOUNCE_MS", "250"),
+                ],
+                Some((250, "")),
+            ),
+            (
+                &[("PLUGIN_CACHE_DIR", "/var/cache/fw")],
+                Some((500, "/var/cache/fw")),
+            ),
+        ];
+        for (vars, want) in table {
+            let mut all = vec![("REDIS_HOST", "r")];
+            all.extend_from_slice(vars);
+            let watch = config(&all).unwrap().watch;
+            let got = watch.as_ref().map(|w| {
+                let dir = w.cache_dir.to_str().unwrap();
+                (w.debounce.as_millis() as u64, dir)
+            });
+            let want = want.map(|(ms, dir)| {
+                let default = std::env::temp_dir();
+                let dir = if dir.is_empty() {
+                    default.to_str().unwrap().to_owned()
+                } else {
+                    dir.to_owned()
+                };
+                (ms, dir)
+            });
+            assert_eq!(got.map(|(ms, d)| (ms, d.to_owned())), want, "{vars:?}");
+        }
+        for bad in [("PLUGIN_WATCH", "maybe"), ("PLUGIN_WATCH_DEBOUNCE_MS", "0")] {
+            let err = config(&[("REDIS_HOST", "r"), bad]).unwrap_err().to_string();
+            assert!(err.contains(bad.0), "{err}");
+        }
+    }
+
+    #[test]
     fn no_redis_names_both_variables() {
         let err = config(&[]).unwrap_err();
         assert_eq!(err, ConfigError::NoRedis);

@@ -1,6 +1,6 @@
 //! Hot reload against a running `frostguard-worker`, real Redis and Node BullMQ: the test plugin
 //! `test-reload` in two builds (version 1 returns `{"v":1}`, version 2 `{"v":2}`) swapped under a steady
-//! stream of jobs; broken replacements (cut short, incompatible ABI, failing init) that leave version 1
+//! stream of jobs (in both isolation modes); broken replacements (cut short, incompatible ABI, failing init) that leave version 1
 //! serving; a file written slowly; a plugin added and one removed at run time; twenty reloads in a row with
 //! the memory they cost.
 //!
@@ -129,7 +129,20 @@ fn wait_change(worker: &Worker, after: usize, needles: &[&str]) -> String {
 
 #[test]
 fn a_replacement_under_a_steady_stream_completes_every_job_once_by_v1_then_v2() {
-    let (redis, worker, _port) = start(&[]);
+    swap_under_a_steady_stream(&[]);
+}
+
+/// The same with the plugin inside the host (`PLUGIN_ISOLATION=in-process`): the new build must be a new
+/// library image in the host's own process (the dynamic loader returns the old code for a path it loaded).
+#[test]
+fn a_replacement_in_process_under_a_steady_stream_completes_every_job_once_by_v1_then_v2() {
+    swap_under_a_steady_stream(&[("PLUGIN_ISOLATION", "in-process")]);
+}
+
+/// Swaps v1 for v2 while a Node producer keeps adding jobs; checks every job completed exactly once, by v1
+/// before the switch and by v2 after.
+fn swap_under_a_steady_stream(extra: &[(&str, &str)]) {
+    let (redis, worker, _port) = start(extra);
     let dir = plugin_dir(&worker);
     let queue = NodeQueue::new(&redis, QUEUE);
     // A steady stream from the Node producer: batches of 10 jobs, each becoming ready 40 ms after the previous
