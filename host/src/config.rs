@@ -658,7 +658,9 @@ pub(crate) mod tests {
 
     #[test]
     fn hot_reload_is_on_unless_switched_off() {
-        let table: [(&[(&str, &str)], Option<(u64, &str)>); 5] = [
+        /// Variables set → (debounce ms, cache dir or "" for the default), `None` when watching is off.
+        type Row<'a> = (&'a [(&'a str, &'a str)], Option<(u64, &'a str)>);
+        let table: [Row; 5] = [
             (&[], Some((500, ""))),
             (&[("PLUGIN_WATCH", "false")], None),
             (&[("PLUGIN_WATCH", "0")], None),
