@@ -227,13 +227,15 @@ podman rm "$w1" >/dev/null
 
 # --- 5. production overlay, new plugin directory, three workers ------------------------------------------------
 step "production overlay: a new plugin directory and three workers"
-test_lib=$(list_plugins | awk '$2 == "fg_test_outcomes" {print "lib" $2 ".so"; exit}')
+# awk reads the whole list (no early `exit`): with pipefail, a writer cut off by SIGPIPE would fail the step.
+plugin_list=$(list_plugins)
+test_lib=$(awk '$2 == "fg_test_outcomes" {print "lib" $2 ".so"}' <<<"$plugin_list")
 test_so=""
 for dir in target/release target/debug; do
     [ -f "$dir/$test_lib" ] && { test_so="$dir/$test_lib"; break; }
 done
 if [ -z "$test_so" ]; then
-    cargo build -p "$(list_plugins | awk '$2 == "fg_test_outcomes" {print $3; exit}')"
+    cargo build -p "$(awk '$2 == "fg_test_outcomes" {print $3}' <<<"$plugin_list")"
     test_so="target/debug/$test_lib"
 fi
 mkdir -p "$WORK/plugins-new"

@@ -48,8 +48,9 @@ fi
 # The Debian mirror apt on this machine uses (deb822 or one-line sources), else the default one.
 debian_mirror() {
     local uri
-    uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '$2 !~ /security/ {print $2; exit}')
-    [ -n "$uri" ] || uri=$(grep -hs '^deb ' /etc/apt/sources.list | awk '$2 !~ /security/ {print $2; exit}')
+    # awk reads all of grep's output (no early `exit`), so pipefail never sees grep cut off by SIGPIPE.
+    uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '$2 !~ /security/ && !found {print $2; found = 1}')
+    [ -n "$uri" ] || uri=$(grep -hs '^deb ' /etc/apt/sources.list | awk '$2 !~ /security/ && !found {print $2; found = 1}')
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
