@@ -31,6 +31,7 @@ mod node;
 mod pgbouncer;
 mod ports;
 mod postgres;
+mod probe;
 mod process;
 mod redis;
 mod tempdir;
@@ -48,6 +49,7 @@ pub use node::{
 pub use pgbouncer::{pgbouncer_bin, PgBouncer};
 pub use ports::{free_port, reserved_port, PortReservation};
 pub use postgres::{Postgres, Schema};
+pub use probe::{http_get, http_get_body};
 pub use redis::{Monitor, RedisServer, Resp};
 pub use tempdir::TempDir;
 pub use tls::{generate_ca, generate_server_cert, CertFiles};

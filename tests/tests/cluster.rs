@@ -7,12 +7,11 @@
 //! cluster, and cluster mode without a hash tag is refused before anything starts.
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use frostguard_tests::{
-    free_port, reserved_port, NodeQueue, RedisCluster, Worker, SMS_PLUGIN, TEST_PLUGIN, TEST_QUEUE,
+    free_port, http_get_body, reserved_port, NodeQueue, RedisCluster, Worker, SMS_PLUGIN,
+    TEST_PLUGIN, TEST_QUEUE,
 };
 use serde_json::{json, Value};
 
@@ -95,19 +94,6 @@ fn count(states: &Value, state: &str) -> u64 {
     states[state].as_u64().unwrap_or(0)
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
-}
-
 #[test]
 fn three_hosts_share_both_queues_on_a_cluster_and_survive_a_primary_failover() {
     let mut cluster = RedisCluster::start(3, 1).unwrap();
@@ -179,7 +165,7 @@ fn three_hosts_share_both_queues_on_a_cluster_and_survive_a_primary_failover() {
     let series = format!(
         "frostguard_queue_jobs{{queue=\"{TEST_QUEUE}\",state=\"completed\"}} {STEADY_JOBS}"
     );
-    while !http_get(http_port, "/metrics").is_some_and(|m| m.lines().any(|l| l == series)) {
+    while !http_get_body(http_port, "/metrics").is_some_and(|m| m.lines().any(|l| l == series)) {
         assert!(Instant::now() < deadline, "no {series} in /metrics");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -313,7 +299,7 @@ fn three_hosts_share_both_queues_on_a_cluster_and_survive_a_primary_failover() {
     // Readiness follows Redis: the surviving first host is ready again once the replica took over.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let body = http_get(http_port, "/readyz").unwrap_or_default();
+        let body = http_get_body(http_port, "/readyz").unwrap_or_default();
         if body.contains("\"ready\":true") {
             break;
         }

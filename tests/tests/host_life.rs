@@ -4,31 +4,13 @@
 //! scheduler, backoff jitter and the failure reason of a job waiting for its retry. Short-lived states are
 //! asserted from the queue's event stream after the fact, never caught live.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use frostguard_tests::serde_json::Value;
 use frostguard_tests::{
-    free_port, json, plugin_lib, queue_events, wait_for_event, wait_until, NodeQueue, RedisServer,
-    TempDir, Worker, WorkerBuilder, TEST_PLUGIN, TEST_QUEUE,
+    free_port, http_get, json, plugin_lib, queue_events, wait_for_event, wait_until, NodeQueue,
+    RedisServer, TempDir, Worker, WorkerBuilder, TEST_PLUGIN, TEST_QUEUE,
 };
-
-/// `GET path` on 127.0.0.1:`port`: the status and body, or `None` while nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.get(9..12)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
 
 /// `/readyz` as status and JSON body.
 fn readyz(port: u16) -> Option<(u16, Value)> {

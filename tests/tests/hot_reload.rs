@@ -8,36 +8,20 @@
 //! onto the final name), except where a test writes in place on purpose.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use frostguard_tests::serde_json::Value;
 use frostguard_tests::{
-    free_port, json, plugin_lib, queue_events, wait_until, NodeQueue, RedisServer, Worker,
-    WorkerBuilder, BAD_ABI_PLUGIN, RELOAD_V1_PLUGIN, RELOAD_V2_PLUGIN, TEST_PLUGIN, TEST_QUEUE,
+    free_port, http_get, json, plugin_lib, queue_events, wait_until, NodeQueue, RedisServer,
+    Worker, WorkerBuilder, BAD_ABI_PLUGIN, RELOAD_V1_PLUGIN, RELOAD_V2_PLUGIN, TEST_PLUGIN,
+    TEST_QUEUE,
 };
 
 const QUEUE: &str = "test-reload";
 /// The file name the test plugin is deployed under (both builds).
 const FILE: &str = "libtest_reload.so";
-
-/// `GET path` on 127.0.0.1:`port`: the status and body, or `None` while nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.get(9..12)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
 
 fn readyz(port: u16) -> Value {
     let (_, body) = http_get(port, "/readyz").expect("/readyz answers");

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use frostguard_tests::{
-    assert_delivery, insert_sms_delivery, json, sms_sent, telnyx_error, wait_until, FakeHttp,
-    JobSnapshot, NodeQueue, Postgres, RecordedRequest, RedisServer, Reply, Schema, Worker,
-    SMS_PLUGIN, TEST_PLUGIN,
+    assert_delivery, http_get_body, insert_sms_delivery, json, sms_sent, telnyx_error, wait_until,
+    FakeHttp, JobSnapshot, NodeQueue, Postgres, RecordedRequest, RedisServer, Reply, Schema,
+    Worker, SMS_PLUGIN, TEST_PLUGIN,
 };
 use serde_json::Value;
 
@@ -537,23 +537,6 @@ fn numbers_as_people_type_them_reach_telnyx_as_e164() {
     assert_eq!(reqs.len(), typed.len(), "nothing sent for the non-number");
 }
 
-/// GET `path` on the host's HTTP port; the body, or `None` when the port does not answer.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-}
-
 /// Refused credentials hold the queue — and say so: an error line, `/readyz` naming the held queue, the
 /// plugin and the reason, and the metrics; a job waits without using an attempt.
 #[test]
@@ -605,7 +588,7 @@ fn refused_credentials_hold_the_queue_visibly() {
         .unwrap();
     assert!(line.contains("ERROR") && line.contains("10009"), "{line}");
     let ready: Value = wait_until(Duration::from_secs(10), "the hold on /readyz", || {
-        let body: Value = serde_json::from_str(&http_get(port, "/readyz")?).ok()?;
+        let body: Value = serde_json::from_str(&http_get_body(port, "/readyz")?).ok()?;
         (!body["held_queues"].as_array()?.is_empty()).then_some(body)
     })
     .unwrap();
@@ -616,7 +599,7 @@ fn refused_credentials_hold_the_queue_visibly() {
         held["reason"].as_str().unwrap().contains("10009"),
         "{ready}"
     );
-    let metrics = http_get(port, "/metrics").unwrap();
+    let metrics = http_get_body(port, "/metrics").unwrap();
     let sample = |name: &str, label: &str| {
         metrics
             .lines()

@@ -4,29 +4,13 @@
 //! `sleep` job polls `is_cancelled()` every 10 ms and returns a retryable "cancelled" failure when asked to
 //! stop, which is how a well-behaved plugin reacts.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use frostguard_tests::{free_port, json, wait_until, NodeQueue, RedisServer, Worker, TEST_QUEUE};
+use frostguard_tests::{
+    free_port, http_get_body, json, wait_until, NodeQueue, RedisServer, Worker, TEST_QUEUE,
+};
 
 const BUDGET_VAR: &str = "QUEUE_TEST_OUTCOMES_JOB_TIMEOUT_MS";
-
-/// `GET path` on the worker's HTTP endpoint; the body, or `None` while it does not answer.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-}
 
 /// The value of the sample line starting with `series` (`name{labels}`) in a Prometheus text body.
 fn metric(body: &str, series: &str) -> Option<f64> {
@@ -128,7 +112,7 @@ fn an_overrunning_job_times_out_per_attempt_and_a_quick_one_completes() {
     let series = format!("frostguard_jobs_timed_out_total{{queue=\"{TEST_QUEUE}\"}}");
     let timed_out = || {
         let body = wait_until(Duration::from_secs(10), "/metrics answering", || {
-            http_get(http_port, "/metrics")
+            http_get_body(http_port, "/metrics")
         })
         .expect("the worker serves /metrics");
         metric(&body, &series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))

@@ -8,7 +8,9 @@ use frostguard_tests::{
     TEST_PLUGIN, TEST_QUEUE,
 };
 
-use crate::{http_get, metric, spawn_with_http, tally};
+use frostguard_tests::http_get;
+
+use crate::{metric, spawn_with_http, tally};
 
 #[test]
 fn hostile_job_data_fails_with_a_reason_and_loses_nothing() {

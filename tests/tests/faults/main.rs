@@ -16,12 +16,10 @@ mod redis_restart;
 mod sms;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use frostguard_tests::{
-    free_port, json, serde_json::Value, NodeQueue, RedisServer, Worker, WorkerBuilder,
+    free_port, http_get, json, serde_json::Value, NodeQueue, RedisServer, Worker, WorkerBuilder,
 };
 
 /// Short lock and stalled intervals for the test queue, so a crashed host's jobs come back in seconds.
@@ -50,22 +48,6 @@ pub fn spawn_with_http(build: impl Fn() -> WorkerBuilder) -> (Worker, u16) {
         }
     }
     panic!("no free HTTP port after 5 tries: {last}");
-}
-
-/// `GET path` on the ops endpoint: (status, body), or `None` while it does not answer within 5 s.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.get(9..12)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
 }
 
 /// The value of Prometheus series `series` (`name{labels}` exactly as rendered), 0 when absent.

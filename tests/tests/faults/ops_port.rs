@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use frostguard_tests::{wait_until, NodeQueue, RedisServer, Worker, TEST_PLUGIN, TEST_QUEUE};
 
-use crate::{http_get, sleep_jobs, spawn_with_http, tally};
+use frostguard_tests::http_get;
+
+use crate::{sleep_jobs, spawn_with_http, tally};
 
 #[test]
 fn idle_and_slow_clients_cannot_exhaust_the_ops_port() {

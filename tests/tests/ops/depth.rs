@@ -6,7 +6,9 @@ use std::time::Duration;
 use frostguard_tests::{json, wait_until, NodeQueue, RedisServer, TEST_QUEUE};
 use serde_json::Value;
 
-use super::{http_get, metric, run_cli, start_with_http_port, stats_json};
+use frostguard_tests::http_get_body;
+
+use super::{metric, run_cli, start_with_http_port, stats_json};
 
 const STATES: [&str; 7] = [
     "active",
@@ -20,7 +22,7 @@ const STATES: [&str; 7] = [
 
 /// The `frostguard_queue_jobs` gauges of the test queue as a counts object, once all are present.
 fn gauges(port: u16) -> Option<Value> {
-    let body = http_get(port, "/metrics")?;
+    let body = http_get_body(port, "/metrics")?;
     let mut counts = serde_json::Map::new();
     for state in STATES {
         let series = format!("frostguard_queue_jobs{{queue=\"{TEST_QUEUE}\",state=\"{state}\"}}");
@@ -31,7 +33,7 @@ fn gauges(port: u16) -> Option<Value> {
 
 fn paused_gauge(port: u16) -> Option<f64> {
     metric(
-        &http_get(port, "/metrics")?,
+        &http_get_body(port, "/metrics")?,
         &format!("frostguard_queue_paused{{queue=\"{TEST_QUEUE}\"}}"),
     )
 }

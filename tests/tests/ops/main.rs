@@ -4,28 +4,10 @@
 mod depth;
 mod enqueue;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use frostguard_tests::{free_port, RedisServer, Worker};
 use serde_json::Value;
-
-/// `GET path` on the worker's HTTP endpoint; the body, or `None` while it does not answer.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-}
 
 /// The value of the sample line starting with `series` (`name{labels}`) in a Prometheus text body.
 pub fn metric(body: &str, series: &str) -> Option<f64> {
