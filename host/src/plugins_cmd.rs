@@ -3,14 +3,12 @@
 //! reported with its signal), and `plugins new` (in `plugins_new`) to start a plugin crate.
 
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use plugin_api::harness::{Harness, JobSpec};
-use plugin_api::host::{
-    ForwardedLog, HostLogger, JobCallbacks, LoadError, LoadStage, LoadedPlugin,
-};
+use plugin_api::harness::{Harness, JobRecorder, JobSpec, LogRecorder};
+use plugin_api::host::{LoadError, LoadStage, LoadedPlugin};
 use plugin_api::{JobOpts, JobView, Outcome, PluginConfig};
 use serde_json::json;
 
@@ -304,7 +302,7 @@ fn run_in_child(
     for (k, v) in overrides {
         config.insert(k, v);
     }
-    let logs = Arc::new(Recorded::default());
+    let logs = Arc::new(LogRecorder::default());
     let child =
         PluginProcess::start(&args.plugin, &info.name, config, logs.clone()).map_err(|reason| {
             anyhow::Error::new(LoadError::new(&args.plugin, LoadStage::Init, reason))
@@ -315,8 +313,8 @@ fn run_in_child(
         Some(p) if !p.accepts(&spec.name) => Some(p.rejection(&spec.name)),
         Some(_) => None,
     };
-    let callbacks = Arc::new(Recorded::with_deadline(spec.timeout));
-    let _ = logs.take_logs();
+    let callbacks = Arc::new(JobRecorder::new(spec.timeout));
+    let _ = logs.take();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -338,9 +336,9 @@ fn run_in_child(
             child.process(&job, callbacks.clone())
         }
     };
-    let records = logs.take_logs();
+    let records = logs.take();
     child.shutdown(Duration::from_secs(5));
-    let (progress, job_logs) = callbacks.take_job_writes();
+    let (progress, job_logs) = callbacks.take();
     let mut report = json!({ "progress": progress, "jobLogs": job_logs, "logs": records });
     let code = match reply {
         Reply::Outcome(outcome) => {
@@ -357,64 +355,4 @@ fn run_in_child(
     };
     out!("{}", serde_json::to_string_pretty(&report)?);
     Ok(code)
-}
-
-/// What a plugin process reported for `plugins run`: log records, progress, job log lines.
-#[derive(Default)]
-struct Recorded {
-    logs: Mutex<Vec<ForwardedLog>>,
-    progress: Mutex<Vec<serde_json::Value>>,
-    lines: Mutex<Vec<String>>,
-    deadline: Option<Instant>,
-}
-
-impl Recorded {
-    fn with_deadline(timeout: Option<Duration>) -> Self {
-        Self {
-            deadline: timeout.map(|t| Instant::now() + t),
-            ..Self::default()
-        }
-    }
-
-    fn take_logs(&self) -> Vec<ForwardedLog> {
-        std::mem::take(&mut *self.logs.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn take_job_writes(&self) -> (Vec<serde_json::Value>, Vec<String>) {
-        let progress =
-            std::mem::take(&mut *self.progress.lock().unwrap_or_else(|p| p.into_inner()));
-        let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|p| p.into_inner()));
-        (progress, lines)
-    }
-}
-
-impl HostLogger for Recorded {
-    fn log(&self, record: ForwardedLog) {
-        self.logs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(record);
-    }
-}
-
-impl JobCallbacks for Recorded {
-    fn progress(&self, json: &str) {
-        let value = serde_json::from_str(json)
-            .unwrap_or_else(|_| serde_json::Value::String(json.to_owned()));
-        self.progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(value);
-    }
-
-    fn log(&self, line: &str) {
-        self.lines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line.to_owned());
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.deadline.is_some_and(|d| Instant::now() >= d)
-    }
 }

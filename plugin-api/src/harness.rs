@@ -73,7 +73,7 @@ pub struct HarnessRun {
 /// A plugin loaded and initialised for testing.
 pub struct Harness {
     plugin: LoadedPlugin,
-    logs: Arc<Recorder>,
+    logs: Arc<LogRecorder>,
     next_id: AtomicU64,
     _copy: TempCopy,
 }
@@ -95,7 +95,7 @@ impl Harness {
             e.path = path.to_owned();
             e
         })?;
-        let logs = Arc::new(Recorder::default());
+        let logs = Arc::new(LogRecorder::default());
         let config = config(plugin.info());
         plugin
             .init(&config, logs.clone())
@@ -115,7 +115,7 @@ impl Harness {
 
     /// Log records emitted outside any job so far (during init, for example), drained.
     pub fn take_logs(&self) -> Vec<ForwardedLog> {
-        std::mem::take(&mut *self.logs.records.lock().unwrap_or_else(|p| p.into_inner()))
+        self.logs.take()
     }
 
     /// Runs one job to its outcome, as the host would (minus Redis). A job name the plugin's processor does
@@ -171,12 +171,21 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Collects the log records a plugin forwards, for a caller that runs a plugin outside the host's runtime
+/// (this harness, `frostguard-worker plugins run`).
 #[derive(Default)]
-struct Recorder {
+pub struct LogRecorder {
     records: Mutex<Vec<ForwardedLog>>,
 }
 
-impl HostLogger for Recorder {
+impl LogRecorder {
+    /// The records collected so far, drained.
+    pub fn take(&self) -> Vec<ForwardedLog> {
+        std::mem::take(&mut *self.records.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl HostLogger for LogRecorder {
     fn log(&self, record: ForwardedLog) {
         self.records
             .lock()
@@ -185,7 +194,9 @@ impl HostLogger for Recorder {
     }
 }
 
-struct JobRecorder {
+/// Collects one job's progress updates and job log lines, and turns `is_cancelled` true once the job's time
+/// budget has passed, for a caller that runs a plugin outside the host's runtime.
+pub struct JobRecorder {
     progress: Mutex<Vec<Value>>,
     lines: Mutex<Vec<String>>,
     deadline: Option<std::time::Instant>,
@@ -193,7 +204,8 @@ struct JobRecorder {
 }
 
 impl JobRecorder {
-    fn new(timeout: Option<Duration>) -> Self {
+    /// A recorder for a job that may run for `timeout` (no limit when `None`).
+    pub fn new(timeout: Option<Duration>) -> Self {
         Self {
             progress: Mutex::default(),
             lines: Mutex::default(),
@@ -202,7 +214,8 @@ impl JobRecorder {
         }
     }
 
-    fn take(&self) -> (Vec<Value>, Vec<String>) {
+    /// The progress values and job log lines collected so far, drained.
+    pub fn take(&self) -> (Vec<Value>, Vec<String>) {
         let p = std::mem::take(&mut *self.progress.lock().unwrap_or_else(|p| p.into_inner()));
         let l = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|p| p.into_inner()));
         (p, l)
