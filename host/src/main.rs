@@ -2,6 +2,10 @@
 //!
 //! This file only parses the command line, sets up logging and hands over to the subcommand.
 
+// The host needs `unsafe` only where crash isolation calls libc directly (signal handlers, descriptors of a
+// plugin process, the crash journal's lock): `isolation/{child,crashnote,journal,process}.rs` allow it, every block with its `SAFETY:` reason.
+#![deny(unsafe_code)]
+
 mod cli;
 mod config;
 mod enqueue_cmd;

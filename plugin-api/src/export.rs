@@ -205,6 +205,10 @@ macro_rules! export_plugin {
             }
 
             // The header abi_stable's loader looks up; its symbol name is `abi::ROOT_MODULE_SYMBOL`.
+            // SAFETY: `from_constructor::<M>` requires the module `construct` returns to be an erased `M`:
+            // `__call_root_module_loader` erases exactly the `PluginModuleRef` that `root_module` builds, and
+            // `M` is `PluginModuleRef`. `CheckTypeLayout::Yes` also makes the loader compare its layout with
+            // the host's before any function of it is called.
             #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
             pub static LIB_HEADER: $crate::__export::abi_stable::library::LibHeader = unsafe {
                 $crate::__export::abi_stable::library::LibHeader::from_constructor::<

@@ -223,6 +223,7 @@ impl Running {
         match self {
             Running::Node(mut child) => {
                 // SIGTERM lets the Node worker close its connections.
+                // SAFETY: kill of our own child's pid, not yet reaped (`wait` follows).
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
                 let _ = child.wait();
             }

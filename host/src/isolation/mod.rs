@@ -10,10 +10,21 @@
 //!   into reasons; a job that crashed its process `JOB_CRASH_LIMIT` times fails for good.
 
 pub mod cause;
+// The plugin process takes its protocol descriptors over from stdin/stdout and ignores SIGINT/SIGTERM: raw
+// descriptor and signal calls, each block with its `SAFETY:` reason.
+#[allow(unsafe_code)]
 pub mod child;
+// Signal handlers that must stay async-signal-safe (no allocation, raw `write`): libc only.
+#[allow(unsafe_code)]
 pub mod crashnote;
+// The journal file's `flock` (std's `File::try_lock` is newer than the workspace's `rust-version`).
+#[allow(unsafe_code)]
 pub mod journal;
 pub mod orphans;
+// Spawning a plugin process hands it the crash-note pipe on a fixed descriptor (`pipe2`, `dup2` between fork
+// and exec), and a child that ignores shutdown is killed by pid: raw libc calls, each block with its
+// `SAFETY:` reason.
+#[allow(unsafe_code)]
 pub mod process;
 pub mod protocol;
 pub mod settings;

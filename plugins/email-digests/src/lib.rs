@@ -17,6 +17,8 @@
 //!
 //! `process` runs on a host blocking thread; the async work runs on a runtime private to this plugin.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod digest;
 pub mod job;

@@ -16,6 +16,8 @@
 //! (a `cdylib` cannot use the host's tokio), `block_on`'d there, raced against the host's cancellation flag
 //! and the job's deadline.
 
+#![forbid(unsafe_code)]
+
 pub mod classify;
 pub mod config;
 pub mod delivery;

@@ -2,6 +2,8 @@
 //! with a different layout, as a plugin built against a diverged copy of the plugin API would. The host must
 //! reject it at the ABI stage, before calling any of its code. Never shipped.
 
+#![forbid(unsafe_code)]
+
 use abi_stable::library::RootModule;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_types::VersionStrings;

@@ -7,6 +7,8 @@
 //! Any job whose data has `"logRun": true` writes one job log line per plugin call, so a test can count how
 //! often a job ran.
 
+#![forbid(unsafe_code)]
+
 use std::error::Error;
 use std::fmt;
 use std::thread;

@@ -6,6 +6,8 @@
 //! cancelled, then returns like `version`; a cancelled job fails instead, so a drain that cuts it short
 //! shows). `RELOAD_FAIL_INIT=<major>` makes `init` of that build refuse to start.
 
+#![forbid(unsafe_code)]
+
 use std::thread;
 use std::time::{Duration, Instant};
 
