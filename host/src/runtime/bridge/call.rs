@@ -1,0 +1,182 @@
+//! Calling the plugin for one job: the I/O half of the bridge before the decision.
+//!
+//! The plugin runs under `spawn_blocking` (its call blocks) while this side applies the progress and log
+//! writes it queues, in order, to the job in Redis. The call is waited for to the end — a blocking call
+//! cannot be stopped from outside, and leaving it running would break the queue's concurrency bound while
+//! the library renews a lock for a job nobody tracks; only the shutdown drain's abandon phase stops waiting.
+//! When the job's deadline passes, the overrun is logged at once (so a plugin that ignores cancellation
+//! shows up while it still holds a slot); the plugin itself learns it from `is_cancelled()`.
+
+use std::time::{Duration, Instant};
+
+use bullmq::worker::CancellationToken;
+use bullmq::Job;
+use plugin_api::{JobView, Outcome};
+
+use super::decide::{millis, Ended};
+use super::QueueBridge;
+use crate::isolation::{cause, Crash, Reply};
+use crate::runtime::callbacks::{apply, deadline_passed, Callbacks};
+
+/// How the call ended, before a crash is settled into the job's failure.
+pub(super) enum CallEnd {
+    /// The plugin returned.
+    Returned(Outcome),
+    /// The host's blocking task failed (a host bug, not plugin code: plugin panics are caught at the ABI).
+    TaskFailed(String),
+    /// The plugin's process died while running the job (process isolation).
+    ProcessCrashed(Crash),
+    /// The shutdown deadline passed first.
+    Abandoned,
+}
+
+/// One finished plugin call.
+pub(super) struct Called {
+    /// How it ended.
+    pub end: CallEnd,
+    /// Whether the job's deadline had passed when the plugin returned.
+    pub timed_out: bool,
+    /// From the call's start to its end, writes applied.
+    pub elapsed: Duration,
+}
+
+impl QueueBridge {
+    /// Runs the plugin on `view` (its deadline filled in here, from the queue's time budget), applying its
+    /// writes to `job` as they come and the rest once it returns, so Node sees every progress value and
+    /// log line before the job's result.
+    pub(super) async fn call(
+        &self,
+        job: &mut Job,
+        mut view: JobView,
+        token: CancellationToken,
+    ) -> Called {
+        let started = Instant::now();
+        let (deadline, deadline_ms) = deadline_of(started, super::now_ms(), self.job_timeout);
+        view.deadline_ms = deadline_ms;
+        let (callbacks, mut writes) =
+            Callbacks::new(&self.queue, job.id(), self.drain.clone(), token, deadline);
+        let active = self.plugin.clone();
+        let mut call = tokio::task::spawn_blocking(move || active.run(&view, callbacks));
+        let expiry = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        let mut expired = false;
+        let mut writes_open = true;
+        let end = loop {
+            tokio::select! {
+                write = writes.next(), if writes_open => match write {
+                    Some(w) => apply(job, &self.queue, w).await,
+                    None => writes_open = false,
+                },
+                joined = &mut call => break match joined {
+                    Ok(Reply::Outcome(outcome)) => CallEnd::Returned(outcome),
+                    Ok(Reply::Crashed(crash)) => CallEnd::ProcessCrashed(crash),
+                    Err(e) => CallEnd::TaskFailed(e.to_string()),
+                },
+                () = &mut expiry, if !expired => {
+                    expired = true;
+                    tracing::warn!(
+                        queue = %self.queue, job_id = %job.id(),
+                        timeout_ms = self.job_timeout.map(millis).unwrap_or(0),
+                        "job overran its time budget; asking the plugin to stop and waiting for it to return"
+                    );
+                }
+                _ = self.drain.abandoned() => break CallEnd::Abandoned,
+            }
+        };
+        // Judged when the plugin returned, before the remaining writes are applied.
+        let timed_out = deadline_passed(deadline);
+        while let Some(w) = writes.try_next() {
+            apply(job, &self.queue, w).await;
+        }
+        Called {
+            end,
+            timed_out,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// How the call ended, as the decision takes it: a broken call becomes the failure the job gets for it
+    /// (for a process crash this counts the crash on the job, so Redis should be reachable by now).
+    pub(super) async fn settle(&self, id: &str, end: CallEnd) -> Ended {
+        match end {
+            CallEnd::Returned(outcome) => Ended::Returned(outcome),
+            CallEnd::TaskFailed(e) => {
+                Ended::Crashed(Outcome::failed(format!("plugin call crashed: {e}")))
+            }
+            CallEnd::ProcessCrashed(crash) => Ended::Crashed(self.crash_outcome(id, crash).await),
+            CallEnd::Abandoned => Ended::Abandoned,
+        }
+    }
+
+    /// The outcome of a job whose plugin process died under it: a retryable failure naming the plugin and
+    /// the signal, or — for the job whose thread crashed, once it has crashed the process `crash_limit`
+    /// times — a failure for good (`crashed the worker (signal …)`).
+    async fn crash_outcome(&self, id: &str, crash: Crash) -> Outcome {
+        let plugin = &self.plugin.info.name;
+        let retryable = cause::process_crash_reason(plugin, crash.ending);
+        if !crash.blamed {
+            tracing::warn!(queue = %self.queue, job_id = %id, %plugin, cause = %crash.ending, "job failed: its plugin process crashed in another job");
+            return Outcome::failed(retryable);
+        }
+        let limit = self.crash_limit;
+        let poison = cause::poison_reason(plugin, crash.ending, u64::from(limit));
+        match self
+            .admin
+            .count_crash(&self.keys, id, limit, &poison, false)
+            .await
+        {
+            Ok(Some(crashes)) if crashes >= u64::from(limit) => {
+                tracing::error!(queue = %self.queue, job_id = %id, %plugin, cause = %crash.ending, crashes, "job crashed its plugin process {crashes} times; failing it for good");
+                Outcome::unrecoverable(poison)
+            }
+            Ok(crashes) => {
+                tracing::error!(queue = %self.queue, job_id = %id, %plugin, cause = %crash.ending, crashes = crashes.unwrap_or(0), limit, "job crashed its plugin process");
+                Outcome::failed(retryable)
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, job_id = %id, error = %format!("{e:#}"), "could not count the crash of the job");
+                Outcome::failed(retryable)
+            }
+        }
+    }
+}
+
+/// The deadline of an attempt that starts at `started` (wall clock `wall_ms`) with time budget `budget`:
+/// the monotonic instant the host checks and the Unix milliseconds the plugin sees. A budget too large to
+/// add to the clock is treated as no budget rather than a panic.
+fn deadline_of(
+    started: Instant,
+    wall_ms: u64,
+    budget: Option<Duration>,
+) -> (Option<Instant>, Option<u64>) {
+    match budget.and_then(|b| started.checked_add(b).map(|deadline| (b, deadline))) {
+        Some((b, deadline)) => (Some(deadline), Some(wall_ms.saturating_add(millis(b)))),
+        None => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_is_the_start_plus_the_budget() {
+        let started = Instant::now();
+        let budget = Duration::from_millis(300);
+        let (deadline, wall) = deadline_of(started, 1_000_000, Some(budget));
+        assert_eq!(deadline, Some(started + budget));
+        assert_eq!(wall, Some(1_000_300));
+        assert_eq!(deadline_of(started, 1_000_000, None), (None, None));
+        // Absurd budgets neither panic nor wrap around into the past.
+        assert_eq!(
+            deadline_of(started, u64::MAX - 5, Some(Duration::from_millis(300))).1,
+            Some(u64::MAX)
+        );
+        assert_eq!(deadline_of(started, 0, Some(Duration::MAX)), (None, None));
+    }
+}
