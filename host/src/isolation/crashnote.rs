@@ -48,8 +48,10 @@ thread_local! {
     static CURRENT: Cell<(u32, [u8; LABEL_MAX], usize)> = const { Cell::new((0, [0; LABEL_MAX], 0)) };
 }
 
-/// Marks this thread as running plugin code for the job in `slot` (non-zero) until the guard is dropped.
+/// Marks this thread as running plugin code for the job in `slot` (non-zero) until the guard is dropped,
+/// and gives the thread a signal stack roomy enough for the handlers of a crash to nest (`altstack.rs`).
 pub fn enter(slot: u32, label: &str) -> Entered {
+    super::altstack::ensure();
     let mut buf = [0u8; LABEL_MAX];
     let bytes = label.as_bytes();
     let len = bytes.len().min(LABEL_MAX);

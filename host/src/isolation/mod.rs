@@ -9,6 +9,7 @@
 //! - both: [`crashnote`] writes which job's thread crashed and with which signal; [`cause`] turns endings
 //!   into reasons; a job that crashed its process `JOB_CRASH_LIMIT` times fails for good.
 
+mod altstack;
 pub mod cause;
 // The plugin process takes its protocol descriptors over from stdin/stdout and ignores SIGINT/SIGTERM: raw
 // descriptor and signal calls, each block with its `SAFETY:` reason.
