@@ -9,6 +9,9 @@
 //! - both: [`crashnote`] writes which job's thread crashed and with which signal; [`cause`] turns endings
 //!   into reasons; a job that crashed its process `JOB_CRASH_LIMIT` times fails for good.
 
+// A signal stack mapped and installed by hand (`mmap`, `mprotect`, `sigaltstack`): libc only, each block with
+// its `SAFETY:` reason.
+#[allow(unsafe_code)]
 mod altstack;
 pub mod cause;
 // The plugin process takes its protocol descriptors over from stdin/stdout and ignores SIGINT/SIGTERM: raw
