@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod clock;
 mod config;
 mod enqueue_cmd;
 mod healthcheck;
@@ -89,7 +90,7 @@ fn run() -> anyhow::Result<ExitCode> {
     });
     let registry = plugins::Registry::load_dir_with(
         &config.plugin_dir,
-        &|k| std::env::var(k),
+        &config::Env::from_process(),
         &config.isolation,
         copies.as_deref(),
     );

@@ -98,16 +98,12 @@ fn running(args: &PluginsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn env_var(key: &str) -> Result<String, std::env::VarError> {
-    std::env::var(key)
-}
-
 fn list(args: &PluginsArgs) -> anyhow::Result<ExitCode> {
     let registry = if args.init {
         let isolation = isolation_from_env()?;
-        Registry::load_dir(&args.plugin_dir, &env_var, &isolation)
+        Registry::load_dir(&args.plugin_dir, &Env::from_process(), &isolation)
     } else {
-        Registry::inspect_dir(&args.plugin_dir, &env_var)
+        Registry::inspect_dir(&args.plugin_dir, &Env::from_process())
     };
     if args.init {
         for p in &registry.active {
@@ -225,11 +221,7 @@ fn run_job(args: RunJobArgs) -> anyhow::Result<ExitCode> {
 
 /// `PLUGIN_ISOLATION` and `PLUGIN_ISOLATION_<NAME>` from the process environment.
 fn isolation_from_env() -> anyhow::Result<IsolationSettings> {
-    let all: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    let get = |k: &str| std::env::var(k).ok();
-    Ok(IsolationSettings::read(&Env::new(&get, all))?)
+    Ok(IsolationSettings::read(&Env::from_process())?)
 }
 
 fn job_spec(args: &RunJobArgs, data: serde_json::Value) -> JobSpec {
@@ -259,7 +251,7 @@ fn run_in_process(
 ) -> anyhow::Result<ExitCode> {
     let mut config_error = None;
     let harness = Harness::load_with(&args.plugin, |info| {
-        let mut config = settings::resolve(info, &env_var).unwrap_or_else(|e| {
+        let mut config = settings::resolve(info, &Env::from_process()).unwrap_or_else(|e| {
             config_error = Some(e);
             PluginConfig::new()
         });
@@ -297,7 +289,7 @@ fn run_in_child(
 ) -> anyhow::Result<ExitCode> {
     let plugin = LoadedPlugin::load(&args.plugin).map_err(anyhow::Error::new)?;
     let info = plugin.info().clone();
-    let mut config = settings::resolve(&info, &env_var)
+    let mut config = settings::resolve(&info, &Env::from_process())
         .map_err(|e| anyhow::anyhow!("configuration of {}: {e}", args.plugin.display()))?;
     for (k, v) in overrides {
         config.insert(k, v);

@@ -94,7 +94,7 @@ async fn collect(settings: &RedisSettings, queues: &[String]) -> anyhow::Result<
         }
     };
     let reader = Reader::default();
-    let now = queue_stats::now_ms();
+    let now = crate::clock::now_ms();
     let mut reports = Vec::with_capacity(names.len());
     for name in names {
         let keys = QueueKeys::new(&name, Some(&settings.prefix));

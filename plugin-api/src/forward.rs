@@ -11,34 +11,27 @@ use std::sync::OnceLock;
 
 use abi_stable::std_types::RStr;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::filter::LevelFilter;
+use tracing::{Event, Subscriber};
+use tracing_log::AsLog;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
 use crate::abi::{level, HostServicesBox};
+use crate::log_level::{self, LogLevel};
 
 static HOST: OnceLock<HostServicesBox> = OnceLock::new();
 
 /// Keeps the host services and routes this image's `tracing`, `log` and panic messages to them.
 /// Only the first call in a plugin image has an effect.
 pub(crate) fn install(host: HostServicesBox) {
-    let max = level_filter(host.max_level());
+    let max = log_level::filter_of_code(host.max_level());
     if HOST.set(host).is_err() {
         return;
     }
     let subscriber = tracing_subscriber::registry().with(ForwardLayer.with_filter(max));
     if tracing::subscriber::set_global_default(subscriber).is_ok() {
-        let log_max = match max.into_level() {
-            Some(Level::ERROR) => tracing_log::log::LevelFilter::Error,
-            Some(Level::WARN) => tracing_log::log::LevelFilter::Warn,
-            Some(Level::INFO) => tracing_log::log::LevelFilter::Info,
-            Some(Level::DEBUG) => tracing_log::log::LevelFilter::Debug,
-            Some(Level::TRACE) => tracing_log::log::LevelFilter::Trace,
-            None => tracing_log::log::LevelFilter::Off,
-        };
         let _ = tracing_log::LogTracer::builder()
-            .with_max_level(log_max)
+            .with_max_level(max.as_log())
             .init();
     }
     // The default hook would print "thread '<unnamed>' panicked" to stderr, outside the host's log format.
@@ -64,27 +57,6 @@ pub(crate) fn forward(lvl: u8, target: &str, message: &str, fields_json: &str) {
     }
 }
 
-fn level_filter(max: u8) -> LevelFilter {
-    match max {
-        0 => LevelFilter::OFF,
-        level::ERROR => LevelFilter::ERROR,
-        level::WARN => LevelFilter::WARN,
-        level::INFO => LevelFilter::INFO,
-        level::DEBUG => LevelFilter::DEBUG,
-        _ => LevelFilter::TRACE,
-    }
-}
-
-fn level_code(l: &Level) -> u8 {
-    match *l {
-        Level::ERROR => level::ERROR,
-        Level::WARN => level::WARN,
-        Level::INFO => level::INFO,
-        Level::DEBUG => level::DEBUG,
-        Level::TRACE => level::TRACE,
-    }
-}
-
 struct ForwardLayer;
 
 impl<S: Subscriber> Layer<S> for ForwardLayer {
@@ -99,7 +71,12 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
             .unwrap_or_else(|| meta.target().to_owned());
         visitor.fields.retain(|k, _| !k.starts_with("log."));
         let fields = serde_json::to_string(&visitor.fields).unwrap_or_else(|_| "{}".into());
-        forward(level_code(meta.level()), &target, &visitor.message, &fields);
+        forward(
+            LogLevel::from_tracing(*meta.level()).code(),
+            &target,
+            &visitor.message,
+            &fields,
+        );
     }
 }
 

@@ -17,10 +17,9 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr};
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{
-    level, HostServices, HostServices_TO, JobServices, JobServices_TO, PluginModuleRef,
-};
+use crate::abi::{HostServices, HostServices_TO, JobServices, JobServices_TO, PluginModuleRef};
 use crate::elf_check::Mismatch;
+pub use crate::log_level::LogLevel;
 use crate::types::{JobView, Outcome, PluginConfig, PluginInfo};
 
 /// The step of loading at which a plugin was rejected.
@@ -76,44 +75,6 @@ impl LoadError {
             path: path.to_owned(),
             stage,
             reason: reason.into(),
-        }
-    }
-}
-
-/// Severity of a forwarded plugin log record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    /// Errors.
-    Error,
-    /// Warnings.
-    Warn,
-    /// Information.
-    Info,
-    /// Debugging detail.
-    Debug,
-    /// Tracing detail.
-    Trace,
-}
-
-impl LogLevel {
-    fn from_code(code: u8) -> Self {
-        match code {
-            level::ERROR => LogLevel::Error,
-            level::WARN => LogLevel::Warn,
-            level::INFO => LogLevel::Info,
-            level::DEBUG => LogLevel::Debug,
-            _ => LogLevel::Trace,
-        }
-    }
-
-    fn code(self) -> u8 {
-        match self {
-            LogLevel::Error => level::ERROR,
-            LogLevel::Warn => level::WARN,
-            LogLevel::Info => level::INFO,
-            LogLevel::Debug => level::DEBUG,
-            LogLevel::Trace => level::TRACE,
         }
     }
 }

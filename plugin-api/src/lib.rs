@@ -132,6 +132,7 @@ pub mod abi;
 mod elf_check;
 mod export;
 mod forward;
+pub mod log_level;
 mod plugin;
 mod types;
 

@@ -1,14 +1,11 @@
 //! The one table of environment variables the host reads: name, meaning, default and the subcommands that
 //! read it.
 //!
-//! The configuration code reads variables only through [`Env::get`] / [`Env::matching`], which take an entry
+//! The configuration code reads variables only through [`super::Env::get`] / [`super::Env::matching`], which take an entry
 //! of this table, and `--help` renders the same table per subcommand. A test records what the configuration
 //! code actually reads and compares it with the table and with the rendered help, so the documentation
 //! cannot drift from the code. To add a variable: add a `pub const` entry here, list it in [`ALL`], read it
-//! through [`Env`].
-
-use std::cell::RefCell;
-use std::collections::BTreeSet;
+//! through [`super::Env`].
 
 /// A subcommand that reads the environment (the help of each lists its variables).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -393,6 +390,7 @@ pub const ALL: &[&Var] = &[
 ];
 
 /// The `QUEUE_<Q>_*` families.
+#[cfg(test)]
 pub fn queue_families() -> impl Iterator<Item = &'static Var> {
     ALL.iter().copied().filter(|v| v.queue_suffix().is_some())
 }
@@ -423,85 +421,10 @@ pub fn help_section(command: Command) -> String {
     out
 }
 
-/// The environment as the configuration code sees it: named look-ups through table entries only, and a
-/// scan for the `QUEUE_<Q>_*` families. Blank values count as unset. Every entry consulted is remembered,
-/// so a test can compare what the code reads with the table.
-pub struct Env<'a> {
-    get: &'a dyn Fn(&str) -> Option<String>,
-    all: Vec<(String, String)>,
-    consulted: RefCell<BTreeSet<&'static str>>,
-}
-
-impl<'a> Env<'a> {
-    /// An environment from a look-up function and the complete list of variables (scanned for families).
-    pub fn new(
-        get: &'a dyn Fn(&str) -> Option<String>,
-        all: impl IntoIterator<Item = (String, String)>,
-    ) -> Env<'a> {
-        Env {
-            get,
-            all: all.into_iter().collect(),
-            consulted: RefCell::new(BTreeSet::new()),
-        }
-    }
-
-    /// The value of `var` when set and not blank.
-    pub fn get(&self, var: &'static Var) -> Option<String> {
-        debug_assert!(!var.name.contains('<'), "{} is a family", var.name);
-        self.consulted.borrow_mut().insert(var.name);
-        (self.get)(var.name).filter(|v| !v.trim().is_empty())
-    }
-
-    /// The value of `var`, else its default value (for entries with [`Default::Value`]).
-    pub fn get_or_default(&self, var: &'static Var) -> Option<String> {
-        self.get(var).or(match var.default {
-            Default::Value(d) => Some(d.to_owned()),
-            _ => None,
-        })
-    }
-
-    /// The set, non-blank variables of the family `var` (`QUEUE_<Q>_…`): `(variable, <Q>, value)`.
-    pub fn matching(&self, var: &'static Var) -> Vec<(String, String, String)> {
-        let suffix = var.queue_suffix().expect("a QUEUE_<Q>_ family");
-        self.consulted.borrow_mut().insert(var.name);
-        self.all
-            .iter()
-            .filter(|(_, value)| !value.trim().is_empty())
-            .filter_map(|(name, value)| {
-                let queue = name.strip_prefix("QUEUE_")?.strip_suffix(suffix)?;
-                (!queue.is_empty()).then(|| (name.clone(), queue.to_owned(), value.clone()))
-            })
-            .collect()
-    }
-
-    /// The set, non-blank variables of a family with one `<NAME>` placeholder at its end
-    /// (`PLUGIN_ISOLATION_<NAME>`): `(variable, <NAME>, value)`.
-    pub fn family(&self, var: &'static Var) -> Vec<(String, String, String)> {
-        let prefix = var
-            .name
-            .strip_suffix("<NAME>")
-            .expect("a family ending in <NAME>");
-        self.consulted.borrow_mut().insert(var.name);
-        self.all
-            .iter()
-            .filter(|(_, value)| !value.trim().is_empty())
-            .filter_map(|(name, value)| {
-                let member = name.strip_prefix(prefix)?;
-                (!member.is_empty()).then(|| (name.clone(), member.to_owned(), value.clone()))
-            })
-            .collect()
-    }
-
-    /// The names of the entries consulted so far.
-    #[cfg(test)]
-    pub fn consulted(&self) -> BTreeSet<&'static str> {
-        self.consulted.borrow().clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn names_are_unique_and_every_entry_serves_a_command() {

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::config::vars::{self, Env};
+use crate::config::vars;
+use crate::config::Env;
 use crate::config::{queue_env_name, ConfigError};
 
 /// Where a plugin's code runs.
@@ -46,7 +47,7 @@ pub struct IsolationSettings {
 
 impl IsolationSettings {
     /// Reads `PLUGIN_ISOLATION` and `PLUGIN_ISOLATION_<NAME>`.
-    pub fn read(env: &Env<'_>) -> Result<Self, ConfigError> {
+    pub fn read(env: &Env) -> Result<Self, ConfigError> {
         let parse = |var: &str, value: &str| {
             Isolation::parse(value).map_err(|reason| ConfigError::Invalid {
                 var: var.to_owned(),
@@ -81,13 +82,7 @@ mod tests {
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> Result<IsolationSettings, ConfigError> {
-        let map: std::collections::HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let get = |k: &str| map.get(k).cloned();
-        let all = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        IsolationSettings::read(&Env::new(&get, all))
+        IsolationSettings::read(&Env::from_vars(vars.iter().copied()))
     }
 
     #[test]

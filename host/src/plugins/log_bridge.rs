@@ -55,12 +55,7 @@ impl HostLogger for TracingLogger {
     }
 
     fn max_level(&self) -> LogLevel {
-        match LevelFilter::current().into_level() {
-            Some(tracing::Level::ERROR) | None => LogLevel::Error,
-            Some(tracing::Level::WARN) => LogLevel::Warn,
-            Some(tracing::Level::INFO) => LogLevel::Info,
-            Some(tracing::Level::DEBUG) => LogLevel::Debug,
-            Some(tracing::Level::TRACE) => LogLevel::Trace,
-        }
+        // With the host's logging off the plugin still forwards errors; the host's filter decides what is printed.
+        LogLevel::most_verbose_in(LevelFilter::current()).unwrap_or(LogLevel::Error)
     }
 }

@@ -23,10 +23,8 @@ use serde::Serialize;
 
 pub use log_bridge::TracingLogger;
 
+use crate::config::Env;
 use crate::isolation::{Isolation, IsolationSettings, PluginProcess};
-
-/// Environment lookup, `std::env::var` in production; injectable for tests.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Result<String, std::env::VarError>;
 
 /// A plugin that loaded, passed every check and was initialised: its queues are served.
 #[derive(Debug)]
@@ -55,6 +53,18 @@ pub struct DisabledPlugin {
     pub reason: String,
     /// Its name, when it got far enough to describe itself.
     pub name: Option<String>,
+}
+
+impl DisabledPlugin {
+    /// The library's file name (two copies of one plugin differ only here).
+    pub fn file(&self) -> String {
+        reload::file_name(&self.path)
+    }
+
+    /// The plugin's name when known, else its file name.
+    pub fn plugin(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.file())
+    }
 }
 
 /// All plugins found in a directory.
@@ -132,7 +142,7 @@ pub fn load_build(
 /// Blocks while the plugin's `init` runs. A build that fails has its private copy removed.
 pub fn start_build(
     build: Build,
-    env: EnvLookup<'_>,
+    env: &Env,
     isolation: &IsolationSettings,
 ) -> Result<ActivePlugin, (LoadStage, String)> {
     let info = build.plugin.info().clone();
@@ -194,14 +204,14 @@ fn init_build(
 impl Registry {
     /// Loads and initialises every plugin in `dir`, each in its isolation mode (in process mode `init` runs
     /// in the plugin's child). Never fails as a whole: see [`Registry::disabled`].
-    pub fn load_dir(dir: &Path, env: EnvLookup<'_>, isolation: &IsolationSettings) -> Registry {
+    pub fn load_dir(dir: &Path, env: &Env, isolation: &IsolationSettings) -> Registry {
         Self::load_dir_with(dir, env, isolation, None)
     }
 
     /// [`Registry::load_dir`], loading each file from a private copy when `copies` is given (hot reload).
     pub fn load_dir_with(
         dir: &Path,
-        env: EnvLookup<'_>,
+        env: &Env,
         isolation: &IsolationSettings,
         copies: Option<&watch::PrivateCopies>,
     ) -> Registry {
@@ -219,7 +229,7 @@ impl Registry {
 
     /// Runs every stage except `init` (no plugin code beyond `describe`): what `frostguard-worker plugins`
     /// shows. Plugins that pass are listed in `active` but must not be given jobs.
-    pub fn inspect_dir(dir: &Path, env: EnvLookup<'_>) -> Registry {
+    pub fn inspect_dir(dir: &Path, env: &Env) -> Registry {
         let (candidates, mut registry) = discover(dir, env, None);
         registry.active = candidates
             .into_iter()
@@ -331,7 +341,7 @@ fn candidate(name: &str, suffix: &str) -> FileKind {
 /// Runs the stages up to configuration for every file of `dir`.
 fn discover(
     dir: &Path,
-    env: EnvLookup<'_>,
+    env: &Env,
     copies: Option<&watch::PrivateCopies>,
 ) -> (Vec<Candidate>, Registry) {
     let mut registry = Registry::default();

@@ -7,25 +7,22 @@
 
 use plugin_api::{PluginConfig, PluginInfo};
 
-use crate::config::queue_env_name;
+use crate::config::{queue_env_name, Env};
 
 /// `sms-notifications` → `PLUGIN_SMS_NOTIFICATIONS_` (the same upper-snake form as `QUEUE_<Q>_*`).
 pub fn env_prefix(plugin_name: &str) -> String {
     format!("PLUGIN_{}_", queue_env_name(plugin_name))
 }
 
-/// Builds the configuration of the plugin described by `info` from `env` (a lookup such as `std::env::var`).
-/// Fails when a variable is set but unusable (not UTF-8), naming the variable.
-pub fn resolve(
-    info: &PluginInfo,
-    env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
-) -> Result<PluginConfig, String> {
+/// Builds the configuration of the plugin described by `info` from `env`. Fails when a variable is set but
+/// unusable (not UTF-8), naming the variable.
+pub fn resolve(info: &PluginInfo, env: &Env) -> Result<PluginConfig, String> {
     let prefix = env_prefix(&info.name);
     let mut config = PluginConfig::new();
     for key in &info.config_keys {
         let prefixed = format!("{prefix}{key}");
         for var in [prefixed.as_str(), key.as_str()] {
-            match env(var) {
+            match env.plugin_key(var) {
                 Ok(value) => {
                     config.insert(key.clone(), value);
                     break;
@@ -43,8 +40,6 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-    use std::env::VarError;
 
     fn info(keys: &[&str]) -> PluginInfo {
         PluginInfo {
@@ -57,18 +52,12 @@ mod tests {
 
     #[test]
     fn prefixed_variable_wins_and_undeclared_keys_are_not_passed() {
-        let vars: HashMap<&str, &str> = [
+        let env = Env::from_vars([
             ("TELNYX_API_KEY", "plain"),
             ("PLUGIN_SMS_NOTIFICATIONS_TELNYX_API_KEY", "prefixed"),
             ("DATABASE_URL", "postgres://db"),
             ("AWS_SECRET", "nope"),
-        ]
-        .into();
-        let env = |k: &str| {
-            vars.get(k)
-                .map(|v| v.to_string())
-                .ok_or(VarError::NotPresent)
-        };
+        ]);
         let config = resolve(
             &info(&["TELNYX_API_KEY", "DATABASE_URL", "SMS_DRY_RUN"]),
             &env,
@@ -78,6 +67,16 @@ mod tests {
         assert_eq!(config.get("DATABASE_URL"), Some("postgres://db"));
         assert_eq!(config.get("SMS_DRY_RUN"), None);
         assert_eq!(config.keys().count(), 2);
+    }
+
+    #[test]
+    fn an_empty_value_is_passed_and_one_not_utf8_is_refused_by_name() {
+        let env = Env::from_vars([("SMS_DRY_RUN", "")]).with_not_unicode(&["DATABASE_URL"]);
+        let config = resolve(&info(&["SMS_DRY_RUN"]), &env).unwrap();
+        // Passed as set (blank); `PluginConfig::get` reads a blank value as unset.
+        assert_eq!(config.keys().count(), 1);
+        let err = resolve(&info(&["DATABASE_URL"]), &env).unwrap_err();
+        assert_eq!(err, "environment variable DATABASE_URL is not valid UTF-8");
     }
 
     #[test]

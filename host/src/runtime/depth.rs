@@ -13,7 +13,8 @@ use bullmq::QueueKeys;
 
 use super::metrics;
 use super::redis_admin::AdminRedis;
-use crate::queue_stats::{now_ms, Reader};
+use crate::clock::now_ms;
+use crate::queue_stats::Reader;
 
 /// Reads the depth of every queue in `queues` (served queues change with hot reload) each `period` until the
 /// process ends.

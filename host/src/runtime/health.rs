@@ -9,23 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
 
 use super::metrics;
 use super::redis_admin::AdminRedis;
-
-/// A plugin that is not running, as shown by `/readyz`.
-#[derive(Debug, Clone, Serialize)]
-pub struct DisabledEntry {
-    /// Plugin name when known, else the file name.
-    pub plugin: String,
-    /// The plugin's file name (two copies of one plugin differ only here).
-    pub file: String,
-    /// Stage at which it was rejected.
-    pub stage: String,
-    /// Why.
-    pub reason: String,
-}
+use crate::plugins::DisabledPlugin;
 
 /// A queue its plugin holds (an outcome "retry the whole queue later": rejected credentials, a provider's
 /// rate limit), as `/readyz` shows it while the hold lasts.
@@ -83,7 +72,7 @@ pub struct Health {
     held: Mutex<BTreeMap<String, HeldQueue>>,
     redis_up: AtomicBool,
     shutting_down: AtomicBool,
-    disabled: Mutex<Vec<DisabledEntry>>,
+    disabled: Mutex<Vec<DisabledPlugin>>,
     plugins: Mutex<BTreeMap<String, ServingEntry>>,
     plugin_dir_error: Option<String>,
 }
@@ -105,18 +94,38 @@ pub struct Readiness {
     /// worker unready (restarting it would not help; the hold ends by itself), but an operator sees why no
     /// job moves.
     pub held_queues: Vec<HeldQueue>,
-    /// Plugins that are not running.
-    pub disabled_plugins: Vec<DisabledEntry>,
+    /// Plugins that are not running, each as `{plugin, file, stage, reason}`.
+    #[serde(serialize_with = "disabled_for_readyz")]
+    pub disabled_plugins: Vec<DisabledPlugin>,
     /// Why the plugin directory could not be read, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plugin_dir_error: Option<String>,
+}
+
+/// `/readyz` names a disabled plugin by its name (or file name) and file name, and gives the stage as text.
+fn disabled_for_readyz<S: Serializer>(
+    disabled: &[DisabledPlugin],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    struct Entry<'a>(&'a DisabledPlugin);
+    impl Serialize for Entry<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut entry = s.serialize_struct("DisabledPlugin", 4)?;
+            entry.serialize_field("plugin", &self.0.plugin())?;
+            entry.serialize_field("file", &self.0.file())?;
+            entry.serialize_field("stage", &self.0.stage.to_string())?;
+            entry.serialize_field("reason", &self.0.reason)?;
+            entry.end()
+        }
+    }
+    s.collect_seq(disabled.iter().map(Entry))
 }
 
 impl Health {
     /// State for the given queues, none of them consuming yet.
     pub fn new(
         queues: impl IntoIterator<Item = String>,
-        disabled: Vec<DisabledEntry>,
+        disabled: Vec<DisabledPlugin>,
         plugin_dir_error: Option<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -153,10 +162,11 @@ impl Health {
         }
     }
 
-    /// Replaces the disabled entry of `entry.file` (or adds it).
-    pub fn set_disabled(&self, entry: DisabledEntry) {
+    /// Replaces the disabled entry of `entry`'s file (or adds it).
+    pub fn set_disabled(&self, entry: DisabledPlugin) {
         if let Ok(mut disabled) = self.disabled.lock() {
-            disabled.retain(|d| d.file != entry.file);
+            let file = entry.file();
+            disabled.retain(|d| d.file() != file);
             disabled.push(entry);
         }
     }
@@ -164,12 +174,12 @@ impl Health {
     /// Removes the disabled entry of `file`, if any.
     pub fn clear_disabled(&self, file: &str) {
         if let Ok(mut disabled) = self.disabled.lock() {
-            disabled.retain(|d| d.file != file);
+            disabled.retain(|d| d.file() != file);
         }
     }
 
     /// The disabled entries now.
-    pub fn disabled(&self) -> Vec<DisabledEntry> {
+    pub fn disabled(&self) -> Vec<DisabledPlugin> {
         self.disabled.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
@@ -286,6 +296,37 @@ pub async fn monitor_redis(health: Arc<Health>, admin: AdminRedis, period: Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readyz_names_a_disabled_plugin_by_name_or_file_and_one_entry_per_file() {
+        let nameless = DisabledPlugin {
+            path: "/plugins/libbroken.so".into(),
+            stage: plugin_api::host::LoadStage::Abi,
+            reason: "not a plugin".into(),
+            name: None,
+        };
+        let h = Health::new(["a".to_owned()], vec![nameless], None);
+        h.set_disabled(DisabledPlugin {
+            path: "/plugins/libsms.so".into(),
+            stage: plugin_api::host::LoadStage::Init,
+            reason: "no key".into(),
+            name: Some("sms".into()),
+        });
+        h.set_disabled(DisabledPlugin {
+            path: "/plugins/libsms.so".into(),
+            stage: plugin_api::host::LoadStage::Config,
+            reason: "bad".into(),
+            name: Some("sms".into()),
+        });
+        let json = serde_json::to_value(h.readiness()).unwrap();
+        assert_eq!(
+            json["disabled_plugins"],
+            serde_json::json!([
+                {"plugin": "libbroken.so", "file": "libbroken.so", "stage": "abi", "reason": "not a plugin"},
+                {"plugin": "sms", "file": "libsms.so", "stage": "config", "reason": "bad"},
+            ])
+        );
+    }
 
     #[test]
     fn ready_only_when_all_queues_consume_and_redis_is_up() {

@@ -7,19 +7,13 @@
 //! that have a rate limiter — Node's included — hold as well, exactly as with Node's `Queue.rateLimit`.
 
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bullmq::Worker;
 use tokio::sync::watch;
 
+use crate::clock::now_ms;
 use crate::shutdown::DrainState;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The hold of one queue: until when its worker stays paused.
 pub struct QueueHold {

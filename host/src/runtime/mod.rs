@@ -13,6 +13,7 @@ mod events;
 pub mod health;
 mod hold;
 pub(crate) mod metrics;
+mod reconnect;
 pub(crate) mod redis_admin;
 mod reloader;
 mod retry;
@@ -27,7 +28,7 @@ use anyhow::Context as _;
 use bullmq::QueueKeys;
 use tokio::sync::Mutex;
 
-use self::health::{DisabledEntry, Health};
+use self::health::Health;
 use self::redis_admin::AdminRedis;
 use self::reloader::{ReloaderHandle, ServingSet};
 use self::supervisor::{Fleet, Running};
@@ -50,13 +51,7 @@ pub fn blocking_threads_needed(config: &Config, registry: &Registry) -> usize {
     let jobs: usize = registry
         .processors()
         .iter()
-        .map(|(_, p)| {
-            config
-                .queue(&p.queue)
-                .concurrency
-                .unwrap_or(p.default_concurrency)
-                .max(1) as usize
-        })
+        .map(|(_, p)| supervisor::effective_concurrency(&config.queue(&p.queue), p) as usize)
         .sum();
     jobs + registry.active.len() + 16
 }
@@ -80,28 +75,12 @@ pub async fn run(
     );
     let prometheus = metrics::install()?;
     tokio::spawn(metrics::upkeep(prometheus.clone()));
-    let disabled: Vec<DisabledEntry> = registry
-        .disabled
-        .iter()
-        .map(|d| {
-            let file = d
-                .path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_else(|| d.path.display().to_string());
-            DisabledEntry {
-                plugin: d.name.clone().unwrap_or_else(|| file.clone()),
-                file,
-                stage: d.stage.to_string(),
-                reason: d.reason.clone(),
-            }
-        })
-        .collect();
     metrics::plugins(
         registry.active.len(),
-        &disabled
+        &registry
+            .disabled
             .iter()
-            .map(|d| (d.plugin.clone(), d.file.clone(), d.stage.clone()))
+            .map(|d| (d.plugin(), d.file(), d.stage.to_string()))
             .collect::<Vec<_>>(),
     );
     let processors = registry.processors();
@@ -124,7 +103,7 @@ pub async fn run(
     }
     let health = Health::new(
         processors.iter().map(|(_, p)| p.queue.clone()),
-        disabled,
+        registry.disabled.clone(),
         registry.dir_error.clone(),
     );
     for p in &registry.active {
@@ -321,21 +300,17 @@ async fn start_all(
 
 /// The admin connection, retried with backoff until Redis answers.
 async fn connect_admin(connection: &bullmq::options::RedisConnectionOptions) -> AdminRedis {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        match AdminRedis::connect(connection).await {
-            Ok(admin) => return admin,
-            Err(e) => {
-                tracing::warn!(
-                    error = %format!("{e:#}"),
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "Redis not reachable yet"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    reconnect::until_ok(
+        || AdminRedis::connect(connection),
+        |_, e, wait| {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                retry_in_ms = wait.as_millis() as u64,
+                "Redis not reachable yet"
+            )
+        },
+    )
+    .await
 }
 
 /// Calls every plugin's `shutdown` on blocking threads, bounded by the shutdown budget.

@@ -21,20 +21,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use plugin_api::host::LoadStage;
 use tokio::sync::{mpsc, watch as signal, Mutex};
 use tokio::task::JoinHandle;
 
-use super::health::{DisabledEntry, RefusedReplacement, ServingEntry};
+use super::health::{RefusedReplacement, ServingEntry};
 use super::metrics;
 use super::supervisor::Fleet;
+use crate::clock::now_ms;
 use crate::config::WatchSettings;
 use crate::isolation::IsolationSettings;
 use crate::plugins::reload::{decide, file_name, Decision, FileChange, Serving};
 use crate::plugins::watch::{self as dir, Batch, DirWatch, Fingerprint, PrivateCopies, Writing};
-use crate::plugins::{load_build, start_build, ActivePlugin, Build, Registry};
+use crate::plugins::{load_build, start_build, ActivePlugin, Build, DisabledPlugin, Registry};
 
 /// Budget handed to a retired plugin's `shutdown`.
 const PLUGIN_SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
@@ -56,14 +57,6 @@ impl ReloaderHandle {
         let _applying = self.busy.lock().await;
         self.task.abort();
     }
-}
-
-/// Unix ms now.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The reloader's state.
@@ -561,20 +554,21 @@ impl Reloader {
             "plugin change refused: {reason}"
         );
         metrics::plugin_change(&plugin, "new", false);
-        let entry = DisabledEntry {
-            plugin,
-            file: file_name(file),
-            stage: stage.to_string(),
+        let entry = DisabledPlugin {
+            path: file.to_owned(),
+            stage,
             reason,
+            name,
         };
+        let file = entry.file();
         for old in self
             .fleet
             .health
             .disabled()
             .iter()
-            .filter(|d| d.file == entry.file)
+            .filter(|d| d.file() == file)
         {
-            metrics::plugin_enabled_again(&old.plugin, &old.file, &old.stage);
+            metrics::plugin_enabled_again(&old.plugin(), &file, &old.stage.to_string());
         }
         self.fleet.health.set_disabled(entry);
         self.publish_counts();
@@ -587,9 +581,9 @@ impl Reloader {
             .health
             .disabled()
             .iter()
-            .filter(|d| d.file == name)
+            .filter(|d| d.file() == name)
         {
-            metrics::plugin_enabled_again(&old.plugin, &old.file, &old.stage);
+            metrics::plugin_enabled_again(&old.plugin(), &name, &old.stage.to_string());
         }
         self.fleet.health.clear_disabled(&name);
         self.publish_counts();
@@ -602,7 +596,7 @@ impl Reloader {
             .health
             .disabled()
             .into_iter()
-            .map(|d| (d.plugin, d.file, d.stage))
+            .map(|d| (d.plugin(), d.file(), d.stage.to_string()))
             .collect();
         metrics::plugins(self.serving_now().len(), &disabled);
     }
@@ -646,9 +640,10 @@ async fn initialise(
     isolation: &IsolationSettings,
 ) -> Result<Arc<ActivePlugin>, (LoadStage, String)> {
     let isolation = isolation.clone();
-    let started =
-        tokio::task::spawn_blocking(move || start_build(build, &|k| std::env::var(k), &isolation))
-            .await;
+    let started = tokio::task::spawn_blocking(move || {
+        start_build(build, &crate::config::Env::from_process(), &isolation)
+    })
+    .await;
     match started {
         Ok(Ok(active)) => Ok(Arc::new(active)),
         Ok(Err(e)) => Err(e),

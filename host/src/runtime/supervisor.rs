@@ -290,9 +290,6 @@ pub fn close_all(running: &[Running], budget: Duration) -> tokio::task::JoinSet<
 const FETCH_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Idle BZPOPMIN timeout: bounds how long a closing worker's fetch loop takes to notice (Node: 5 s).
 const DRAIN_DELAY: Duration = Duration::from_secs(2);
-/// Backoff bounds for starting a worker while Redis is unreachable.
-const START_BACKOFF_MIN: Duration = Duration::from_millis(250);
-const START_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// A queue ready to be started.
 pub struct QueuePlan {
@@ -308,6 +305,15 @@ pub struct QueuePlan {
     pub stalled_check: super::stalled::StalledCheck,
 }
 
+/// How many jobs of the queue run at once: the operator's `QUEUE_<Q>_CONCURRENCY`, else the plugin's
+/// default, and never less than one.
+pub fn effective_concurrency(overrides: &QueueOverrides, processor: &ProcessorInfo) -> u32 {
+    overrides
+        .concurrency
+        .unwrap_or(processor.default_concurrency)
+        .max(1)
+}
+
 /// Resolves the worker options of one queue.
 pub fn worker_options(
     config: &Config,
@@ -315,10 +321,7 @@ pub fn worker_options(
     processor: &ProcessorInfo,
     overrides: &QueueOverrides,
 ) -> (u32, WorkerOptions) {
-    let concurrency = overrides
-        .concurrency
-        .unwrap_or(processor.default_concurrency)
-        .max(1);
+    let concurrency = effective_concurrency(overrides, processor);
     let limiter = match (overrides.rate_limit_max, overrides.rate_limit_duration_ms) {
         (Some(0), _) => None,
         (Some(max), Some(duration)) => Some((max, duration)),
@@ -358,26 +361,22 @@ pub fn worker_options(
 
 /// Builds and starts the queue's worker, retrying until it runs (the caller aborts the task on shutdown).
 pub async fn start(plan: &QueuePlan) -> Worker {
-    let mut backoff = START_BACKOFF_MIN;
-    let mut attempt: u32 = 0;
-    loop {
-        attempt += 1;
-        let proc = processor(Arc::clone(&plan.bridge));
-        match Worker::with_options(&plan.queue, proc, plan.options.clone()).await {
-            Ok(worker) => return worker,
-            Err(e) => {
-                tracing::warn!(
-                    queue = %plan.queue,
-                    attempt,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    error = %e,
-                    "cannot start the queue's worker yet"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(START_BACKOFF_MAX);
-            }
-        }
-    }
+    super::reconnect::until_ok(
+        || {
+            let proc = processor(Arc::clone(&plan.bridge));
+            Worker::with_options(&plan.queue, proc, plan.options.clone())
+        },
+        |attempt, e, wait| {
+            tracing::warn!(
+                queue = %plan.queue,
+                attempt,
+                retry_in_ms = wait.as_millis() as u64,
+                error = %e,
+                "cannot start the queue's worker yet"
+            )
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -386,8 +385,7 @@ mod tests {
     use plugin_api::RateLimitHint;
 
     fn config() -> Config {
-        let get = |k: &str| (k == "REDIS_HOST").then(|| "r".to_owned());
-        Config::from_parts(&get, []).unwrap()
+        Config::read(&crate::config::Env::from_vars([("REDIS_HOST", "r")])).unwrap()
     }
 
     fn processor_info(conc: u32, hint: Option<RateLimitHint>) -> ProcessorInfo {
