@@ -13,7 +13,8 @@ use bullmq::Job;
 use serde_json::Value;
 
 use super::decide::{millis, retry, Retry, Verdict};
-use super::{now_ms, LibResult, QueueBridge};
+use super::{LibResult, QueueBridge};
+use crate::clock::now_ms;
 use crate::runtime::health::{Health, HeldQueue};
 use crate::runtime::metrics;
 use crate::runtime::redis_admin::FailureFields;

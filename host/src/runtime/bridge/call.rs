@@ -51,7 +51,8 @@ impl QueueBridge {
         token: CancellationToken,
     ) -> Called {
         let started = Instant::now();
-        let (deadline, deadline_ms) = deadline_of(started, super::now_ms(), self.job_timeout);
+        let (deadline, deadline_ms) =
+            deadline_of(started, crate::clock::now_ms(), self.job_timeout);
         view.deadline_ms = deadline_ms;
         let (callbacks, mut writes) =
             Callbacks::new(&self.queue, job.id(), self.drain.clone(), token, deadline);

@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bullmq::worker::{CancellationToken, ProcessorFn};
 use bullmq::{Job, QueueKeys};
@@ -79,13 +79,6 @@ pub fn processor(bridge: Arc<QueueBridge>) -> ProcessorFn {
         Box::pin(async move { bridge.run(job, token).await })
             as Pin<Box<dyn Future<Output = LibResult> + Send>>
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Decrements the active-jobs gauge when a job ends, however it ends.
