@@ -1,30 +1,95 @@
-// Node side of the throughput benchmark (tests/benches/throughput.rs):
-//   node bench.mjs add <redisUrl> <queue> <count>        enqueue <count> `complete` jobs with addBulk
-//   node bench.mjs worker <redisUrl> <queue> <concurrency> run a Node BullMQ Worker until SIGTERM
-import { Queue, Worker } from 'bullmq';
+// Node side of the benchmark (tests/benches/throughput):
+//   node bench.mjs add <redisUrl> <queue> <count> <kind> [ms]          enqueue <count> jobs with addBulk
+//   node bench.mjs trickle <redisUrl> <queue> <count> <perSecond> <kind> [ms]
+//                                                                      add jobs one at a time, <perSecond> a second
+//   node bench.mjs worker <redisUrl> <queue> <concurrency>             run a Node BullMQ Worker until SIGTERM
+// Job kinds: `complete` (the test plugin's no-op: returns data.result), `sleep` (waits data.ms, as an HTTP call
+// to a provider would), `sms` (an `sms:send` job shaped as FrostGuard's producer makes them).
+// FROSTGUARD_BULLMQ_DIR names another Node project whose bullmq to load (e.g. ../node-bullmq5), as in drive.mjs.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import { setTimeout as sleep } from 'node:timers/promises';
 import IORedis from 'ioredis';
 
-const [command, url, queueName, arg] = process.argv.slice(2);
+async function loadBullmq() {
+  const dir = process.env.FROSTGUARD_BULLMQ_DIR;
+  if (!dir) return import('bullmq');
+  if (!existsSync(join(dir, 'node_modules', 'bullmq', 'package.json'))) {
+    throw new Error(`FROSTGUARD_BULLMQ_DIR=${dir}: no bullmq installed there (run npm ci in it)`);
+  }
+  // bullmq 5 ships its ES build without Node-style import paths: load it as CommonJS from that project.
+  return createRequire(join(dir, 'package.json'))('bullmq');
+}
+const { Queue, Worker } = await loadBullmq();
+
+const [command, url, queueName, ...args] = process.argv.slice(2);
 const connection = new IORedis(url, { maxRetriesPerRequest: null });
 
+// One job of `kind`, as { name, data, opts }.
+function job(kind, ms) {
+  switch (kind) {
+    case 'complete':
+      return { name: 'complete', data: { result: 1 } };
+    case 'sleep':
+      return { name: 'sleep', data: { ms } };
+    case 'sms':
+      // FrostGuard's smsJobOptions without removeOnComplete/removeOnFail: the bench counts the completed set.
+      return {
+        name: 'sms:send',
+        data: {
+          organizationId: '11111111-2222-3333-4444-555555555555',
+          phoneNumber: '+15551234567',
+          message: 'CRITICAL: Temperature alert (benchmark)',
+          alertId: 'a-1',
+          deliveryId: '7a1c3f2e-5b8d-4e6f-9a0b-1c2d3e4f5a6b',
+          userId: 'u-1',
+          alertType: 'alarm_active',
+        },
+        opts: { attempts: 5, backoff: { type: 'exponential', delay: 2000 } },
+      };
+    default:
+      throw new Error(`unknown job kind ${kind}`);
+  }
+}
+
 if (command === 'add') {
-  const count = Number(arg);
+  const [count, kind, ms] = [Number(args[0]), args[1], Number(args[2] ?? 0)];
   const queue = new Queue(queueName, { connection });
   for (let start = 0; start < count; start += 1000) {
     const jobs = [];
-    for (let i = start; i < Math.min(count, start + 1000); i++) {
-      jobs.push({ name: 'complete', data: { result: 1 } });
-    }
+    for (let i = start; i < Math.min(count, start + 1000); i++) jobs.push(job(kind, ms));
     await queue.addBulk(jobs);
   }
   await queue.close();
   await connection.quit();
+} else if (command === 'trickle') {
+  const [count, perSecond, kind, ms] = [Number(args[0]), Number(args[1]), args[2], Number(args[3] ?? 0)];
+  const queue = new Queue(queueName, { connection });
+  const spacing = 1000 / perSecond;
+  const start = performance.now();
+  for (let i = 0; i < count; i++) {
+    // Paced from the start, so a slow add does not stretch the whole phase.
+    const wait = start + i * spacing - performance.now();
+    if (wait > 0) await sleep(wait);
+    const { name, data, opts } = job(kind, ms);
+    await queue.add(name, data, opts);
+  }
+  await queue.close();
+  await connection.quit();
 } else if (command === 'worker') {
-  // The same work as the test plugin's `complete`: return the job's `result`.
-  const worker = new Worker(queueName, async (job) => job.data.result, {
-    connection,
-    concurrency: Number(arg),
-  });
+  // The same work as the test plugin's `complete` and `sleep` jobs.
+  const worker = new Worker(
+    queueName,
+    async (job) => {
+      if (job.name === 'sleep') {
+        await sleep(job.data.ms);
+        return { slept: job.data.ms };
+      }
+      return job.data.result;
+    },
+    { connection, concurrency: Number(args[0]) },
+  );
   process.on('SIGTERM', async () => {
     await worker.close();
     await connection.quit();
