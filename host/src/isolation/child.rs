@@ -3,6 +3,11 @@
 //! the host sends, then runs each job it is given on a thread of its own and reports progress, job log lines,
 //! the plugin's `tracing` records and the outcome back over the framed protocol.
 //!
+//! Job threads are reused: they come from a thread pool (tokio's blocking pool, with no async runtime
+//! driven) that starts a thread only when every existing one is busy and lets idle ones exit after a while.
+//! Starting a thread per job cost more than a no-op job itself (a `clone`, a stack mapping and a thread
+//! exit each time).
+//!
 //! The protocol uses private copies of the original stdin and stdout; descriptors 0 and 1 are then pointed at
 //! /dev/null and stderr, so a plugin that prints cannot corrupt a frame. Descriptor 3, when the host passes
 //! it, receives the crash note ([`super::crashnote`]) naming the request whose thread crashed.
@@ -154,10 +159,25 @@ pub fn main(plugin_path: &Path) -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::FAILURE);
     }
     out.send(&FromChild::Ready);
+    let pool = job_threads()?;
+    let ended = serve(&mut input, &plugin, &out, &pool);
+    // Jobs still running when the host goes away end with the process (the host answers them); dropping
+    // the pool would wait for them.
+    pool.shutdown_background();
+    ended
+}
+
+/// Runs the jobs the host sends on `pool`'s threads until the host says stop or goes away.
+fn serve(
+    input: &mut BufReader<File>,
+    plugin: &Arc<LoadedPlugin>,
+    out: &Out,
+    pool: &tokio::runtime::Runtime,
+) -> anyhow::Result<std::process::ExitCode> {
     let running: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>> = Arc::default();
     let name = plugin.info().name.clone();
     loop {
-        let msg = match read_frame::<ToChild>(&mut input) {
+        let msg = match read_frame::<ToChild>(input) {
             Ok(Some(msg)) => msg,
             // The host closed our input (or died): stop.
             Ok(None) => return Ok(std::process::ExitCode::SUCCESS),
@@ -171,27 +191,26 @@ pub fn main(plugin_path: &Path) -> anyhow::Result<std::process::ExitCode> {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id, Arc::clone(&cancelled));
                 let (plugin, out, running) =
-                    (Arc::clone(&plugin), out.clone(), Arc::clone(&running));
+                    (Arc::clone(plugin), out.clone(), Arc::clone(&running));
                 let label = format!("job {} of queue {} (plugin {name})", job.id, job.queue);
-                std::thread::Builder::new()
-                    .name(format!("job-{id}"))
-                    .spawn(move || {
-                        let callbacks = Arc::new(ChildCallbacks {
-                            id,
-                            out: out.clone(),
-                            cancelled,
-                        });
-                        let outcome = {
-                            let _entered = crashnote::enter(slot_of(id), &label);
-                            plugin.process(&job, callbacks)
-                        };
-                        running
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&id);
-                        out.send(&FromChild::Outcome { id, outcome });
-                    })
-                    .context("starting a job thread")?;
+                // Detached: the outcome travels over the protocol, not through the join handle.
+                let job_thread = move || {
+                    let callbacks = Arc::new(ChildCallbacks {
+                        id,
+                        out: out.clone(),
+                        cancelled,
+                    });
+                    let outcome = {
+                        let _entered = crashnote::enter(slot_of(id), &label);
+                        plugin.process(&job, callbacks)
+                    };
+                    running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    out.send(&FromChild::Outcome { id, outcome });
+                };
+                drop(pool.spawn_blocking(job_thread));
             }
             ToChild::Cancel { id } => {
                 if let Some(flag) = running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
@@ -208,6 +227,22 @@ pub fn main(plugin_path: &Path) -> anyhow::Result<std::process::ExitCode> {
         }
     }
 }
+
+/// The pool of job threads: as many as jobs run at once (the host bounds that by the queue's concurrency),
+/// each kept for [`JOB_THREAD_KEEP_ALIVE`] after its last job.
+fn job_threads() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(MAX_JOB_THREADS)
+        .thread_keep_alive(JOB_THREAD_KEEP_ALIVE)
+        .thread_name("job")
+        .build()
+        .context("starting the job thread pool")
+}
+
+/// Upper bound of job threads (beyond any sensible queue concurrency; jobs past it would wait for a thread).
+const MAX_JOB_THREADS: usize = 4096;
+/// How long an idle job thread waits for another job before it exits.
+const JOB_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// The crash-note slot of request `id` (non-zero, 32 bits: request ids wrap around long before that
 /// matters for the few requests in flight).
