@@ -1,4 +1,4 @@
-//! `frostguard-worker`: a BullMQ worker host whose job processors are plugins loaded from a directory.
+//! `frostguard-worker`: a BullMQ worker host whose job served are plugins loaded from a directory.
 //!
 //! This file only parses the command line, sets up logging and hands over to the subcommand.
 
@@ -95,10 +95,10 @@ fn run() -> anyhow::Result<ExitCode> {
         copies.as_deref(),
     );
     if config.redis.is_cluster() {
-        let processors = registry.processors();
+        let served = registry.queues();
         config::cluster::require_one_slot(
             &config.prefix,
-            processors.iter().map(|(_, p)| p.queue.as_str()),
+            served.iter().map(|(_, p)| p.queue.as_str()),
         )?;
     }
     let rt = runtime::build_tokio(runtime::blocking_threads_needed(&config, &registry))?;

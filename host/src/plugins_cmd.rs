@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use plugin_api::harness::{Harness, JobRecorder, JobSpec, LogRecorder};
-use plugin_api::host::{LoadError, LoadStage, LoadedPlugin};
+use plugin_api::loader::{LoadError, LoadStage, LoadedPlugin};
 use plugin_api::{JobOpts, JobView, Outcome, PluginConfig};
 use serde_json::json;
 
@@ -114,7 +114,7 @@ fn list(args: &PluginsArgs) -> anyhow::Result<ExitCode> {
         let loaded: Vec<_> = registry
             .active
             .iter()
-            .map(|p| json!({ "file": p.plugin.path(), "plugin": p.info }))
+            .map(|p| json!({ "file": p.library.path(), "plugin": p.info }))
             .collect();
         let report = json!({
             "pluginDir": args.plugin_dir,
@@ -146,11 +146,11 @@ fn print_text(args: &PluginsArgs, registry: &Registry) -> std::io::Result<()> {
     for p in &registry.active {
         out!(
             "{}: {} {} — ok",
-            p.plugin.path().display(),
+            p.library.path().display(),
             p.info.name,
             p.info.version
         );
-        for proc in &p.info.processors {
+        for proc in &p.info.queues {
             let limit = proc
                 .rate_limit
                 .map(|r| format!(", rate limit {}/{}ms", r.max, r.duration_ms))
@@ -300,7 +300,7 @@ fn run_in_child(
             anyhow::Error::new(LoadError::new(&args.plugin, LoadStage::Init, reason))
         })?;
     let spec = job_spec(args, data);
-    let rejection = match info.processor(&spec.queue) {
+    let rejection = match info.queue(&spec.queue) {
         None => Some(format!("queue {} is not served by this plugin", spec.queue)),
         Some(p) if !p.accepts(&spec.name) => Some(p.rejection(&spec.name)),
         Some(_) => None,

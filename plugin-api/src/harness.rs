@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::host::{ForwardedLog, HostLogger, JobCallbacks, LoadError, LoadStage, LoadedPlugin};
+use crate::loader::{ForwardedLog, HostLogger, JobCallbacks, LoadError, LoadStage, LoadedPlugin};
 use crate::types::{JobOpts, JobView, Outcome, PluginConfig, PluginInfo};
 
 /// A job to run through the harness.
@@ -124,7 +124,7 @@ impl Harness {
         let _ = self.take_logs();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
-        let rejection = match self.info().processor(&spec.queue) {
+        let rejection = match self.info().queue(&spec.queue) {
             None => Some(format!("queue {} is not served by this plugin", spec.queue)),
             Some(p) if !p.accepts(&spec.name) => Some(p.rejection(&spec.name)),
             Some(_) => None,

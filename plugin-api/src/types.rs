@@ -22,8 +22,10 @@ pub struct PluginInfo {
     pub name: String,
     /// The plugin's own version (semver), shown by `frostguard-worker plugins`.
     pub version: String,
-    /// The queues this plugin consumes; one BullMQ worker is started per entry.
-    pub processors: Vec<ProcessorInfo>,
+    /// The queues this plugin consumes; one BullMQ worker is started per entry. (In the JSON `describe`
+    /// returns across the ABI the field keeps its first name, `processors`.)
+    #[serde(rename = "processors")]
+    pub queues: Vec<QueueInfo>,
     /// Environment variable names the plugin reads unprefixed (e.g. `TELNYX_API_KEY`), so that existing
     /// deployments keep their variable names. `PLUGIN_<NAME>_<KEY>` overrides each of them.
     #[serde(default)]
@@ -33,10 +35,10 @@ pub struct PluginInfo {
 /// One queue served by a plugin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ProcessorInfo {
+pub struct QueueInfo {
     /// BullMQ queue name, without prefix (`sms-notifications`).
     pub queue: String,
-    /// Job names this processor accepts; any other name fails unrecoverably without reaching the plugin.
+    /// Job names accepted on this queue; any other name fails unrecoverably without reaching the plugin.
     pub job_names: Vec<String>,
     /// Concurrency used when the operator sets none.
     #[serde(default = "one")]
@@ -58,13 +60,13 @@ pub struct ProcessorInfo {
 }
 
 impl PluginInfo {
-    /// The processor serving `queue`, if this plugin has one.
-    pub fn processor(&self, queue: &str) -> Option<&ProcessorInfo> {
-        self.processors.iter().find(|p| p.queue == queue)
+    /// The description of `queue`, if this plugin serves it.
+    pub fn queue(&self, queue: &str) -> Option<&QueueInfo> {
+        self.queues.iter().find(|q| q.queue == queue)
     }
 }
 
-impl ProcessorInfo {
+impl QueueInfo {
     /// Whether jobs named `name` are handed to the plugin.
     pub fn accepts(&self, name: &str) -> bool {
         self.handles_unknown_names || self.job_names.iter().any(|n| n == name)
@@ -533,11 +535,11 @@ mod tests {
 
     /// `timeoutMs` is optional on the wire, so plugins built before it existed still describe themselves.
     #[test]
-    fn processor_timeout_hint_is_camel_case_and_optional() {
-        let old: ProcessorInfo =
+    fn queue_timeout_hint_is_camel_case_and_optional() {
+        let old: QueueInfo =
             serde_json::from_value(json!({"queue": "q", "jobNames": ["a"]})).unwrap();
         assert_eq!(old.timeout_ms, None);
-        let hinted: ProcessorInfo =
+        let hinted: QueueInfo =
             serde_json::from_value(json!({"queue": "q", "jobNames": ["a"], "timeoutMs": 60000}))
                 .unwrap();
         assert_eq!(hinted.timeout_ms, Some(60_000));
@@ -545,6 +547,17 @@ mod tests {
             serde_json::to_value(&hinted).unwrap()["timeoutMs"],
             json!(60000)
         );
+    }
+
+    /// Plugins built before the Rust field was named `queues` still describe themselves with `processors`.
+    #[test]
+    fn the_queues_cross_the_abi_as_processors() {
+        let wire = json!({"name": "p", "version": "1.0.0", "processors": [{"queue": "q", "jobNames": ["a"]}]});
+        let info: PluginInfo = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(info.queue("q").map(|q| q.job_names.len()), Some(1));
+        let back = serde_json::to_value(&info).unwrap();
+        assert_eq!(back["processors"][0]["queue"], "q");
+        assert!(back.get("queues").is_none());
     }
 
     #[test]

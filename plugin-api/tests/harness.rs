@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use plugin_api::harness::{build_plugin, Harness, JobSpec};
-use plugin_api::host::{LoadStage, LoadedPlugin, LogLevel};
+use plugin_api::loader::{LoadStage, LoadedPlugin, LogLevel};
 use plugin_api::serde_json::json;
 use plugin_api::{JobOpts, Outcome, PluginConfig, RetryScope};
 
@@ -25,9 +25,9 @@ fn job(name: &str, data: plugin_api::serde_json::Value) -> JobSpec {
 fn describes_itself() {
     let h = harness();
     assert_eq!(h.info().name, "test-outcomes");
-    assert_eq!(h.info().processors[0].queue, "test-outcomes");
-    assert_eq!(h.info().processors[0].default_concurrency, 4);
-    assert!(h.info().processors[0].accepts("panic"));
+    assert_eq!(h.info().queues[0].queue, "test-outcomes");
+    assert_eq!(h.info().queues[0].default_concurrency, 4);
+    assert!(h.info().queues[0].accepts("panic"));
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub struct QueueOverrides {
 
 impl QueueOverrides {
     /// The time budget of one job on this queue: the operator's override, else the plugin's hint
-    /// (`ProcessorInfo::timeout_ms`), else none. An override of 0 means "no timeout", so an operator can
+    /// (`QueueInfo::timeout_ms`), else none. An override of 0 means "no timeout", so an operator can
     /// lift a plugin's budget without inventing a large number; a hint of 0 is read the same way.
     pub fn job_timeout(&self, plugin_hint: Option<u64>) -> Option<Duration> {
         match self.job_timeout_ms {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use plugin_api::host::{ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel};
+use plugin_api::loader::{ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel};
 
 use super::crashnote;
 use super::protocol::{read_frame, write_frame, FromChild, ToChild};

@@ -36,7 +36,7 @@ pub mod settings;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use plugin_api::host::JobCallbacks;
+use plugin_api::loader::JobCallbacks;
 use plugin_api::{JobView, Outcome};
 
 pub use process::{Crash, PluginProcess, Reply};
@@ -84,7 +84,7 @@ impl ActivePlugin {
         );
         let slot = entry.as_ref().map_or(u32::MAX, journal::Entry::slot);
         let _entered = crashnote::enter(slot, &label);
-        let outcome: Outcome = self.plugin.process(job, callbacks);
+        let outcome: Outcome = self.library.process(job, callbacks);
         Reply::Outcome(outcome)
     }
 
@@ -92,7 +92,7 @@ impl ActivePlugin {
     pub fn shutdown(&self, budget: std::time::Duration) {
         match &self.process {
             Some(child) => child.shutdown(budget),
-            None => self.plugin.shutdown(budget),
+            None => self.library.shutdown(budget),
         }
     }
 

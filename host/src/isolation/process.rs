@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use plugin_api::host::{HostLogger, JobCallbacks};
+use plugin_api::loader::{HostLogger, JobCallbacks};
 use plugin_api::{JobView, Outcome, PluginConfig};
 
 use super::cause::Ending;

@@ -7,7 +7,7 @@
 
 use std::io::{self, Read, Write};
 
-use plugin_api::host::{ForwardedLog, LogLevel};
+use plugin_api::loader::{ForwardedLog, LogLevel};
 use plugin_api::{JobView, Outcome, PluginConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! Re-emits the log records a plugin forwards as events on the host's `tracing` subscriber, tagged with the
 //! plugin's name, so plugin output shares the host's format (text or JSON), filter and destination.
 
-use plugin_api::host::{ForwardedLog, HostLogger, LogLevel};
+use plugin_api::loader::{ForwardedLog, HostLogger, LogLevel};
 use tracing::level_filters::LevelFilter;
 
 /// The [`HostLogger`] given to one plugin.

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use plugin_api::host::{LoadError, LoadStage, LoadedPlugin};
-use plugin_api::{PluginConfig, PluginInfo, ProcessorInfo};
+use plugin_api::loader::{LoadError, LoadStage, LoadedPlugin};
+use plugin_api::{PluginConfig, PluginInfo, QueueInfo};
 use serde::Serialize;
 
 pub use log_bridge::TracingLogger;
@@ -30,13 +30,13 @@ use crate::isolation::{Isolation, IsolationSettings, PluginProcess};
 #[derive(Debug)]
 pub struct ActivePlugin {
     /// The loaded library.
-    pub plugin: LoadedPlugin,
-    /// Its description (a copy of `plugin.info()`, kept for convenience).
+    pub library: LoadedPlugin,
+    /// Its description (a copy of `library.info()`, kept for convenience).
     pub info: PluginInfo,
-    /// In process isolation, the child that runs its jobs (`plugin` is then loaded and described in the
+    /// In process isolation, the child that runs its jobs (`library` is then loaded and described in the
     /// host but never initialised); `None` when it runs in-process.
     pub process: Option<crate::isolation::PluginProcess>,
-    /// The file in the plugin directory it came from (`plugin.path()` is its private copy under hot reload).
+    /// The file in the plugin directory it came from (`library.path()` is its private copy under hot reload).
     pub source: PathBuf,
     /// SHA-256 of the build, when it was loaded from a private copy.
     pub digest: Option<String>,
@@ -82,7 +82,7 @@ pub struct Registry {
 #[derive(Debug)]
 pub struct Build {
     /// The loaded library.
-    pub plugin: LoadedPlugin,
+    pub library: LoadedPlugin,
     /// The file in the plugin directory.
     pub source: PathBuf,
     /// SHA-256 of the build, when loaded from a private copy.
@@ -94,7 +94,7 @@ impl Build {
     /// Its image stays mapped (never unloaded); only the file goes.
     pub fn discard_copy(&self) {
         if self.digest.is_some() {
-            let _ = std::fs::remove_file(self.plugin.path());
+            let _ = std::fs::remove_file(self.library.path());
         }
     }
 }
@@ -113,8 +113,8 @@ pub fn load_build(
     copies: Option<&watch::PrivateCopies>,
 ) -> Result<Build, LoadError> {
     let Some(copies) = copies else {
-        return LoadedPlugin::load(source).map(|plugin| Build {
-            plugin,
+        return LoadedPlugin::load(source).map(|library| Build {
+            library,
             source: source.to_owned(),
             digest: None,
         });
@@ -123,8 +123,8 @@ pub fn load_build(
         .copy(source)
         .map_err(|e| LoadError::new(source, LoadStage::File, format!("cannot copy: {e}")))?;
     match LoadedPlugin::load(&copied.path) {
-        Ok(plugin) => Ok(Build {
-            plugin,
+        Ok(library) => Ok(Build {
+            library,
             source: source.to_owned(),
             digest: Some(copied.digest),
         }),
@@ -145,7 +145,7 @@ pub fn start_build(
     env: &Env,
     isolation: &IsolationSettings,
 ) -> Result<ActivePlugin, (LoadStage, String)> {
-    let info = build.plugin.info().clone();
+    let info = build.library.info().clone();
     let config = match settings::resolve(&info, env) {
         Ok(c) => c,
         Err(reason) => {
@@ -162,13 +162,13 @@ fn init_build(
     config: PluginConfig,
     isolation: &IsolationSettings,
 ) -> Result<ActivePlugin, String> {
-    let plugin = &build.plugin;
-    let logger = Arc::new(TracingLogger::new(&plugin.info().name));
-    let mode = isolation.for_plugin(&plugin.info().name);
+    let library = &build.library;
+    let logger = Arc::new(TracingLogger::new(&library.info().name));
+    let mode = isolation.for_plugin(&library.info().name);
     let started = match mode {
-        Isolation::InProcess => plugin.init(&config, logger).map(|()| None),
+        Isolation::InProcess => library.init(&config, logger).map(|()| None),
         Isolation::Process => {
-            PluginProcess::start(plugin.path(), &plugin.info().name, config, logger).map(Some)
+            PluginProcess::start(library.path(), &library.info().name, config, logger).map(Some)
         }
     };
     let process = match started {
@@ -179,11 +179,11 @@ fn init_build(
         }
     };
     let Build {
-        plugin,
+        library,
         source,
         digest,
     } = build;
-    let info = plugin.info().clone();
+    let info = library.info().clone();
     tracing::info!(
         plugin = %info.name,
         version = %info.version,
@@ -193,7 +193,7 @@ fn init_build(
         "plugin loaded"
     );
     Ok(ActivePlugin {
-        plugin,
+        library,
         info,
         process,
         source,
@@ -217,7 +217,7 @@ impl Registry {
     ) -> Registry {
         let (candidates, mut registry) = discover(dir, env, copies);
         for Candidate { build, config } in candidates {
-            let name = build.plugin.info().name.clone();
+            let name = build.library.info().name.clone();
             let source = build.source.clone();
             match init_build(build, config, isolation) {
                 Ok(active) => registry.active.push(Arc::new(active)),
@@ -234,9 +234,9 @@ impl Registry {
         registry.active = candidates
             .into_iter()
             .map(|c| {
-                let info = c.build.plugin.info().clone();
+                let info = c.build.library.info().clone();
                 Arc::new(ActivePlugin {
-                    plugin: c.build.plugin,
+                    library: c.build.library,
                     info,
                     process: None,
                     source: c.build.source,
@@ -248,12 +248,12 @@ impl Registry {
     }
 
     /// Every queue served, with the plugin serving it.
-    pub fn processors(&self) -> Vec<(Arc<ActivePlugin>, ProcessorInfo)> {
+    pub fn queues(&self) -> Vec<(Arc<ActivePlugin>, QueueInfo)> {
         self.active
             .iter()
             .flat_map(|p| {
                 p.info
-                    .processors
+                    .queues
                     .iter()
                     .map(move |proc| (p.clone(), proc.clone()))
             })
@@ -277,7 +277,7 @@ impl Registry {
 }
 
 fn queue_list(info: &PluginInfo) -> String {
-    info.processors
+    info.queues
         .iter()
         .map(|p| p.queue.as_str())
         .collect::<Vec<_>>()
@@ -365,7 +365,7 @@ fn discover(
                 continue;
             }
         };
-        let info = build.plugin.info().clone();
+        let info = build.library.info().clone();
         let refuse = |build: &Build| build.discard_copy();
         if let Some(first) = names.get(&info.name) {
             let reason = format!(
@@ -377,7 +377,7 @@ fn discover(
             registry.disable(&path, LoadStage::QueueConflict, reason, Some(info.name));
             continue;
         }
-        let taken = info.processors.iter().find_map(|p| {
+        let taken = info.queues.iter().find_map(|p| {
             queue_owner
                 .get(&p.queue)
                 .map(|owner| (p.queue.clone(), owner.clone()))
@@ -400,7 +400,7 @@ fn discover(
             }
         };
         names.insert(info.name.clone(), path.clone());
-        for p in &info.processors {
+        for p in &info.queues {
             queue_owner.insert(p.queue.clone(), (info.name.clone(), path.clone()));
         }
         candidates.push(Candidate { build, config });

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use plugin_api::host::LoadStage;
+use plugin_api::loader::LoadStage;
 
 /// A plugin being served now, as far as the decision needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]

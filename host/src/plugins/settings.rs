@@ -45,7 +45,7 @@ mod tests {
         PluginInfo {
             name: "sms-notifications".into(),
             version: "1.0.0".into(),
-            processors: vec![],
+            queues: vec![],
             config_keys: keys.iter().map(|k| k.to_string()).collect(),
         }
     }

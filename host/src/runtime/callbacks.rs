@@ -17,7 +17,7 @@ use std::time::Instant;
 use bullmq::types::JobProgress;
 use bullmq::worker::CancellationToken;
 use bullmq::Job;
-use plugin_api::host::JobCallbacks;
+use plugin_api::loader::JobCallbacks;
 use serde_json::Value;
 use tokio::sync::mpsc;
 

@@ -301,20 +301,20 @@ mod tests {
     fn readyz_names_a_disabled_plugin_by_name_or_file_and_one_entry_per_file() {
         let nameless = DisabledPlugin {
             path: "/plugins/libbroken.so".into(),
-            stage: plugin_api::host::LoadStage::Abi,
+            stage: plugin_api::loader::LoadStage::Abi,
             reason: "not a plugin".into(),
             name: None,
         };
         let h = Health::new(["a".to_owned()], vec![nameless], None);
         h.set_disabled(DisabledPlugin {
             path: "/plugins/libsms.so".into(),
-            stage: plugin_api::host::LoadStage::Init,
+            stage: plugin_api::loader::LoadStage::Init,
             reason: "no key".into(),
             name: Some("sms".into()),
         });
         h.set_disabled(DisabledPlugin {
             path: "/plugins/libsms.so".into(),
-            stage: plugin_api::host::LoadStage::Config,
+            stage: plugin_api::loader::LoadStage::Config,
             reason: "bad".into(),
             name: Some("sms".into()),
         });

@@ -1,7 +1,7 @@
 //! Prometheus metrics: names, help texts, and the recorder behind `/metrics`.
 //!
 //! Jobs are counted by the bridge (it knows the outcome and whether a failure is final); plugin load
-//! results by the runtime at start; Redis and queue health by the supervisor and the health monitor.
+//! results by the runtime at start; Redis and queue health by the queue workers (`workers.rs`) and the health monitor.
 
 use std::time::Duration;
 

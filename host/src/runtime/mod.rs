@@ -19,7 +19,7 @@ mod reloader;
 mod retry;
 mod stacktrace;
 mod stalled;
-mod supervisor;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ use tokio::sync::Mutex;
 use self::health::Health;
 use self::redis_admin::AdminRedis;
 use self::reloader::{ReloaderHandle, ServingSet};
-use self::supervisor::{Fleet, Running};
+use self::workers::{Fleet, Running};
 use crate::config::Config;
 use crate::plugins::watch::PrivateCopies;
 use crate::plugins::{ActivePlugin, Registry};
@@ -41,17 +41,14 @@ use crate::shutdown::{self, DrainState};
 const REDIS_PING_PERIOD: Duration = Duration::from_secs(2);
 /// Budget handed to each plugin's `shutdown`.
 const PLUGIN_SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
-/// Extra time a worker gets to close after the drain phases (its fetch loop leaves an idle BZPOPMIN within
-/// the drain delay set in the supervisor).
-const WORKER_CLOSE_EXTRA: Duration = Duration::from_secs(3);
 
 /// Blocking threads the runtime needs: one per concurrent job of every queue, plus room for plugin
 /// shutdown calls and the library's own blocking work. Use it for tokio's `max_blocking_threads`.
 pub fn blocking_threads_needed(config: &Config, registry: &Registry) -> usize {
     let jobs: usize = registry
-        .processors()
+        .queues()
         .iter()
-        .map(|(_, p)| supervisor::effective_concurrency(&config.queue(&p.queue), p) as usize)
+        .map(|(_, p)| workers::effective_concurrency(&config.queue(&p.queue), p) as usize)
         .sum();
     jobs + registry.active.len() + 16
 }
@@ -83,15 +80,15 @@ pub async fn run(
             .map(|d| (d.plugin(), d.file(), d.stage.to_string()))
             .collect::<Vec<_>>(),
     );
-    let processors = registry.processors();
-    if processors.is_empty() {
+    let served = registry.queues();
+    if served.is_empty() {
         tracing::warn!(
             plugin_dir = %config.plugin_dir.display(),
             "no plugin serves any queue; nothing will be consumed"
         );
     }
     for queue in config.overridden_queues() {
-        if !processors
+        if !served
             .iter()
             .any(|(_, p)| crate::config::queue_env_name(&p.queue) == queue)
         {
@@ -102,7 +99,7 @@ pub async fn run(
         }
     }
     let health = Health::new(
-        processors.iter().map(|(_, p)| p.queue.clone()),
+        served.iter().map(|(_, p)| p.queue.clone()),
         registry.disabled.clone(),
         registry.dir_error.clone(),
     );
@@ -164,7 +161,7 @@ pub async fn run(
     let startup = tokio::spawn(start_all(
         config.clone(),
         journal,
-        processors,
+        served,
         Arc::clone(&health),
         Arc::clone(&drain),
         Arc::clone(&running),
@@ -189,11 +186,7 @@ pub async fn run(
     }
     // Closing runs alongside the drain: it waits for the library's active jobs (which the drain ends) and
     // for the fetch loop to leave its idle BZPOPMIN (at most the drain delay).
-    let close_budget = config.shutdown_timeout
-        + shutdown::CANCEL_GRACE
-        + shutdown::ABANDON_GRACE
-        + WORKER_CLOSE_EXTRA;
-    let mut closing = supervisor::close_all(&running, close_budget);
+    let mut closing = workers::close_workers(&running, config.shutdown_timeout);
     let report = shutdown::drain_in_flight(&drain, config.shutdown_timeout).await;
     while closing.join_next().await.is_some() {}
     for r in &running {
@@ -227,7 +220,7 @@ struct Watching {
 async fn start_all(
     config: Config,
     journal: Option<std::path::PathBuf>,
-    processors: Vec<(Arc<ActivePlugin>, plugin_api::ProcessorInfo)>,
+    served: Vec<(Arc<ActivePlugin>, plugin_api::QueueInfo)>,
     health: Arc<Health>,
     drain: Arc<DrainState>,
     running: Arc<Mutex<Vec<Running>>>,
@@ -273,7 +266,7 @@ async fn start_all(
     ));
 
     let mut starting = tokio::task::JoinSet::new();
-    for (plugin, info) in processors {
+    for (plugin, info) in served {
         let fleet = Arc::clone(&fleet);
         starting.spawn(async move { fleet.start_queue(plugin, info).await });
     }

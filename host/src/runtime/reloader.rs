@@ -4,7 +4,7 @@
 //! waits until each changed file is completely written (closed after writing, then the same size and time
 //! for two more debounce periods), loads each new build from a private copy up to its self-description, asks
 //! `plugins/reload.rs` what the change means, and applies it with the queue lifecycle of
-//! `runtime/supervisor.rs`:
+//! `runtime/workers.rs`:
 //!
 //! - **new plugin**: configuration, `init`, then its queues start;
 //! - **replaced plugin**: the new build is configured and initialised first; only then are the old version's
@@ -23,13 +23,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plugin_api::host::LoadStage;
+use plugin_api::loader::LoadStage;
 use tokio::sync::{mpsc, watch as signal, Mutex};
 use tokio::task::JoinHandle;
 
 use super::health::{RefusedReplacement, ServingEntry};
 use super::metrics;
-use super::supervisor::Fleet;
+use super::workers::Fleet;
 use crate::clock::now_ms;
 use crate::config::WatchSettings;
 use crate::isolation::IsolationSettings;
@@ -273,11 +273,11 @@ impl Reloader {
                 tokio::task::spawn_blocking(move || load_build(&source, Some(&copies))).await;
             let change = match loaded {
                 Ok(Ok(build)) => {
-                    let info = build.plugin.info();
+                    let info = build.library.info();
                     let change = FileChange::Built {
                         name: info.name.clone(),
                         version: info.version.clone(),
-                        queues: info.processors.iter().map(|p| p.queue.clone()).collect(),
+                        queues: info.queues.iter().map(|p| p.queue.clone()).collect(),
                     };
                     builds.insert(path.clone(), build);
                     change
@@ -303,11 +303,11 @@ impl Reloader {
         if changes.values().any(|c| *c == FileChange::Removed) {
             // A removal may resolve an earlier conflict: offer parked builds again.
             for (path, build) in std::mem::take(&mut self.parked) {
-                let info = build.plugin.info();
+                let info = build.library.info();
                 changes.entry(path.clone()).or_insert(FileChange::Built {
                     name: info.name.clone(),
                     version: info.version.clone(),
-                    queues: info.processors.iter().map(|p| p.queue.clone()).collect(),
+                    queues: info.queues.iter().map(|p| p.queue.clone()).collect(),
                 });
                 builds.entry(path).or_insert(build);
             }
@@ -321,7 +321,7 @@ impl Reloader {
                 name: p.info.name.clone(),
                 version: p.info.version.clone(),
                 file: p.source.clone(),
-                queues: p.info.processors.iter().map(|q| q.queue.clone()).collect(),
+                queues: p.info.queues.iter().map(|q| q.queue.clone()).collect(),
             })
             .collect();
         for decision in decide(&summary, &changes) {
@@ -342,7 +342,7 @@ impl Reloader {
                     return;
                 };
                 self.retire(&old).await;
-                for q in old.info.processors.iter().map(|p| &p.queue) {
+                for q in old.info.queues.iter().map(|p| &p.queue) {
                     self.fleet.forget_queue(q);
                 }
                 self.fleet.health.remove_serving(&name);
@@ -361,7 +361,7 @@ impl Reloader {
                 else {
                     return;
                 };
-                let new_version = build.plugin.info().version.clone();
+                let new_version = build.library.info().version.clone();
                 if let Err(reason) = self.cluster_slot(&build) {
                     build.discard_copy();
                     let stage = LoadStage::QueueConflict;
@@ -377,8 +377,8 @@ impl Reloader {
                 };
                 self.retire(&old).await;
                 self.fleet.start_plugin(&new).await;
-                for q in old.info.processors.iter().map(|p| &p.queue) {
-                    if !new.info.processors.iter().any(|p| &p.queue == q) {
+                for q in old.info.queues.iter().map(|p| &p.queue) {
+                    if !new.info.queues.iter().any(|p| &p.queue == q) {
                         self.fleet.forget_queue(q);
                     }
                 }
@@ -397,7 +397,7 @@ impl Reloader {
                 let Some(build) = builds.remove(&file) else {
                     return;
                 };
-                let version = build.plugin.info().version.clone();
+                let version = build.library.info().version.clone();
                 if let Err(reason) = self.cluster_slot(&build) {
                     build.discard_copy();
                     let stage = LoadStage::QueueConflict;
@@ -458,16 +458,9 @@ impl Reloader {
         let serving = self.serving_now();
         let queues: Vec<String> = serving
             .iter()
-            .filter(|p| p.info.name != build.plugin.info().name)
-            .flat_map(|p| p.info.processors.iter().map(|q| q.queue.clone()))
-            .chain(
-                build
-                    .plugin
-                    .info()
-                    .processors
-                    .iter()
-                    .map(|q| q.queue.clone()),
-            )
+            .filter(|p| p.info.name != build.library.info().name)
+            .flat_map(|p| p.info.queues.iter().map(|q| q.queue.clone()))
+            .chain(build.library.info().queues.iter().map(|q| q.queue.clone()))
             .collect();
         crate::config::cluster::require_one_slot(&config.prefix, queues.iter().map(String::as_str))
             .map_err(|e| e.to_string())
@@ -490,7 +483,7 @@ impl Reloader {
         }
         if old.digest.is_some() {
             // Its image stays mapped; the file is no longer needed (no child will load it again).
-            let _ = std::fs::remove_file(old.plugin.path());
+            let _ = std::fs::remove_file(old.library.path());
         }
         metrics::plugin_serving(&old.info.name, &old.info.version, false);
         self.publish_counts();
@@ -606,7 +599,7 @@ impl Reloader {
         let serving: BTreeSet<String> = self
             .serving_now()
             .iter()
-            .map(|p| p.plugin.path().display().to_string())
+            .map(|p| p.library.path().display().to_string())
             .collect();
         let mapped = dir::mapped_bytes(&self.copies.dir().display().to_string());
         let retired: Vec<u64> = mapped
@@ -657,7 +650,7 @@ pub fn serving_entry(p: &ActivePlugin) -> ServingEntry {
         plugin: p.info.name.clone(),
         version: p.info.version.clone(),
         file: file_name(&p.source),
-        queues: p.info.processors.iter().map(|q| q.queue.clone()).collect(),
+        queues: p.info.queues.iter().map(|q| q.queue.clone()).collect(),
         since_ms: now_ms(),
         refused_replacement: None,
     }

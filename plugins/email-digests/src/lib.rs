@@ -36,7 +36,7 @@ use std::time::Duration;
 use plugin_api::tracing::{info, warn};
 use plugin_api::{
     export_plugin, InitError, JobContext, JobView, Outcome, Plugin, PluginConfig, PluginInfo,
-    ProcessorInfo, RateLimitHint,
+    QueueInfo, RateLimitHint,
 };
 use tokio::runtime::{Handle, Runtime};
 
@@ -80,7 +80,7 @@ impl Plugin for EmailDigestsPlugin {
         PluginInfo {
             name: PLUGIN_NAME.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            processors: vec![ProcessorInfo {
+            queues: vec![QueueInfo {
                 queue: QUEUE.to_owned(),
                 job_names: vec![job::JOB_NAME.to_owned()],
                 default_concurrency: DEFAULT_CONCURRENCY,

@@ -36,7 +36,7 @@ use plugin_api::serde_json::json;
 use plugin_api::tracing::{info, warn};
 use plugin_api::{
     export_plugin, InitError, JobContext, JobView, Outcome, Plugin, PluginConfig, PluginInfo,
-    ProcessorInfo, RateLimitHint,
+    QueueInfo, RateLimitHint,
 };
 use tokio::runtime::{Handle, Runtime};
 
@@ -59,7 +59,7 @@ pub const RATE_LIMIT: RateLimitHint = RateLimitHint {
 };
 /// Bound on the start-up connectivity check of the delivery database (it only logs; it never fails init).
 const INIT_DB_PROBE: Duration = Duration::from_secs(3);
-/// Suggested time budget of one job (`ProcessorInfo::timeout_ms`): above the default Telnyx request timeout
+/// Suggested time budget of one job (`QueueInfo::timeout_ms`): above the default Telnyx request timeout
 /// (30 s) plus the delivery's claim (one `delivery::OP_TIMEOUT`) and recording the send
 /// (`processor::MARK_SENT_BUDGET`), so the host only cancels a
 /// job that is stuck beyond the plugin's own timeouts. An operator who raises
@@ -90,7 +90,7 @@ impl Plugin for SmsPlugin {
         PluginInfo {
             name: PLUGIN_NAME.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            processors: vec![ProcessorInfo {
+            queues: vec![QueueInfo {
                 queue: QUEUE.to_owned(),
                 job_names: vec![validate::JOB_NAME.to_owned()],
                 default_concurrency: DEFAULT_CONCURRENCY,

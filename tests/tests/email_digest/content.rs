@@ -6,7 +6,7 @@ use super::*;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use plugin_api::host::LogLevel;
+use plugin_api::loader::LogLevel;
 
 /// A trigger time as the digest shows it in `zone`.
 fn local_time(ms: i64, zone: &str) -> String {

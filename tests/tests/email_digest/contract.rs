@@ -4,7 +4,7 @@
 use super::seed::*;
 use super::*;
 use frostguard_tests::TempDir;
-use plugin_api::host::LoadStage;
+use plugin_api::loader::LoadStage;
 
 /// A database URL nothing listens on: init only probes it (and warns).
 const NO_DATABASE: &str = "postgres://postgres@127.0.0.1:9/frostguard";
@@ -20,7 +20,7 @@ fn describes_its_queue_limits_and_configuration() {
     ]));
     let info = h.info();
     assert_eq!(info.name, "email-digests");
-    let p = &info.processors[0];
+    let p = &info.queues[0];
     assert_eq!(p.queue, QUEUE);
     assert_eq!(p.job_names, ["email:digest"]);
     assert_eq!(p.default_concurrency, 2);

@@ -2,7 +2,7 @@
 
 use super::seed::*;
 use super::*;
-use plugin_api::host::LogLevel;
+use plugin_api::loader::LogLevel;
 use plugin_api::RetryScope;
 
 fn unrecoverable(message: &str) -> Outcome {

@@ -17,7 +17,7 @@ use frostguard_tests::{
     json, plugin_lib, FakeHttp, Postgres, RecordedRequest, Reply, EMAIL_PLUGIN,
 };
 use plugin_api::harness::{Harness, HarnessRun, JobSpec};
-use plugin_api::host::{ForwardedLog, LogLevel};
+use plugin_api::loader::{ForwardedLog, LogLevel};
 use plugin_api::{JobOpts, Outcome, PluginConfig};
 use serde_json::Value;
 

@@ -18,7 +18,7 @@ use frostguard_tests::{
     assert_delivery, insert_sms_delivery, json, FakeHttp, PgBouncer, Postgres, Reply, Schema,
 };
 use plugin_api::harness::{Harness, HarnessRun};
-use plugin_api::host::LogLevel;
+use plugin_api::loader::LogLevel;
 use plugin_api::{Outcome, PluginConfig, RetryScope};
 
 const MESSAGE_ID: &str = "msg-only-once";

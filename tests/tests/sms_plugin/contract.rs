@@ -13,7 +13,7 @@ use frostguard_tests::{
     SMS_PLUGIN,
 };
 use plugin_api::harness::{Harness, JobSpec};
-use plugin_api::host::LoadStage;
+use plugin_api::loader::LoadStage;
 use plugin_api::{Outcome, PluginConfig, RateLimitHint};
 use serde_json::Value;
 
@@ -23,7 +23,7 @@ fn describes_queue_concurrency_rate_limit_and_config_keys() {
     let h = load(config(&telnyx, None, &[]));
     let info = h.info();
     assert_eq!(info.name, "sms-notifications");
-    let p = info.processor(QUEUE).expect("serves sms-notifications");
+    let p = info.queue(QUEUE).expect("serves sms-notifications");
     assert_eq!(p.job_names, vec!["sms:send".to_owned()]);
     assert_eq!(p.default_concurrency, 5);
     // A burst ceiling of 10 sends per second (operators override it per queue), and a 60 s job budget.
@@ -211,7 +211,7 @@ fn shutdown_stops_the_private_runtime_promptly_and_later_jobs_are_not_sent() {
 }
 
 /// Whether one record's message contains `message` and the record (fields included) contains `detail`.
-fn logs_mention(logs: &[plugin_api::host::ForwardedLog], message: &str, detail: &str) -> bool {
+fn logs_mention(logs: &[plugin_api::loader::ForwardedLog], message: &str, detail: &str) -> bool {
     logs.iter()
         .any(|l| l.message.contains(message) && record_text(l).contains(detail))
 }

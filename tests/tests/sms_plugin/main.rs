@@ -30,7 +30,7 @@ use frostguard_tests::{
     RecordedRequest, Reply, Schema, SMS_PLUGIN,
 };
 use plugin_api::harness::{Harness, HarnessRun, JobSpec};
-use plugin_api::host::{ForwardedLog, LogLevel};
+use plugin_api::loader::{ForwardedLog, LogLevel};
 use plugin_api::{JobOpts, Outcome, PluginConfig, RetryScope};
 use serde_json::Value;
 

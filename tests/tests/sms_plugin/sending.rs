@@ -9,7 +9,7 @@ use crate::{
     logged, retried_later, sent, Tracked, MASKED, PHONE,
 };
 use frostguard_tests::{assert_delivery, insert_sms_delivery, json, telnyx_error, FakeHttp, Reply};
-use plugin_api::host::LogLevel;
+use plugin_api::loader::LogLevel;
 use plugin_api::{Outcome, RetryScope};
 
 #[test]

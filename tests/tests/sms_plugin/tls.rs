@@ -9,7 +9,7 @@ use frostguard_tests::{
     Schema, TempDir, SMS_PLUGIN,
 };
 use plugin_api::harness::Harness;
-use plugin_api::host::LoadStage;
+use plugin_api::loader::LoadStage;
 
 /// Runs one tracked job with `DATABASE_URL` = `url`; `Ok` if it was sent and recorded, else the failure.
 fn send_with(pg: &Postgres, url: &str) -> Result<(), String> {

@@ -7,7 +7,7 @@ use crate::{
     UNKNOWN_DELIVERY,
 };
 use frostguard_tests::{json, FakeHttp, Postgres, Schema};
-use plugin_api::host::LogLevel;
+use plugin_api::loader::LogLevel;
 
 #[test]
 fn database_down_is_a_retryable_failure_and_nothing_is_sent() {

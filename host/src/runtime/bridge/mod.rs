@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bullmq::worker::{CancellationToken, ProcessorFn};
 use bullmq::{Job, QueueKeys};
-use plugin_api::{JobOpts, JobView, ProcessorInfo};
+use plugin_api::{JobOpts, JobView, QueueInfo};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -54,8 +54,8 @@ pub struct QueueBridge {
     pub keys: QueueKeys,
     /// The plugin serving it.
     pub plugin: Arc<ActivePlugin>,
-    /// The processor description (accepted job names).
-    pub processor: ProcessorInfo,
+    /// The plugin's description of the queue (accepted job names).
+    pub queue_info: QueueInfo,
     /// The host's own Redis connection.
     pub admin: AdminRedis,
     /// Shutdown state.
@@ -94,8 +94,8 @@ impl QueueBridge {
     /// One job, start to end: the checks before any plugin code runs, the call, the verdict, its application.
     async fn run(&self, mut job: Job, token: CancellationToken) -> LibResult {
         let id = job.id().to_owned();
-        if !self.processor.accepts(job.name()) {
-            let reason = self.processor.rejection(job.name());
+        if !self.queue_info.accepts(job.name()) {
+            let reason = self.queue_info.rejection(job.name());
             tracing::warn!(queue = %self.queue, job_id = %id, "{reason}");
             metrics::job_rejected(&self.queue);
             return self

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use plugin_api::serde_json::{json, Map, Value};
 use plugin_api::{
-    export_plugin, JobContext, JobView, Outcome, Plugin, PluginConfig, PluginInfo, ProcessorInfo,
+    export_plugin, JobContext, JobView, Outcome, Plugin, PluginConfig, PluginInfo, QueueInfo,
 };
 
 /// The queue this plugin serves.
@@ -34,7 +34,7 @@ impl Plugin for TestCrashes {
         PluginInfo {
             name: "test-crashes".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            processors: vec![ProcessorInfo {
+            queues: vec![QueueInfo {
                 queue: QUEUE.into(),
                 job_names: JOB_NAMES.iter().map(|s| s.to_string()).collect(),
                 default_concurrency: 2,

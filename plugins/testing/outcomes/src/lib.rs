@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use plugin_api::serde_json::{json, Map, Value};
 use plugin_api::{
     export_plugin, tracing, InitError, JobContext, JobView, Outcome, Plugin, PluginConfig,
-    PluginInfo, ProcessorInfo,
+    PluginInfo, QueueInfo,
 };
 
 /// The queue this plugin serves.
@@ -44,7 +44,7 @@ impl Plugin for TestOutcomes {
         PluginInfo {
             name: "test-outcomes".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            processors: vec![ProcessorInfo {
+            queues: vec![QueueInfo {
                 queue: QUEUE.into(),
                 job_names: JOB_NAMES.iter().map(|s| s.to_string()).collect(),
                 default_concurrency: 4,

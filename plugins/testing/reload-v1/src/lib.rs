@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use plugin_api::serde_json::{json, Map, Value};
 use plugin_api::{
     export_plugin, InitError, JobContext, JobView, Outcome, Plugin, PluginConfig, PluginInfo,
-    ProcessorInfo,
+    QueueInfo,
 };
 
 /// The queue this plugin serves.
@@ -33,7 +33,7 @@ impl Plugin for TestReload {
         PluginInfo {
             name: "test-reload".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            processors: vec![ProcessorInfo {
+            queues: vec![QueueInfo {
                 queue: QUEUE.into(),
                 job_names: vec!["version".into(), "sleep".into()],
                 default_concurrency: 4,

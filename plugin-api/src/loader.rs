@@ -1,4 +1,4 @@
-//! The loading side of the ABI (feature `host`): opens one plugin library, checks it, and calls it safely.
+//! The loading side of the ABI (feature `loader`): opens one plugin library, checks it, and calls it safely.
 //!
 //! The host's directory loader and the [`crate::harness`] both go through [`LoadedPlugin`], so a plugin that
 //! passes the harness loads in the host the same way. Each file is opened with its own `LibHeader` and root
@@ -334,10 +334,10 @@ fn describe(path: &Path, module: PluginModuleRef) -> Result<PluginInfo, LoadErro
     if info.name.trim().is_empty() {
         return Err(reject("the plugin has no name".into()));
     }
-    if info.processors.is_empty() {
+    if info.queues.is_empty() {
         return Err(reject("the plugin serves no queue".into()));
     }
-    for p in &info.processors {
+    for p in &info.queues {
         if p.queue.trim().is_empty() || p.queue.contains(':') {
             return Err(reject(format!("invalid queue name {:?}", p.queue)));
         }

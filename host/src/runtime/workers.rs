@@ -2,7 +2,7 @@
 //! lifecycle of one queue at run time: start, stop fetching, drain, close ([`Fleet`]).
 //!
 //! Worker options come from the operator's `QUEUE_<Q>_*` overrides, then the plugin's hints, then BullMQ's
-//! defaults. Construction needs Redis; when Redis is down at start the supervisor retries with exponential
+//! defaults. Construction needs Redis; when Redis is down at start [`start_worker`] retries with exponential
 //! backoff for as long as it takes (the library itself only reconnects once a worker exists). Once running,
 //! the library's fetch loop survives Redis restarts on its own (docs/bullmq-official.md §5).
 //!
@@ -18,7 +18,7 @@ use std::time::Duration;
 use bullmq::options::RedisConnectionOptions;
 use bullmq::{QueueKeys, RateLimiterOptions, Worker, WorkerOptions};
 use futures_util::future::join_all;
-use plugin_api::ProcessorInfo;
+use plugin_api::QueueInfo;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
@@ -132,7 +132,7 @@ impl Fleet {
 
     /// Starts `info.queue`'s worker for `plugin` (retrying until Redis lets it), registers it as running and
     /// logs `queue consuming`.
-    pub async fn start_queue(&self, plugin: Arc<ActivePlugin>, info: ProcessorInfo) {
+    pub async fn start_queue(&self, plugin: Arc<ActivePlugin>, info: QueueInfo) {
         let config = &self.config;
         let overrides = config.queue(&info.queue);
         let (concurrency, options) = worker_options(config, &self.connection, &info, &overrides);
@@ -143,7 +143,7 @@ impl Fleet {
             queue: info.queue.clone(),
             keys: keys.clone(),
             plugin: Arc::clone(&plugin),
-            processor: info.clone(),
+            queue_info: info.clone(),
             admin: self.admin.clone(),
             drain: Arc::clone(&drain),
             hold: QueueHold::new(),
@@ -171,7 +171,7 @@ impl Fleet {
                 depth.push(keys);
             }
         }
-        let worker = Arc::new(start(&plan).await);
+        let worker = Arc::new(start_worker(&plan).await);
         plan.bridge.hold.attach(&worker, Arc::clone(&drain));
         let events = events::spawn_logger(
             plan.queue.clone(),
@@ -210,7 +210,7 @@ impl Fleet {
     pub async fn start_plugin(&self, plugin: &Arc<ActivePlugin>) {
         let starts = plugin
             .info
-            .processors
+            .queues
             .iter()
             .map(|p| self.start_queue(Arc::clone(plugin), p.clone()));
         join_all(starts).await;
@@ -237,9 +237,7 @@ impl Fleet {
             plugin.info.name, plugin.info.version
         );
         let timeout = self.config.shutdown_timeout;
-        let close_budget =
-            timeout + shutdown::CANCEL_GRACE + shutdown::ABANDON_GRACE + WORKER_CLOSE_EXTRA;
-        let mut closing = close_all(&retiring, close_budget);
+        let mut closing = close_workers(&retiring, timeout);
         let drains = retiring
             .iter()
             .map(|r| shutdown::drain_phases(&r.drain, timeout, &what));
@@ -270,8 +268,12 @@ impl Fleet {
     }
 }
 
-/// Starts closing every worker concurrently; the caller joins the returned set.
-pub fn close_all(running: &[Running], budget: Duration) -> tokio::task::JoinSet<()> {
+/// Starts closing every worker concurrently; the caller joins the returned set. Closing runs alongside the
+/// drain phases (`shutdown_timeout`, then cancel and abandon) and gets them all, plus the time a fetch loop
+/// needs to leave its idle BZPOPMIN.
+pub fn close_workers(running: &[Running], shutdown_timeout: Duration) -> tokio::task::JoinSet<()> {
+    let budget =
+        shutdown_timeout + shutdown::CANCEL_GRACE + shutdown::ABANDON_GRACE + WORKER_CLOSE_EXTRA;
     let mut closing = tokio::task::JoinSet::new();
     let budget_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
     for r in running {
@@ -307,10 +309,10 @@ pub struct QueuePlan {
 
 /// How many jobs of the queue run at once: the operator's `QUEUE_<Q>_CONCURRENCY`, else the plugin's
 /// default, and never less than one.
-pub fn effective_concurrency(overrides: &QueueOverrides, processor: &ProcessorInfo) -> u32 {
+pub fn effective_concurrency(overrides: &QueueOverrides, info: &QueueInfo) -> u32 {
     overrides
         .concurrency
-        .unwrap_or(processor.default_concurrency)
+        .unwrap_or(info.default_concurrency)
         .max(1)
 }
 
@@ -318,14 +320,14 @@ pub fn effective_concurrency(overrides: &QueueOverrides, processor: &ProcessorIn
 pub fn worker_options(
     config: &Config,
     connection: &RedisConnectionOptions,
-    processor: &ProcessorInfo,
+    info: &QueueInfo,
     overrides: &QueueOverrides,
 ) -> (u32, WorkerOptions) {
-    let concurrency = effective_concurrency(overrides, processor);
+    let concurrency = effective_concurrency(overrides, info);
     let limiter = match (overrides.rate_limit_max, overrides.rate_limit_duration_ms) {
         (Some(0), _) => None,
         (Some(max), Some(duration)) => Some((max, duration)),
-        _ => processor
+        _ => info
             .rate_limit
             .filter(|h| h.max > 0 && h.duration_ms > 0)
             .map(|h| (h.max, h.duration_ms)),
@@ -360,7 +362,7 @@ pub fn worker_options(
 }
 
 /// Builds and starts the queue's worker, retrying until it runs (the caller aborts the task on shutdown).
-pub async fn start(plan: &QueuePlan) -> Worker {
+pub async fn start_worker(plan: &QueuePlan) -> Worker {
     super::reconnect::until_ok(
         || {
             let proc = processor(Arc::clone(&plan.bridge));
@@ -388,8 +390,8 @@ mod tests {
         Config::read(&crate::config::Env::from_vars([("REDIS_HOST", "r")])).unwrap()
     }
 
-    fn processor_info(conc: u32, hint: Option<RateLimitHint>) -> ProcessorInfo {
-        ProcessorInfo {
+    fn queue_info(conc: u32, hint: Option<RateLimitHint>) -> QueueInfo {
+        QueueInfo {
             queue: "q".into(),
             job_names: vec!["a".into()],
             default_concurrency: conc,
@@ -407,16 +409,10 @@ mod tests {
             concurrency: Some(9),
             ..Default::default()
         };
-        assert_eq!(worker_options(&c, &conn, &processor_info(4, None), &o).0, 9);
+        assert_eq!(worker_options(&c, &conn, &queue_info(4, None), &o).0, 9);
         let none = QueueOverrides::default();
-        assert_eq!(
-            worker_options(&c, &conn, &processor_info(4, None), &none).0,
-            4
-        );
-        assert_eq!(
-            worker_options(&c, &conn, &processor_info(0, None), &none).0,
-            1
-        );
+        assert_eq!(worker_options(&c, &conn, &queue_info(4, None), &none).0, 4);
+        assert_eq!(worker_options(&c, &conn, &queue_info(0, None), &none).0, 1);
     }
 
     #[test]
@@ -428,7 +424,7 @@ mod tests {
             duration_ms: 1000,
         });
         let none = QueueOverrides::default();
-        let (_, o) = worker_options(&c, &conn, &processor_info(1, hint), &none);
+        let (_, o) = worker_options(&c, &conn, &queue_info(1, hint), &none);
         let l = o.limiter.unwrap();
         assert_eq!((l.max, l.duration), (5, 1000));
         let over = QueueOverrides {
@@ -436,14 +432,14 @@ mod tests {
             rate_limit_duration_ms: Some(2000),
             ..Default::default()
         };
-        let (_, o) = worker_options(&c, &conn, &processor_info(1, hint), &over);
+        let (_, o) = worker_options(&c, &conn, &queue_info(1, hint), &over);
         let l = o.limiter.unwrap();
         assert_eq!((l.max, l.duration), (50, 2000));
         let off = QueueOverrides {
             rate_limit_max: Some(0),
             ..Default::default()
         };
-        let (_, o) = worker_options(&c, &conn, &processor_info(1, hint), &off);
+        let (_, o) = worker_options(&c, &conn, &queue_info(1, hint), &off);
         assert!(o.limiter.is_none());
         assert_eq!(o.run_retry_delay, 1000);
         assert!(
