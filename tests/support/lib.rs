@@ -142,6 +142,14 @@ pub fn wait_until<T>(
     }
 }
 
+/// Milliseconds since the Unix epoch, BullMQ's unit for a job's `timestamp`, `processedOn` and event times.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
 /// Whether the current process runs as root (servers that refuse root are then run as another user).
 pub(crate) fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

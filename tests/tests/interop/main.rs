@@ -24,9 +24,9 @@ mod results;
 mod retries;
 mod scheduling;
 
+use frostguard_tests::now_ms;
 use frostguard_tests::serde_json::Value;
 use frostguard_tests::{JobSnapshot, NodeQueue, RedisServer, Worker, TEST_QUEUE};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A fresh Redis, the host consuming `test-outcomes` (ready), and Node's view of that queue.
 fn setup(env: &[(&str, &str)]) -> (RedisServer, Worker, NodeQueue) {
@@ -34,13 +34,6 @@ fn setup(env: &[(&str, &str)]) -> (RedisServer, Worker, NodeQueue) {
     let worker = Worker::start_test_outcomes(&redis, env).expect("host ready");
     let q = NodeQueue::new(&redis, TEST_QUEUE);
     (redis, worker, q)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
 }
 
 /// Waits until job `id` is completed or failed and returns its snapshot.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use frostguard_tests::{json, wait_until, NodeQueue, RedisServer, TEST_QUEUE};
+use frostguard_tests::{json, now_ms, wait_until, NodeQueue, RedisServer, TEST_QUEUE};
 use serde_json::Value;
 
 use frostguard_tests::http_get_body;
@@ -143,11 +143,4 @@ fn depth_gauges_and_stats_equal_node_get_job_counts() {
         "{table}"
     );
     drop(worker);
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
