@@ -118,8 +118,8 @@ impl Harness {
         self.logs.take()
     }
 
-    /// Runs one job to its outcome, as the host would (minus Redis). A job name the plugin's processor does
-    /// not accept fails unrecoverably, exactly as in the host.
+    /// Runs one job to its outcome, as the host would (minus Redis). A job name the plugin does not accept on
+    /// the job's queue fails unrecoverably, exactly as in the host.
     pub fn run(&self, spec: JobSpec) -> HarnessRun {
         let _ = self.take_logs();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
