@@ -6,7 +6,7 @@
 //! until a fixed plugin is deployed. Libraries are never unloaded.
 //!
 //! With hot reload on, every file is loaded from a private copy (`watch.rs`) and the same stages run again
-//! at run time for each new build (`reload.rs` decides, `runtime/reloader.rs` applies).
+//! at run time for each new build (`reload.rs` decides, `runtime/reloader/` applies).
 
 mod log_bridge;
 pub mod reload;

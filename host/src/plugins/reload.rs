@@ -1,7 +1,7 @@
 //! What a change in the plugin directory means, decided without touching anything: the pure half of hot
 //! reload. The watcher (`plugins/watch.rs`) notices files that changed and loads each new build up to its
 //! self-description; [`decide`] turns that, plus what is serving now, into a list of [`Decision`]s; the
-//! runtime (`runtime/reloader.rs`) applies them. Keeping the decision apart makes every case a row of a table
+//! runtime (`runtime/reloader/`) applies them. Keeping the decision apart makes every case a row of a table
 //! test.
 //!
 //! The rules:

@@ -1,5 +1,5 @@
 //! Watching the plugin directory (hot reload), and reading a new build safely: the I/O half of hot reload
-//! (`plugins/reload.rs` decides what a change means, `runtime/reloader.rs` applies it).
+//! (`plugins/reload.rs` decides what a change means, `runtime/reloader/` applies it).
 //!
 //! - **Events.** One non-recursive inotify watch through `notify-debouncer-full`, which gathers a burst of
 //!   events into one batch after a quiet period (`PLUGIN_WATCH_DEBOUNCE_MS`) and stitches a rename from a

@@ -39,7 +39,7 @@ use crate::shutdown::{self, DrainState};
 
 /// How often the host pings Redis for readiness.
 const REDIS_PING_PERIOD: Duration = Duration::from_secs(2);
-/// Budget handed to each plugin's `shutdown`.
+/// Budget handed to each plugin's `shutdown` (at shutdown, and when hot reload retires a version).
 const PLUGIN_SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
 
 /// Blocking threads the runtime needs: one per concurrent job of every queue, plus room for plugin
