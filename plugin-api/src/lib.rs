@@ -147,6 +147,13 @@ pub use types::{
     RateLimitHint, RetryScope,
 };
 
+/// The name [`QueueInfo`] had before 0.1 settled on one meaning for "processor" (the code that processes
+/// jobs); kept so plugin sources written against it still build. The ABI never saw the rename.
+#[deprecated(
+    note = "renamed QueueInfo (same type); PluginInfo::processors is now PluginInfo::queues"
+)]
+pub type ProcessorInfo = QueueInfo;
+
 pub use serde_json;
 pub use tracing;
 
