@@ -39,7 +39,7 @@ use std::sync::{Arc, OnceLock};
 use plugin_api::loader::JobCallbacks;
 use plugin_api::{JobView, Outcome};
 
-pub use process::{Crash, PluginProcess, Reply};
+pub use process::{ChildJob, Crash, PluginProcess, Reply};
 pub use settings::{Isolation, IsolationSettings};
 
 use crate::plugins::ActivePlugin;
@@ -86,6 +86,16 @@ impl ActivePlugin {
         let _entered = crashnote::enter(slot, &label);
         let outcome: Outcome = self.library.process(job, callbacks);
         Reply::Outcome(outcome)
+    }
+
+    /// Starts one job in the plugin's child without blocking (see [`PluginProcess::start_job`]); `None` for
+    /// an in-process plugin and whenever the job must go through [`Self::run`] on a blocking thread.
+    pub fn start_in_child(
+        &self,
+        job: &JobView,
+        callbacks: Arc<dyn JobCallbacks>,
+    ) -> Option<ChildJob> {
+        self.process.as_ref()?.start_job(job, callbacks)
     }
 
     /// Asks the plugin to stop within `budget` (in its child, or in-process). Blocks.

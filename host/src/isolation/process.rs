@@ -3,7 +3,9 @@
 //!
 //! [`PluginProcess::process`] has the same shape as an in-process call (a blocking call that returns the
 //! job's outcome while forwarding progress, job log lines and cancellation), so the bridge runs both modes on
-//! its blocking threads the same way and the queue's concurrency bound holds unchanged. One supervisor thread
+//! its blocking threads the same way and the queue's concurrency bound holds unchanged. While the child is
+//! ready, [`PluginProcess::start_job`] does the same from an async task without a blocking thread (the
+//! reply comes on a oneshot channel): the usual path, a thread hop less per job. One supervisor thread
 //! per child reads its frames (dispatching progress and log lines to the job's callbacks and the plugin's
 //! `tracing` records to the host's log) and, when the child's output ends, collects its exit status and crash
 //! note, answers every job the child held with a [`Crash`], and starts a new child after a backoff. Jobs that
@@ -35,7 +37,10 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A child that lived this long before dying restarts after the shortest wait again.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How often a job waiting for its outcome checks whether it was cancelled.
-const CANCEL_POLL: Duration = Duration::from_millis(50);
+pub const CANCEL_POLL: Duration = Duration::from_millis(50);
+/// The largest job data [`PluginProcess::start_job`] writes from an async task: well within a pipe's
+/// buffer, so the write does not wait for the child to read (larger jobs go through a blocking thread).
+const ASYNC_WRITE_MAX: usize = 16 << 10;
 
 /// A plugin process died while holding a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,9 +105,41 @@ struct Conn {
 }
 
 struct Pending {
-    tx: mpsc::Sender<Reply>,
+    tx: Waiter,
     callbacks: Arc<dyn JobCallbacks>,
     slot: u32,
+}
+
+/// Where a job's reply goes: to a blocking thread waiting in [`PluginProcess::process`], or to the task
+/// that started it with [`PluginProcess::start_job`].
+enum Waiter {
+    Thread(mpsc::Sender<Reply>),
+    Task(tokio::sync::oneshot::Sender<Reply>),
+}
+
+impl Waiter {
+    /// Hands over the reply (a waiter that stopped waiting, e.g. abandoned at shutdown, is not an error).
+    fn send(self, reply: Reply) {
+        let _ = match self {
+            Waiter::Thread(tx) => tx.send(reply).map_err(|_| ()),
+            Waiter::Task(tx) => tx.send(reply).map_err(|_| ()),
+        };
+    }
+}
+
+/// A job running in the child, started without a blocking thread: its reply arrives on `reply`.
+pub struct ChildJob {
+    id: u64,
+    conn: Arc<Conn>,
+    /// The outcome, or the child's crash (the sender is dropped only if the host itself gives up on it).
+    pub reply: tokio::sync::oneshot::Receiver<Reply>,
+}
+
+impl ChildJob {
+    /// Turns the job's `is_cancelled()` true in the child.
+    pub fn cancel(&self) {
+        let _ = self.conn.send(&ToChild::Cancel { id: self.id });
+    }
 }
 
 /// A started child: its process, its output and the read end of its crash-note pipe.
@@ -148,6 +185,42 @@ impl PluginProcess {
         Ok(PluginProcess { shared })
     }
 
+    /// Starts one job in the child without blocking, when the child is ready: the caller awaits
+    /// [`ChildJob::reply`] and forwards cancellation with [`ChildJob::cancel`]. This spares each job a hop
+    /// to a blocking thread and back. `None` while no child is ready (being restarted, or stopped) and for
+    /// a job too large to write at once (a write that could wait for the child to read): then
+    /// [`Self::process`], on a blocking thread, waits or answers as it always did.
+    pub fn start_job(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Option<ChildJob> {
+        if job.data.get().len() > ASYNC_WRITE_MAX {
+            return None;
+        }
+        let shared = &self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, reply) = tokio::sync::oneshot::channel();
+        let conn = {
+            let state = shared.lock_state();
+            let State::Ready(conn) = &*state else {
+                return None;
+            };
+            // Registered under the state lock, as in `process`.
+            shared.lock_pending().insert(
+                id,
+                Pending {
+                    tx: Waiter::Task(tx),
+                    callbacks,
+                    slot: slot_of(id),
+                },
+            );
+            Arc::clone(conn)
+        };
+        // A failed write means the child is dying; the supervisor answers this job with its crash.
+        let _ = conn.send(&ToChild::Job {
+            id,
+            job: Box::new(job.clone()),
+        });
+        Some(ChildJob { id, conn, reply })
+    }
+
     /// Runs one job in the child. Blocks until the outcome, the child's death, or (while no child is
     /// running) cancellation: call it from a blocking thread, as an in-process call.
     pub fn process(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Reply {
@@ -165,7 +238,7 @@ impl PluginProcess {
                         shared.lock_pending().insert(
                             id,
                             Pending {
-                                tx,
+                                tx: Waiter::Thread(tx),
                                 callbacks: Arc::clone(&callbacks),
                                 slot: slot_of(id),
                             },
@@ -397,8 +470,7 @@ impl Shared {
             let held: Vec<Pending> = self.lock_pending().drain().map(|(_, p)| p).collect();
             if stopping {
                 for p in held {
-                    let _ =
-                        p.tx.send(Reply::Outcome(Outcome::failed("plugin shut down")));
+                    p.tx.send(Reply::Outcome(Outcome::failed("plugin shut down")));
                 }
                 self.mark_exited();
                 return;
@@ -422,7 +494,7 @@ impl Shared {
             crate::runtime::metrics::plugin_crash(&self.name);
             for p in held {
                 let blamed = blamed_slot.is_none_or(|slot| slot == p.slot);
-                let _ = p.tx.send(Reply::Crashed(Crash { ending, blamed }));
+                p.tx.send(Reply::Crashed(Crash { ending, blamed }));
             }
             if born.elapsed() >= STABLE_AFTER {
                 backoff = RESTART_BACKOFF_MIN;
@@ -495,7 +567,7 @@ impl Shared {
                 FromChild::Log { record } => self.logger.log(record),
                 FromChild::Outcome { id, outcome } => {
                     if let Some(p) = self.lock_pending().remove(&id) {
-                        let _ = p.tx.send(Reply::Outcome(outcome));
+                        p.tx.send(Reply::Outcome(outcome));
                     }
                 }
                 FromChild::Ready | FromChild::InitFailed { .. } | FromChild::ShutdownDone => {}

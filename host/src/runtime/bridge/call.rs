@@ -1,12 +1,14 @@
 //! Calling the plugin for one job: the I/O half of the bridge before the decision.
 //!
-//! The plugin runs under `spawn_blocking` (its call blocks) while this side applies the progress and log
-//! writes it queues, in order, to the job in Redis. The call is waited for to the end — a blocking call
+//! An in-process plugin runs under `spawn_blocking` (its call blocks) while this side applies the progress
+//! and log writes it queues, in order, to the job in Redis. A plugin process is handed the job from this
+//! task and its reply awaited here (no blocking thread per job), except while its child is being restarted. The call is waited for to the end — a blocking call
 //! cannot be stopped from outside, and leaving it running would break the queue's concurrency bound while
 //! the library renews a lock for a job nobody tracks; only the shutdown drain's abandon phase stops waiting.
 //! When the job's deadline passes, the overrun is logged at once (so a plugin that ignores cancellation
 //! shows up while it still holds a slot); the plugin itself learns it from `is_cancelled()`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bullmq::worker::CancellationToken;
@@ -15,8 +17,51 @@ use plugin_api::{JobView, Outcome};
 
 use super::decide::{millis, Ended};
 use super::QueueBridge;
-use crate::isolation::{cause, Crash, Reply};
+use plugin_api::loader::JobCallbacks as _;
+
+use crate::isolation::process::CANCEL_POLL;
+use crate::isolation::{cause, ChildJob, Crash, Reply};
 use crate::runtime::callbacks::{apply, deadline_passed, Callbacks};
+
+/// A plugin call in flight.
+enum Call {
+    /// On a blocking thread (in-process, or a process-mode job that must wait for its child).
+    Thread(tokio::task::JoinHandle<Reply>),
+    /// Written to the plugin's child from this task; cancellation is forwarded from here.
+    Child {
+        child: ChildJob,
+        callbacks: Arc<Callbacks>,
+        cancel_sent: bool,
+    },
+}
+
+impl Call {
+    /// The call's reply; cancel-safe (select! polls it again after a write is applied). A job in the child
+    /// checks every [`CANCEL_POLL`] whether it was cancelled and tells the child once, as a blocking call
+    /// does.
+    async fn ended(&mut self) -> Result<Reply, String> {
+        match self {
+            Call::Thread(handle) => handle.await.map_err(|e| e.to_string()),
+            Call::Child {
+                child,
+                callbacks,
+                cancel_sent,
+            } => loop {
+                tokio::select! {
+                    reply = &mut child.reply => {
+                        return reply.map_err(|_| "the plugin process's reply was lost".to_owned())
+                    }
+                    () = tokio::time::sleep(CANCEL_POLL), if !*cancel_sent => {
+                        if callbacks.is_cancelled() {
+                            *cancel_sent = true;
+                            child.cancel();
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
 
 /// How the call ended, before a crash is settled into the job's failure.
 pub(super) enum CallEnd {
@@ -56,8 +101,21 @@ impl QueueBridge {
         view.deadline_ms = deadline_ms;
         let (callbacks, mut writes) =
             Callbacks::new(&self.queue, job.id(), self.drain.clone(), token, deadline);
-        let active = self.plugin.clone();
-        let mut call = tokio::task::spawn_blocking(move || active.run(&view, callbacks));
+        // A plugin process takes the job straight from this task when its child is ready; otherwise (and
+        // in-process) the call runs on a blocking thread.
+        let mut call = match self.plugin.start_in_child(&view, callbacks.clone()) {
+            Some(child) => Call::Child {
+                child,
+                callbacks,
+                cancel_sent: false,
+            },
+            None => {
+                let active = self.plugin.clone();
+                Call::Thread(tokio::task::spawn_blocking(move || {
+                    active.run(&view, callbacks)
+                }))
+            }
+        };
         let expiry = async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -73,10 +131,10 @@ impl QueueBridge {
                     Some(w) => apply(job, &self.queue, w).await,
                     None => writes_open = false,
                 },
-                joined = &mut call => break match joined {
+                joined = call.ended() => break match joined {
                     Ok(Reply::Outcome(outcome)) => CallEnd::Returned(outcome),
                     Ok(Reply::Crashed(crash)) => CallEnd::ProcessCrashed(crash),
-                    Err(e) => CallEnd::TaskFailed(e.to_string()),
+                    Err(e) => CallEnd::TaskFailed(e),
                 },
                 () = &mut expiry, if !expired => {
                     expired = true;
