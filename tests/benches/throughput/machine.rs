@@ -29,6 +29,16 @@ fn node_bullmq(project: &str) -> String {
         .unwrap_or_else(|| "not installed".into())
 }
 
+/// The version of `bullmq-official` in the workspace's Cargo.lock.
+fn bullmq_official() -> String {
+    let lock = std::fs::read_to_string(workspace_root().join("Cargo.lock")).unwrap_or_default();
+    lock.split("[[package]]")
+        .find(|p| p.contains("name = \"bullmq-official\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -49,7 +59,7 @@ pub fn describe() -> String {
     let load: Vec<&str> = loadavg.split_whitespace().take(3).collect();
     format!(
         "Measured {} on {cores} cores ({model}), Linux {}, load average {} at the end. {}; Node {}, Node \
-         BullMQ {} and {}; {}; bullmq-official 1.4.4.\n",
+         BullMQ {} and {}; {}; bullmq-official {}.\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         read("/proc/sys/kernel/osrelease"),
         load.join(" "),
@@ -58,5 +68,6 @@ pub fn describe() -> String {
         node_bullmq("node"),
         node_bullmq("node-bullmq5"),
         version("rustc", "--version"),
+        bullmq_official(),
     )
 }

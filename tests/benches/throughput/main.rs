@@ -202,15 +202,16 @@ fn pickup(contender: Contender, jobs: u64, rate: u64) -> anyhow::Result<Pickup> 
     let (kind, _) = contender.job_kind(Work::NoOp);
     let mut probe = RedisProbe::connect(&url)?;
     let running = contender.start(&redis, 1)?;
+    let pid = running.pid();
     let measured = (|| {
         // The warm-up job (id 1) also proves the worker is consuming before the clock matters.
         run_node("add", &[&url, queue, "1", kind])?;
-        probe.wait_completed(queue, 1)?;
+        probe.wait_completed(queue, 1, pid)?;
         run_node(
             "trickle",
             &[&url, queue, &jobs.to_string(), &rate.to_string(), kind],
         )?;
-        probe.wait_completed(queue, jobs + 1)?;
+        probe.wait_completed(queue, jobs + 1, pid)?;
         probe.pickup_latencies(queue, 1)
     })();
     running.stop();

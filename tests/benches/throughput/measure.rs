@@ -46,6 +46,17 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, utime + stime))
 }
 
+/// Whether `pid` is running (exists and is not a zombie waiting to be reaped).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|text| {
+            text.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
 /// `pid` and every live process descending from it (a host's plugin processes).
 pub fn process_tree(pid: u32) -> Vec<u32> {
     let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -121,16 +132,19 @@ impl RedisProbe {
             .query(&mut self.conn)?)
     }
 
-    /// Waits until `count` jobs of `queue` have completed.
-    pub fn wait_completed(&mut self, queue: &str, count: u64) -> anyhow::Result<()> {
-        let mut last = (0, Instant::now());
+    /// Waits until `count` jobs of `queue` have completed; fails if the worker `pid` exits first or no job
+    /// completes for [`STALL`].
+    pub fn wait_completed(&mut self, queue: &str, count: u64, pid: u32) -> anyhow::Result<u64> {
+        let mut last = (u64::MAX, Instant::now());
         loop {
             let n = self.completed(queue)?;
             if n >= count {
-                return Ok(());
+                return Ok(n);
             }
             if n != last.0 {
                 last = (n, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(1) && !is_running(pid) {
+                bail!("the worker exited after {n} of {count} jobs");
             } else if last.1.elapsed() > STALL {
                 bail!("only {n} of {count} jobs completed; none for {STALL:?}");
             }
@@ -141,22 +155,11 @@ impl RedisProbe {
     /// Measures the drain of `jobs` queued jobs by the worker process `worker_pid` (and its descendants):
     /// from the first completion seen to the last, with CPU read at both ends and peak RSS at the end.
     pub fn drain(&mut self, queue: &str, jobs: u64, worker_pid: u32) -> anyhow::Result<Sample> {
-        let (started, first_count) = {
-            let since = Instant::now();
-            loop {
-                let n = self.completed(queue)?;
-                if n > 0 {
-                    break (Instant::now(), n);
-                }
-                if since.elapsed() > STALL {
-                    bail!("no job completed within {STALL:?}");
-                }
-                std::thread::sleep(POLL);
-            }
-        };
+        let first_count = self.wait_completed(queue, 1, worker_pid)?;
+        let started = Instant::now();
         let worker_cpu = cpu_seconds(&process_tree(worker_pid));
         let redis_cpu = cpu_seconds(&[self.pid]);
-        self.wait_completed(queue, jobs)?;
+        self.wait_completed(queue, jobs, worker_pid)?;
         let wall = started.elapsed().as_secs_f64();
         let tree = process_tree(worker_pid);
         let worker_cpu = cpu_seconds(&tree) - worker_cpu;
