@@ -323,8 +323,13 @@ async fn shutdown_plugins(active: &[Arc<ActivePlugin>]) {
 }
 
 /// Builds the tokio runtime for `run`, sized for the plugins' blocking calls.
+///
+/// All async work (the library's fetch loops, the bridges, Redis I/O, events, HTTP) runs on one thread, as
+/// Node's worker does: per job it is a few short steps between Redis round trips, and on a multi-thread
+/// runtime its tasks woke each other across worker threads (more context switches and CPU per job for
+/// the same throughput; figures in docs/performance.md). Plugin calls keep their blocking threads.
 pub fn build_tokio(blocking_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(blocking_threads.max(512))
         .thread_name("frostguard-rt")
