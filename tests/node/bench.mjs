@@ -1,7 +1,8 @@
 // Node side of the benchmark (tests/benches/throughput):
 //   node bench.mjs add <redisUrl> <queue> <count> <kind> [ms]          enqueue <count> jobs with addBulk
 //   node bench.mjs trickle <redisUrl> <queue> <count> <perSecond> <kind> [ms]
-//                                                                      add jobs one at a time, <perSecond> a second
+//                                      add jobs one at a time, <perSecond> a second; print {"latencies": [ms, ...]}
+//                                      from just before each add to its `active` event (QueueEvents), in job order
 //   node bench.mjs worker <redisUrl> <queue> <concurrency>             run a Node BullMQ Worker until SIGTERM
 // Job kinds: `complete` (the test plugin's no-op: returns data.result), `sleep` (waits data.ms, as an HTTP call
 // to a provider would), `sms` (an `sms:send` job shaped as FrostGuard's producer makes them).
@@ -21,7 +22,7 @@ async function loadBullmq() {
   // bullmq 5 ships its ES build without Node-style import paths: load it as CommonJS from that project.
   return createRequire(join(dir, 'package.json'))('bullmq');
 }
-const { Queue, Worker } = await loadBullmq();
+const { Queue, QueueEvents, Worker } = await loadBullmq();
 
 const [command, url, queueName, ...args] = process.argv.slice(2);
 const connection = new IORedis(url, { maxRetriesPerRequest: null });
@@ -66,17 +67,48 @@ if (command === 'add') {
 } else if (command === 'trickle') {
   const [count, perSecond, kind, ms] = [Number(args[0]), Number(args[1]), args[2], Number(args[3] ?? 0)];
   const queue = new Queue(queueName, { connection });
+  // From the stream's start (`$` would miss events added before the reader's first XREAD); the warm-up job's
+  // events are read too and ignored.
+  const events = new QueueEvents(queueName, {
+    connection: new IORedis(url, { maxRetriesPerRequest: null }),
+    lastEventId: '0-0',
+  });
+  await events.waitUntilReady();
+  // The `active` event may be read before the add's own reply: both ends are kept by job id.
+  const addedAt = new Map();
+  const activeAt = new Map();
+  const allActive = () => addedAt.size === count && [...addedAt.keys()].every((id) => activeAt.has(id));
+  let resolveDone;
+  const done = new Promise((resolve) => (resolveDone = resolve));
+  events.on('active', ({ jobId }) => {
+    if (!activeAt.has(jobId)) activeAt.set(jobId, performance.now());
+    if (allActive()) resolveDone();
+  });
   const spacing = 1000 / perSecond;
   const start = performance.now();
+  const ids = [];
   for (let i = 0; i < count; i++) {
     // Paced from the start, so a slow add does not stretch the whole phase.
     const wait = start + i * spacing - performance.now();
     if (wait > 0) await sleep(wait);
     const { name, data, opts } = job(kind, ms);
-    await queue.add(name, data, opts);
+    const before = performance.now();
+    const added = await queue.add(name, data, opts);
+    addedAt.set(added.id, before);
+    ids.push(added.id);
   }
+  if (!allActive()) {
+    const timeout = sleep(30_000).then(() => {
+      const seen = ids.filter((id) => activeAt.has(id)).length;
+      throw new Error(`only ${seen} of ${count} jobs became active within 30 s`);
+    });
+    await Promise.race([done, timeout]);
+  }
+  console.log(JSON.stringify({ latencies: ids.map((id) => activeAt.get(id) - addedAt.get(id)) }));
+  await events.close();
   await queue.close();
   await connection.quit();
+  process.exit(0);
 } else if (command === 'worker') {
   // The same work as the test plugin's `complete` and `sleep` jobs.
   const worker = new Worker(

@@ -187,6 +187,28 @@ pub fn run_node(command: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `node bench.mjs <command> <args>` to completion and parses the JSON it prints.
+pub fn node_output(command: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = node(command, args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("node bench.mjs {command}"))?;
+    if !out.status.success() {
+        bail!(
+            "node bench.mjs {command} {}: {}",
+            args.join(" "),
+            out.status
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "node bench.mjs {command} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// Checks that the Node projects the Node contenders need are installed.
 pub fn check_node5() -> anyhow::Result<()> {
     if !node5_dir()

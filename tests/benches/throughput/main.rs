@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use frostguard_tests::{ensure_node_modules, RedisServer};
 
-use contenders::{check_node5, run_node, Contender, Work};
+use contenders::{check_node5, node_output, run_node, Contender, Work};
 use measure::{Pickup, RedisProbe, Sample};
 
 /// What to run, from the environment.
@@ -194,7 +194,8 @@ fn drain(
 }
 
 /// One low-load phase: a fresh Redis, the contender idle at concurrency 1 after one warm-up job, then
-/// `jobs` jobs added one at a time at `rate` a second; percentiles of their pickup latency.
+/// `jobs` jobs added one at a time at `rate` a second; percentiles of their pickup latency (measured by the
+/// producer, `tests/node/bench.mjs trickle`).
 fn pickup(contender: Contender, jobs: u64, rate: u64) -> anyhow::Result<Pickup> {
     let redis = RedisServer::start()?;
     let url = redis.url();
@@ -204,15 +205,22 @@ fn pickup(contender: Contender, jobs: u64, rate: u64) -> anyhow::Result<Pickup> 
     let running = contender.start(&redis, 1)?;
     let pid = running.pid();
     let measured = (|| {
-        // The warm-up job (id 1) also proves the worker is consuming before the clock matters.
+        // The warm-up job also proves the worker is consuming before the clock matters.
         run_node("add", &[&url, queue, "1", kind])?;
         probe.wait_completed(queue, 1, pid)?;
-        run_node(
+        let out = node_output(
             "trickle",
             &[&url, queue, &jobs.to_string(), &rate.to_string(), kind],
         )?;
         probe.wait_completed(queue, jobs + 1, pid)?;
-        probe.pickup_latencies(queue, 1)
+        let latencies: Vec<f64> = serde_json::from_value(out["latencies"].clone())
+            .context("trickle printed no latencies")?;
+        anyhow::ensure!(
+            latencies.len() as u64 == jobs,
+            "{} latencies for {jobs} jobs",
+            latencies.len()
+        );
+        Ok(latencies)
     })();
     running.stop();
     let mut latencies = measured?;

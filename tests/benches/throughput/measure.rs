@@ -1,6 +1,6 @@
 //! What the benchmark reads while a contender works: CPU time and peak RSS of a process and its descendants
-//! from `/proc`, the redis-server's own CPU time, the drain of a queue (jobs/s from the first completed job to
-//! the last), and the pickup latency of jobs added one at a time (`processedOn - timestamp` of each job).
+//! from `/proc`, the redis-server's own CPU time, and the drain of a queue (jobs/s from the first completed
+//! job to the last).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -176,31 +176,5 @@ impl RedisProbe {
             redis_busy: redis_cpu / wall,
             peak_rss_kib: peak_rss_kib(&tree) as f64,
         })
-    }
-
-    /// Pickup latencies (ms) of every completed job of `queue` but the first `skip` ids (warm-up jobs): each
-    /// job's `processedOn - timestamp`, both written by BullMQ in whole milliseconds.
-    pub fn pickup_latencies(&mut self, queue: &str, skip: u64) -> anyhow::Result<Vec<f64>> {
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(format!("bull:{queue}:completed"))
-            .arg(0)
-            .arg(-1)
-            .query(&mut self.conn)?;
-        let mut latencies = Vec::new();
-        for id in ids {
-            if id.parse::<u64>().is_ok_and(|n| n <= skip) {
-                continue;
-            }
-            let (added, processed): (Option<f64>, Option<f64>) = redis::cmd("HMGET")
-                .arg(format!("bull:{queue}:{id}"))
-                .arg("timestamp")
-                .arg("processedOn")
-                .query(&mut self.conn)?;
-            match (added, processed) {
-                (Some(a), Some(p)) => latencies.push(p - a),
-                _ => bail!("job {id} of {queue} has no timestamp or processedOn"),
-            }
-        }
-        Ok(latencies)
     }
 }
