@@ -43,6 +43,16 @@ fn ratio(value: f64, reference: Option<f64>) -> String {
     }
 }
 
+/// `value - reference` in ms, one decimal, signed; a difference that rounds to zero reads `0.0`, not `-0.0`.
+fn difference_ms(value: f64, reference: f64) -> String {
+    let d = ((value - reference) * 10.0).round() / 10.0;
+    if d == 0.0 {
+        "0.0".into()
+    } else {
+        format!("{d:+.1}")
+    }
+}
+
 fn mark(pass: bool) -> &'static str {
     if pass {
         "✓"
@@ -282,8 +292,8 @@ impl<'a> Summary<'a> {
                 ]
                 .into_iter()
                 .chain([
-                    node.map_or("–".into(), |n| format!("{:+.1}", p.p50_ms - n.p50_ms)),
-                    node.map_or("–".into(), |n| format!("{:+.1}", p.p99_ms - n.p99_ms)),
+                    node.map_or("–".into(), |n| difference_ms(p.p50_ms, n.p50_ms)),
+                    node.map_or("–".into(), |n| difference_ms(p.p99_ms, n.p99_ms)),
                 ])
                 .collect()
             })

@@ -39,13 +39,14 @@ pub fn throughput_goal(concurrency: usize) -> f64 {
     }
 }
 
-/// A round axis maximum at or above `max`: 1, 2 or 5 times a power of ten.
+/// A round axis maximum at or above `max`: 1, 2, 3, 4, 5, 6 or 8 times a power of ten (each splits into four
+/// round grid steps).
 pub fn nice_ceiling(max: f64) -> f64 {
     if max <= 0.0 {
         return 1.0;
     }
     let power = 10f64.powf(max.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .into_iter()
         .map(|m| m * power)
         .find(|v| *v >= max)
