@@ -342,3 +342,53 @@ fn plugin_processes_leave_sigint_and_sigterm_to_the_host() {
     let status = worker.terminate(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_plugin_process_that_stops_reading_does_not_stall_the_host() {
+    // A plugin process that stops reading its jobs (frozen, stopped in a debugger) lets the pipe to it fill
+    // up. The jobs sent after that wait on blocking threads; the host's async side (Redis, the HTTP
+    // endpoint, shutdown) must go on, and every job completes once the process runs again.
+    let redis = RedisServer::start().unwrap();
+    let port = free_port();
+    let mut worker = Worker::builder()
+        .redis(&redis)
+        .plugins(&[TEST_PLUGIN])
+        .env("PLUGIN_ISOLATION", "process")
+        .env("QUEUE_TEST_OUTCOMES_CONCURRENCY", "40")
+        .env("HTTP_PORT", port.to_string())
+        .spawn_ready()
+        .unwrap();
+    let children = plugin_processes(worker.pid());
+    assert_eq!(children.len(), 1, "one plugin process: {children:?}");
+    // SAFETY: kill of a process this test's worker started.
+    assert_eq!(unsafe { libc::kill(children[0], libc::SIGSTOP) }, 0);
+    // 40 jobs of 8 KiB each: five times what a pipe holds (added ten at a time: they travel on a command
+    // line).
+    let pad = "x".repeat(8 << 10);
+    let q = NodeQueue::new(&redis, "test-outcomes");
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let jobs: Vec<_> = (0..10)
+            .map(|_| json!({"name": "complete", "data": {"result": 1, "pad": pad}}))
+            .collect();
+        ids.extend(q.add_bulk(json!(jobs)).unwrap());
+    }
+    wait_until(Duration::from_secs(30), "the host takes every job", || {
+        let active = q.counts().ok()?["active"].as_u64()?;
+        (active == 40).then_some(())
+    })
+    .unwrap();
+    let answer = http_get(port, "/healthz");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(children[0], libc::SIGCONT) }, 0);
+    assert_eq!(
+        answer.map(|(status, _)| status),
+        Some(200),
+        "the HTTP endpoint answers while the plugin process is stopped\n{}",
+        worker.output_text()
+    );
+    let done = q.wait_finished(&ids).unwrap();
+    assert!(done.iter().all(|j| j.state == "completed"), "{done:?}");
+    let status = worker.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -13,8 +13,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
-use std::os::unix::io::FromRawFd;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -28,7 +28,7 @@ use plugin_api::{JobView, Outcome, PluginConfig};
 use super::cause::Ending;
 use super::child::{slot_of, NOTE_FD};
 use super::crashnote;
-use super::protocol::{read_frame, write_frame, FromChild, ToChild};
+use super::protocol::{encode_frame, read_frame, write_frame, FromChild, ToChild};
 
 /// First wait before restarting a crashed child; doubled per crash up to [`RESTART_BACKOFF_MAX`].
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -38,8 +38,8 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How often a job waiting for its outcome checks whether it was cancelled.
 pub const CANCEL_POLL: Duration = Duration::from_millis(50);
-/// The largest job data [`PluginProcess::start_job`] writes from an async task: well within a pipe's
-/// buffer, so the write does not wait for the child to read (larger jobs go through a blocking thread).
+/// The largest job data [`PluginProcess::start_job`] writes from an async task (larger jobs, and any job
+/// when the pipe lacks the room for it, go through a blocking thread).
 const ASYNC_WRITE_MAX: usize = 16 << 10;
 
 /// A plugin process died while holding a job.
@@ -142,6 +142,35 @@ impl ChildJob {
     }
 }
 
+/// Bytes the pipe whose write end is `fd` takes now without a write waiting, counted as the kernel does:
+/// in pages (a pipe holds a fixed number of page buffers, and what is unread may start and end in
+/// partly used ones). `None` when the kernel cannot tell (not a pipe).
+fn pipe_room(fd: std::os::unix::io::RawFd) -> Option<usize> {
+    // SAFETY: fcntl and ioctl(FIONREAD) on a descriptor the caller owns; FIONREAD writes one c_int.
+    let (capacity, unread) = unsafe {
+        let capacity = libc::fcntl(fd, libc::F_GETPIPE_SZ);
+        let mut unread: libc::c_int = 0;
+        let read = libc::ioctl(fd, libc::FIONREAD, &mut unread);
+        (capacity, if read == 0 { unread } else { -1 })
+    };
+    let capacity = usize::try_from(capacity).ok()?;
+    let unread = usize::try_from(unread).ok()?;
+    let used_pages = if unread == 0 {
+        0
+    } else {
+        unread.div_ceil(PAGE) + 1
+    };
+    Some((capacity / PAGE).saturating_sub(used_pages) * PAGE)
+}
+
+/// The unit in which a pipe's buffer is counted.
+const PAGE: usize = 4096;
+
+/// Whether a frame of `len` bytes fits in `room` (it may begin in a fresh page and end in another).
+fn fits(len: usize, room: usize) -> bool {
+    (len.div_ceil(PAGE) + 1) * PAGE <= room
+}
+
 /// A started child: its process, its output and the read end of its crash-note pipe.
 struct Started {
     child: Child,
@@ -196,28 +225,37 @@ impl PluginProcess {
         }
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, reply) = tokio::sync::oneshot::channel();
-        let conn = {
-            let state = shared.lock_state();
-            let State::Ready(conn) = &*state else {
-                return None;
-            };
-            // Registered under the state lock, as in `process`.
-            shared.lock_pending().insert(
-                id,
-                Pending {
-                    tx: Waiter::Task(tx),
-                    callbacks,
-                    slot: slot_of(id),
-                },
-            );
-            Arc::clone(conn)
-        };
-        // A failed write means the child is dying; the supervisor answers this job with its crash.
-        let _ = conn.send(&ToChild::Job {
+        let frame = encode_frame(&ToChild::Job {
             id,
             job: Box::new(job.clone()),
-        });
+        })
+        .ok()?;
+        let (tx, reply) = tokio::sync::oneshot::channel();
+        let state = shared.lock_state();
+        let State::Ready(conn) = &*state else {
+            return None;
+        };
+        let conn = Arc::clone(conn);
+        // The async side must never wait on the pipe: not for a blocking thread's write in progress, not for
+        // a child that stopped reading (frozen, stopped by a debugger) and let the pipe fill up.
+        let mut input = conn.input.try_lock().ok()?;
+        if !pipe_room(input.as_raw_fd()).is_some_and(|room| fits(frame.len(), room)) {
+            return None;
+        }
+        // Registered under the state lock, as in `process`.
+        shared.lock_pending().insert(
+            id,
+            Pending {
+                tx: Waiter::Task(tx),
+                callbacks,
+                slot: slot_of(id),
+            },
+        );
+        drop(state);
+        // Cannot wait: the room was there and only the child's reads change it while the lock is held. A
+        // failed write means the child is dying; the supervisor answers this job with its crash.
+        let _ = input.write_all(&frame);
+        drop(input);
         Some(ChildJob { id, conn, reply })
     }
 
@@ -604,4 +642,38 @@ fn reap(child: &mut Child, clean_end: bool) -> std::io::Result<std::process::Exi
     }
     let _ = child.kill();
     child.wait()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_room_in_a_pipe_is_counted_in_pages_and_returns_as_they_are_read() {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe fills `fds` with two new descriptors, owned by the files below alone.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (mut reader, mut writer) =
+            unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let empty = pipe_room(writer.as_raw_fd()).expect("a pipe tells its room");
+        assert!(empty >= 4 * PAGE, "{empty}");
+        writer.write_all(&[7u8; 1000]).unwrap();
+        // One page holds the bytes, one more is counted for where the next write may start.
+        assert_eq!(pipe_room(writer.as_raw_fd()), Some(empty - 2 * PAGE));
+        let mut buf = [0u8; 1000];
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(pipe_room(writer.as_raw_fd()), Some(empty));
+        // Frames of 8 KiB: a write is only made while the room surely holds it, so it never waits.
+        let frame = vec![0u8; 2 * PAGE + 100];
+        let mut written = 0;
+        while pipe_room(writer.as_raw_fd()).is_some_and(|room| fits(frame.len(), room)) {
+            writer.write_all(&frame).unwrap();
+            written += 1;
+        }
+        assert!(written >= 2, "{written}");
+        assert!(!fits(frame.len(), pipe_room(writer.as_raw_fd()).unwrap()));
+        // Not a pipe: unknown, never taken for room.
+        let file = File::open("/proc/self/status").unwrap();
+        assert_eq!(pipe_room(file.as_raw_fd()), None);
+    }
 }

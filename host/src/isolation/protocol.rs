@@ -89,6 +89,12 @@ pub enum FromChild {
 
 /// Writes one frame (one `write_all` of length and body, so concurrent writers under a lock never interleave).
 pub fn write_frame(w: &mut impl Write, msg: &impl Serialize) -> io::Result<()> {
+    w.write_all(&encode_frame(msg)?)?;
+    w.flush()
+}
+
+/// One frame's bytes: the length, then the JSON body.
+pub fn encode_frame(msg: &impl Serialize) -> io::Result<Vec<u8>> {
     let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
     if body.len() > MAX_FRAME {
         return Err(io::Error::new(
@@ -99,8 +105,7 @@ pub fn write_frame(w: &mut impl Write, msg: &impl Serialize) -> io::Result<()> {
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    w.write_all(&frame)?;
-    w.flush()
+    Ok(frame)
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream (the other side closed between frames).
