@@ -7,21 +7,10 @@
 // Job kinds: `complete` (the test plugin's no-op: returns data.result), `sleep` (waits data.ms, as an HTTP call
 // to a provider would), `sms` (an `sms:send` job shaped as FrostGuard's producer makes them).
 // FROSTGUARD_BULLMQ_DIR names another Node project whose bullmq to load (e.g. ../node-bullmq5), as in drive.mjs.
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { createRequire } from 'node:module';
 import { setTimeout as sleep } from 'node:timers/promises';
 import IORedis from 'ioredis';
+import { loadBullmq } from './load-bullmq.mjs';
 
-async function loadBullmq() {
-  const dir = process.env.FROSTGUARD_BULLMQ_DIR;
-  if (!dir) return import('bullmq');
-  if (!existsSync(join(dir, 'node_modules', 'bullmq', 'package.json'))) {
-    throw new Error(`FROSTGUARD_BULLMQ_DIR=${dir}: no bullmq installed there (run npm ci in it)`);
-  }
-  // bullmq 5 ships its ES build without Node-style import paths: load it as CommonJS from that project.
-  return createRequire(join(dir, 'package.json'))('bullmq');
-}
 const { Queue, QueueEvents, Worker } = await loadBullmq();
 
 const [command, url, queueName, ...args] = process.argv.slice(2);

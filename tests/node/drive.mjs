@@ -7,24 +7,11 @@
 // prints exactly one JSON document on stdout. Failures print a message on stderr and exit 1. Commands are
 // listed in COMMANDS at the bottom.
 
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createRequire } from 'node:module';
 import IORedis from 'ioredis';
+import { loadBullmq } from './load-bullmq.mjs';
 
-// Which Node BullMQ drives the queue: this directory's (6.x) by default, or the one installed in the Node
-// project named by FROSTGUARD_BULLMQ_DIR (e.g. ../node-bullmq5, the 5.67 line FrostGuard's API uses), so the
-// same commands run against both producer versions.
-async function loadBullmq() {
-  const dir = process.env.FROSTGUARD_BULLMQ_DIR;
-  if (!dir) return import('bullmq');
-  if (!existsSync(join(dir, 'node_modules', 'bullmq', 'package.json'))) {
-    throw new Error(`FROSTGUARD_BULLMQ_DIR=${dir}: no bullmq installed there (run npm ci in it)`);
-  }
-  // Through require, resolved from that project: bullmq 5 ships its ES build without Node-style import paths,
-  // so Node loads it as CommonJS (its package "main").
-  return createRequire(join(dir, 'package.json'))('bullmq');
-}
 const { Queue, QueueEvents, Worker } = await loadBullmq();
 
 const FINISHED = ['completed', 'failed'];
