@@ -348,16 +348,34 @@ fn a_plugin_process_that_stops_reading_does_not_stall_the_host() {
     // A plugin process that stops reading its jobs (frozen, stopped in a debugger) lets the pipe to it fill
     // up. The jobs sent after that wait on blocking threads; the host's async side (Redis, the HTTP
     // endpoint, shutdown) must go on, and every job completes once the process runs again.
+    stopped_plugin_process(None);
+}
+
+#[test]
+fn cancelling_jobs_of_a_plugin_process_that_stopped_reading_does_not_stall_the_host() {
+    // The same, with a time budget that passes while the process is stopped: the cancel messages for the
+    // overrunning jobs must not wait on the full pipe either.
+    stopped_plugin_process(Some(Duration::from_millis(500)));
+}
+
+/// Stops the plugin process, fills the pipe to it with 40 jobs, checks `/healthz` (after the jobs' time
+/// budget, when there is one, has passed), lets the process run again and waits for every job to finish.
+fn stopped_plugin_process(budget: Option<Duration>) {
     let redis = RedisServer::start().unwrap();
     let port = free_port();
-    let mut worker = Worker::builder()
+    let mut builder = Worker::builder()
         .redis(&redis)
         .plugins(&[TEST_PLUGIN])
         .env("PLUGIN_ISOLATION", "process")
         .env("QUEUE_TEST_OUTCOMES_CONCURRENCY", "40")
-        .env("HTTP_PORT", port.to_string())
-        .spawn_ready()
-        .unwrap();
+        .env("HTTP_PORT", port.to_string());
+    if let Some(budget) = budget {
+        builder = builder.env(
+            "QUEUE_TEST_OUTCOMES_JOB_TIMEOUT_MS",
+            budget.as_millis().to_string(),
+        );
+    }
+    let mut worker = builder.spawn_ready().unwrap();
     let children = plugin_processes(worker.pid());
     assert_eq!(children.len(), 1, "one plugin process: {children:?}");
     // SAFETY: kill of a process this test's worker started.
@@ -378,6 +396,10 @@ fn a_plugin_process_that_stops_reading_does_not_stall_the_host() {
         (active == 40).then_some(())
     })
     .unwrap();
+    if let Some(budget) = budget {
+        // Past every deadline and a few cancel polls: the host has tried to cancel the jobs by now.
+        std::thread::sleep(budget + Duration::from_millis(500));
+    }
     let answer = http_get(port, "/healthz");
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(children[0], libc::SIGCONT) }, 0);
@@ -388,6 +410,7 @@ fn a_plugin_process_that_stops_reading_does_not_stall_the_host() {
         worker.output_text()
     );
     let done = q.wait_finished(&ids).unwrap();
+    // A no-op job completes even past its deadline (completed work is kept).
     assert!(done.iter().all(|j| j.state == "completed"), "{done:?}");
     let status = worker.terminate(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "{status:?}");

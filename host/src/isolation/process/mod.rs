@@ -141,9 +141,22 @@ pub struct ChildJob {
 }
 
 impl ChildJob {
-    /// Turns the job's `is_cancelled()` true in the child.
-    pub fn cancel(&self) {
-        let _ = self.conn.send(&ToChild::Cancel { id: self.id });
+    /// Turns the job's `is_cancelled()` true in the child, if that can be done without waiting: like the job
+    /// itself, the cancel message is written from the async side only when the pipe surely has room and no
+    /// blocking thread is writing. Returns whether it was sent; the caller tries again later when not.
+    pub fn try_cancel(&self) -> bool {
+        let Ok(frame) = encode_frame(&ToChild::Cancel { id: self.id }) else {
+            return false;
+        };
+        let Ok(mut input) = self.conn.input.try_lock() else {
+            return false;
+        };
+        if !pipe_room(input.as_raw_fd()).is_some_and(|room| fits(frame.len(), room)) {
+            return false;
+        }
+        // A failed write means the child is dying; the supervisor answers the job with its crash.
+        let _ = input.write_all(&frame);
+        true
     }
 }
 

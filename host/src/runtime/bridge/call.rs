@@ -39,7 +39,7 @@ enum Call {
 impl Call {
     /// The call's reply; cancel-safe (select! polls it again after a write is applied). A job in the child
     /// checks every [`CANCEL_POLL`] whether it was cancelled and tells the child once, as a blocking call
-    /// does.
+    /// does (again at the next poll when the pipe to the child had no room for the message).
     async fn ended(&mut self) -> Result<Reply, String> {
         match self {
             Call::Thread(handle) => handle.await.map_err(|e| e.to_string()),
@@ -54,8 +54,7 @@ impl Call {
                     }
                     () = tokio::time::sleep(CANCEL_POLL), if !*cancel_sent => {
                         if callbacks.is_cancelled() {
-                            *cancel_sent = true;
-                            child.cancel();
+                            *cancel_sent = child.try_cancel();
                         }
                     }
                 }
