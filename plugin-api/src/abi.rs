@@ -85,7 +85,8 @@ pub struct PluginModule {
     pub init: extern "C" fn(host: HostServicesBox, config_json: RStr<'_>) -> RResult<(), RString>,
 
     /// Processes one job (JSON of [`crate::JobView`]) and returns JSON of [`crate::Outcome`].
-    /// Called on a host blocking thread, possibly from several threads at once.
+    /// Called on a host blocking thread (an inline job: on the thread that received it), possibly from
+    /// several threads at once.
     pub process: extern "C" fn(job_json: RStr<'_>, job: JobServicesBox) -> RString,
 
     /// Stops the plugin, finishing within `deadline_ms` milliseconds.

@@ -57,6 +57,7 @@
 //!                 rate_limit: None,
 //!                 handles_unknown_names: false,
 //!                 timeout_ms: Some(10_000),
+//!                 inline_jobs: vec![],
 //!             }],
 //!             config_keys: vec!["GREETING".into()],
 //!         }
@@ -99,7 +100,9 @@
 //!
 //! ## Threads and async
 //!
-//! `process` runs on a host blocking thread and may run on several at once. A plugin that needs async I/O
+//! `process` runs on a host blocking thread and may run on several at once (jobs named in
+//! [`QueueInfo::inline_jobs`], which must not block, run on the thread that received them). A plugin that
+//! needs async I/O
 //! builds its own tokio runtime in `init` and `block_on`s it in `process`; it must never expect the host's
 //! runtime (a `cdylib` has its own copy of tokio's thread-locals). Poll [`JobContext::is_cancelled`] in
 //! long work: the host sets it at shutdown and at the job's deadline ([`JobView::time_left`]).

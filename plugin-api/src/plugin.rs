@@ -21,7 +21,8 @@ pub trait Plugin: Sized + Send + Sync + 'static {
 
     /// Does the work of one job. Runs on a host blocking thread: blocking here is expected, but honour
     /// [`JobContext::is_cancelled`] and the job's deadline in anything long. A panic becomes a retryable
-    /// failure of this job only.
+    /// failure of this job only. Jobs named in [`crate::QueueInfo::inline_jobs`] run on the thread that
+    /// received them instead, and must not block at all.
     fn process(&self, job: &JobView, ctx: &JobContext<'_>) -> Outcome;
 
     /// Releases resources before the host exits; return within `deadline`.

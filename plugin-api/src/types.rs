@@ -57,6 +57,14 @@ pub struct QueueInfo {
     /// `QUEUE_<Q>_JOB_TIMEOUT_MS`. `None` means no time budget: the job runs as long as it takes.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Job names whose `process` call is quick and never waits: no network or disk I/O, no sleep, no lock
+    /// another thread may hold, done in microseconds. The host may run such a job on the thread that
+    /// fetched it instead of handing it to a job thread, which saves two thread wake-ups per job (most of
+    /// what a very short job costs). A call that nevertheless takes longer than a couple of milliseconds is
+    /// logged and its job name is run on job threads from then on. Empty (the default): every job is handed
+    /// to a job thread.
+    #[serde(default)]
+    pub inline_jobs: Vec<String>,
 }
 
 impl PluginInfo {

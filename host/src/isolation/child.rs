@@ -1,7 +1,8 @@
 //! The plugin process's side (`frostguard-worker plugin-process --plugin FILE`, a hidden subcommand the host
 //! starts): loads the library through the same loader and checks as the host, starts it with the settings
-//! the host sends, then runs each job it is given on a thread of its own and reports progress, job log lines,
-//! the plugin's `tracing` records and the outcome back over the framed protocol.
+//! the host sends, then runs each job it is given on a thread of its own (an inline job, which the plugin
+//! declares quick, on the thread that read it: [`super::inline`]) and reports progress, job log lines, the
+//! plugin's `tracing` records and the outcome back over the framed protocol.
 //!
 //! Job threads are reused: they come from a thread pool (tokio's blocking pool, with no async runtime
 //! driven) that starts a thread only when every existing one is busy and lets idle ones exit after a while.
@@ -19,12 +20,13 @@ use std::os::unix::io::FromRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use plugin_api::loader::{ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel};
 
 use super::crashnote;
+use super::inline::InlineJobs;
 use super::protocol::{read_frame, write_frame, FromChild, ToChild};
 
 /// The descriptor on which the host reads crash notes.
@@ -176,6 +178,7 @@ fn serve(
 ) -> anyhow::Result<std::process::ExitCode> {
     let running: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>> = Arc::default();
     let name = plugin.info().name.clone();
+    let inline = InlineJobs::of(plugin.info());
     loop {
         let msg = match read_frame::<ToChild>(input) {
             Ok(Some(msg)) => msg,
@@ -193,6 +196,7 @@ fn serve(
                 let (plugin, out, running) =
                     (Arc::clone(plugin), out.clone(), Arc::clone(&running));
                 let label = format!("job {} of queue {} (plugin {name})", job.id, job.queue);
+                let (job_queue, job_name) = (job.queue.clone(), job.name.clone());
                 // Detached: the outcome travels over the protocol, not through the join handle.
                 let job_thread = move || {
                     let callbacks = Arc::new(ChildCallbacks {
@@ -210,7 +214,15 @@ fn serve(
                         .remove(&id);
                     out.send(&FromChild::Outcome { id, outcome });
                 };
-                drop(pool.spawn_blocking(job_thread));
+                if inline.runs_inline(&job_queue, &job_name) {
+                    // Quick by the plugin's word: run here, without waking a job thread (a cancellation
+                    // arriving meanwhile is read once it returned, when there is nothing left to cancel).
+                    let started = Instant::now();
+                    job_thread();
+                    inline.ran(&name, &job_queue, &job_name, started.elapsed());
+                } else {
+                    drop(pool.spawn_blocking(job_thread));
+                }
             }
             ToChild::Cancel { id } => {
                 if let Some(flag) = running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {

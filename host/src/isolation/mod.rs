@@ -6,7 +6,8 @@
 //!   retryably and is restarted with backoff.
 //! - in-process mode: [`journal`] records each job entering plugin code in `STATE_DIR`; [`orphans`] settles
 //!   the journals of dead runs at the next start.
-//! - both: [`crashnote`] writes which job's thread crashed and with which signal; [`cause`] turns endings
+//! - both: [`inline`] runs the job names a plugin declares quick on the thread that received them;
+//!   [`crashnote`] writes which job's thread crashed and with which signal; [`cause`] turns endings
 //!   into reasons; a job that crashed its process `JOB_CRASH_LIMIT` times fails for good.
 
 // A signal stack mapped and installed by hand (`mmap`, `mprotect`, `sigaltstack`): libc only, each block with
@@ -21,6 +22,7 @@ pub mod child;
 // Signal handlers that must stay async-signal-safe (no allocation, raw `write`): libc only.
 #[allow(unsafe_code)]
 pub mod crashnote;
+pub mod inline;
 // The journal file's `flock` (std's `File::try_lock` is newer than the workspace's `rust-version`).
 #[allow(unsafe_code)]
 pub mod journal;
@@ -39,6 +41,7 @@ use std::sync::{Arc, OnceLock};
 use plugin_api::loader::JobCallbacks;
 use plugin_api::{JobView, Outcome};
 
+pub use inline::InlineJobs;
 pub use process::{ChildJob, Crash, PluginProcess, Reply};
 pub use settings::{Isolation, IsolationSettings};
 
@@ -86,6 +89,19 @@ impl ActivePlugin {
         let _entered = crashnote::enter(slot, &label);
         let outcome: Outcome = self.library.process(job, callbacks);
         Reply::Outcome(outcome)
+    }
+
+    /// Runs `job` on this thread when it is an inline job of an in-process plugin (see [`inline`]), noting
+    /// how long it took; `None` when it must be handed to a job thread (or to the plugin's child) instead.
+    pub fn run_inline(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Option<Reply> {
+        if self.process.is_some() || !self.inline.runs_inline(&job.queue, &job.name) {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let reply = self.run(job, callbacks);
+        self.inline
+            .ran(&self.info.name, &job.queue, &job.name, started.elapsed());
+        Some(reply)
     }
 
     /// Starts one job in the plugin's child without blocking (see [`PluginProcess::start_job`]); `None` for

@@ -40,6 +40,8 @@ pub struct ActivePlugin {
     pub source: PathBuf,
     /// SHA-256 of the build, when it was loaded from a private copy.
     pub digest: Option<String>,
+    /// The job names it declares quick, run without a hand-off to a job thread while they stay quick.
+    pub inline: crate::isolation::InlineJobs,
 }
 
 /// A plugin file that will not be used, and why.
@@ -194,6 +196,7 @@ fn init_build(
     );
     Ok(ActivePlugin {
         library,
+        inline: crate::isolation::InlineJobs::of(&info),
         info,
         process,
         source,
@@ -237,6 +240,7 @@ impl Registry {
                 let info = c.build.library.info().clone();
                 Arc::new(ActivePlugin {
                     library: c.build.library,
+                    inline: crate::isolation::InlineJobs::of(&info),
                     info,
                     process: None,
                     source: c.build.source,

@@ -398,6 +398,7 @@ mod tests {
             rate_limit: hint,
             handles_unknown_names: false,
             timeout_ms: None,
+            inline_jobs: vec![],
         }
     }
 

@@ -87,6 +87,8 @@ impl Plugin for EmailDigestsPlugin {
                 rate_limit: Some(RATE_LIMIT),
                 handles_unknown_names: false,
                 timeout_ms: Some(JOB_TIMEOUT_MS),
+                // Every digest reads the database and calls Resend: never inline.
+                inline_jobs: vec![],
             }],
             config_keys: config::KEYS.iter().map(|k| (*k).to_owned()).collect(),
         }

@@ -97,6 +97,8 @@ impl Plugin for SmsPlugin {
                 rate_limit: Some(RATE_LIMIT),
                 handles_unknown_names: true,
                 timeout_ms: Some(JOB_TIMEOUT_MS),
+                // Every send is an HTTP call to Telnyx and a database write: never inline.
+                inline_jobs: vec![],
             }],
             config_keys: config::KEYS.iter().map(|k| (*k).to_owned()).collect(),
         }

@@ -1,7 +1,8 @@
 //! Calling the plugin for one job: the I/O half of the bridge before the decision.
 //!
 //! An in-process plugin runs under `spawn_blocking` (its call blocks) while this side applies the progress
-//! and log writes it queues, in order, to the job in Redis. A plugin process is handed the job from this
+//! and log writes it queues, in order, to the job in Redis; a job name the plugin declares inline runs on
+//! this thread instead (`isolation::inline`), its writes applied once it returned. A plugin process is handed the job from this
 //! task and its reply awaited here (no blocking thread per job), except while its child is being restarted
 //! or its input pipe lacks room. The call is waited for to the end — a blocking call cannot be stopped from
 //! outside, and leaving it running would break the queue's concurrency bound while the library renews a
@@ -22,7 +23,7 @@ use plugin_api::loader::JobCallbacks as _;
 
 use crate::isolation::process::CANCEL_POLL;
 use crate::isolation::{cause, ChildJob, Crash, Reply};
-use crate::runtime::callbacks::{apply, deadline_passed, Callbacks};
+use crate::runtime::callbacks::{apply, deadline_passed, Callbacks, Writes};
 
 /// A plugin call in flight.
 enum Call {
@@ -101,50 +102,26 @@ impl QueueBridge {
         view.deadline_ms = deadline_ms;
         let (callbacks, mut writes) =
             Callbacks::new(&self.queue, job.id(), self.drain.clone(), token, deadline);
-        // A plugin process takes the job straight from this task when its child is ready; otherwise (and
-        // in-process) the call runs on a blocking thread.
-        let mut call = match self.plugin.start_in_child(&view, callbacks.clone()) {
-            Some(child) => Call::Child {
-                child,
-                callbacks,
-                cancel_sent: false,
-            },
+        let end = match self.plugin.run_inline(&view, callbacks.clone()) {
+            // An inline job of an in-process plugin ran right here; its writes are applied below.
+            Some(reply) => call_end(Ok(reply)),
             None => {
-                let active = self.plugin.clone();
-                Call::Thread(tokio::task::spawn_blocking(move || {
-                    active.run(&view, callbacks)
-                }))
-            }
-        };
-        let expiry = async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expiry);
-        let mut expired = false;
-        let mut writes_open = true;
-        let end = loop {
-            tokio::select! {
-                write = writes.next(), if writes_open => match write {
-                    Some(w) => apply(job, &self.queue, w).await,
-                    None => writes_open = false,
-                },
-                joined = call.ended() => break match joined {
-                    Ok(Reply::Outcome(outcome)) => CallEnd::Returned(outcome),
-                    Ok(Reply::Crashed(crash)) => CallEnd::ProcessCrashed(crash),
-                    Err(e) => CallEnd::TaskFailed(e),
-                },
-                () = &mut expiry, if !expired => {
-                    expired = true;
-                    tracing::warn!(
-                        queue = %self.queue, job_id = %job.id(),
-                        timeout_ms = self.job_timeout.map(millis).unwrap_or(0),
-                        "job overran its time budget; asking the plugin to stop and waiting for it to return"
-                    );
-                }
-                _ = self.drain.abandoned() => break CallEnd::Abandoned,
+                // A plugin process takes the job straight from this task when its child is ready;
+                // otherwise the call runs on a blocking thread.
+                let call = match self.plugin.start_in_child(&view, callbacks.clone()) {
+                    Some(child) => Call::Child {
+                        child,
+                        callbacks,
+                        cancel_sent: false,
+                    },
+                    None => {
+                        let active = self.plugin.clone();
+                        Call::Thread(tokio::task::spawn_blocking(move || {
+                            active.run(&view, callbacks)
+                        }))
+                    }
+                };
+                self.wait(job, call, &mut writes, deadline).await
             }
         };
         // Judged when the plugin returned, before the remaining writes are applied.
@@ -156,6 +133,44 @@ impl QueueBridge {
             end,
             timed_out,
             elapsed: started.elapsed(),
+        }
+    }
+
+    /// Waits for `call` to end, applying the plugin's writes to `job` meanwhile and logging the overrun
+    /// when the job's `deadline` passes first.
+    async fn wait(
+        &self,
+        job: &mut Job,
+        mut call: Call,
+        writes: &mut Writes,
+        deadline: Option<Instant>,
+    ) -> CallEnd {
+        let expiry = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        let mut expired = false;
+        let mut writes_open = true;
+        loop {
+            tokio::select! {
+                write = writes.next(), if writes_open => match write {
+                    Some(w) => apply(job, &self.queue, w).await,
+                    None => writes_open = false,
+                },
+                joined = call.ended() => break call_end(joined),
+                () = &mut expiry, if !expired => {
+                    expired = true;
+                    tracing::warn!(
+                        queue = %self.queue, job_id = %job.id(),
+                        timeout_ms = self.job_timeout.map(millis).unwrap_or(0),
+                        "job overran its time budget; asking the plugin to stop and waiting for it to return"
+                    );
+                }
+                _ = self.drain.abandoned() => break CallEnd::Abandoned,
+            }
         }
     }
 
@@ -202,6 +217,15 @@ impl QueueBridge {
                 Outcome::failed(retryable)
             }
         }
+    }
+}
+
+/// How a call that returned (or whose blocking task failed) ended.
+fn call_end(joined: Result<Reply, String>) -> CallEnd {
+    match joined {
+        Ok(Reply::Outcome(outcome)) => CallEnd::Returned(outcome),
+        Ok(Reply::Crashed(crash)) => CallEnd::ProcessCrashed(crash),
+        Err(e) => CallEnd::TaskFailed(e),
     }
 }
 

@@ -41,6 +41,7 @@ impl Plugin for TestCrashes {
                 rate_limit: None,
                 handles_unknown_names: false,
                 timeout_ms: None,
+                inline_jobs: vec![],
             }],
             config_keys: vec![],
         }

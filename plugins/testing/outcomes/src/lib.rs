@@ -3,9 +3,11 @@
 //!
 //! Job names: `complete`, `fail`, `fail-unrecoverable`, `fail-until`, `fail-with-causes` (`{"message",
 //! "causes": [..], "unrecoverable"}`: an error with that source chain), `retry-later`, `panic`, `sleep`
-//! (`{"ms", "ignoreCancel"}`), `progress`, `log`. Setting `FAIL_INIT=true` makes `init` refuse to start.
-//! Any job whose data has `"logRun": true` writes one job log line per plugin call, so a test can count how
-//! often a job ran.
+//! (`{"ms", "ignoreCancel"}`), `progress`, `log`, and `inline-sleep` (`{"ms"}`: sleeps although it is
+//! declared inline, as a plugin that breaks its promise would). Setting `FAIL_INIT=true` makes `init`
+//! refuse to start. Any job whose data has `"logRun": true` writes one job log line per plugin call, so a
+//! test can count how often a job ran; with `"reportThread": true` a `complete` or `inline-sleep` job
+//! returns `{"thread": <the kernel's name of the thread it ran on>}`.
 
 #![forbid(unsafe_code)]
 
@@ -34,7 +36,11 @@ const JOB_NAMES: &[&str] = &[
     "sleep",
     "progress",
     "log",
+    "inline-sleep",
 ];
+
+/// The job names declared inline (`QueueInfo::inline_jobs`).
+const INLINE_JOB_NAMES: &[&str] = &["complete", "inline-sleep"];
 
 /// The plugin; it keeps no state between jobs.
 pub struct TestOutcomes;
@@ -52,6 +58,8 @@ impl Plugin for TestOutcomes {
                 handles_unknown_names: false,
                 // No budget of its own: timeout tests set QUEUE_TEST_OUTCOMES_JOB_TIMEOUT_MS instead.
                 timeout_ms: None,
+                // Pure computation: run where the job was fetched (`reportThread` shows where that was).
+                inline_jobs: INLINE_JOB_NAMES.iter().map(|s| s.to_string()).collect(),
             }],
             config_keys: vec!["FAIL_INIT".into()],
         }
@@ -79,7 +87,25 @@ impl Plugin for TestOutcomes {
             // One job log line per plugin call: fault tests count runs with it.
             ctx.log("plugin run");
         }
+        if data.get("reportThread") == Some(&Value::Bool(true))
+            && INLINE_JOB_NAMES.contains(&job.name.as_str())
+        {
+            // Where inline jobs run is the host's choice; tests look at it through this.
+            if job.name == "inline-sleep" {
+                thread::sleep(Duration::from_millis(number("ms", 10)));
+            }
+            // The kernel's name of the thread: this library's own copy of std does not know the names the
+            // host gave its threads.
+            let thread = std::fs::read_to_string("/proc/thread-self/comm")
+                .map(|name| name.trim_end().to_owned())
+                .unwrap_or_default();
+            return Outcome::completed(json!({ "thread": thread }));
+        }
         match job.name.as_str() {
+            "inline-sleep" => {
+                thread::sleep(Duration::from_millis(number("ms", 10)));
+                Outcome::completed(json!({ "slept": number("ms", 10) }))
+            }
             "complete" => Outcome::completed(
                 data.get("result")
                     .cloned()

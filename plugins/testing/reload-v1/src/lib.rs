@@ -40,6 +40,7 @@ impl Plugin for TestReload {
                 rate_limit: None,
                 handles_unknown_names: false,
                 timeout_ms: None,
+                inline_jobs: vec![],
             }],
             config_keys: vec!["RELOAD_FAIL_INIT".into()],
         }
