@@ -20,13 +20,13 @@ use std::os::unix::io::FromRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use plugin_api::loader::{ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel};
 
 use super::crashnote;
-use super::inline::InlineJobs;
+use super::inline::{CallProbe, InlineJobs};
 use super::protocol::{read_frame, write_frame, FromChild, ToChild};
 
 /// The descriptor on which the host reads crash notes.
@@ -178,7 +178,7 @@ fn serve(
 ) -> anyhow::Result<std::process::ExitCode> {
     let running: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>> = Arc::default();
     let name = plugin.info().name.clone();
-    let inline = InlineJobs::of(plugin.info());
+    let inline = Arc::new(InlineJobs::of(plugin.info()));
     loop {
         let msg = match read_frame::<ToChild>(input) {
             Ok(Some(msg)) => msg,
@@ -196,7 +196,13 @@ fn serve(
                 let (plugin, out, running) =
                     (Arc::clone(plugin), out.clone(), Arc::clone(&running));
                 let label = format!("job {} of queue {} (plugin {name})", job.id, job.queue);
-                let (job_queue, job_name) = (job.queue.clone(), job.name.clone());
+                // Quick by the plugin's word: run on this thread, without waking a job thread (a
+                // cancellation arriving meanwhile is read once it returned, when there is nothing left to
+                // cancel), and hold the plugin's call to its promise.
+                let measure = inline
+                    .runs_inline(&job.queue, &job.name)
+                    .then(|| Arc::clone(&inline));
+                let run_inline = measure.is_some();
                 // Detached: the outcome travels over the protocol, not through the join handle.
                 let job_thread = move || {
                     let callbacks = Arc::new(ChildCallbacks {
@@ -206,7 +212,15 @@ fn serve(
                     });
                     let outcome = {
                         let _entered = crashnote::enter(slot_of(id), &label);
-                        plugin.process(&job, callbacks)
+                        match measure {
+                            None => plugin.process(&job, callbacks),
+                            Some(inline) => {
+                                let probe = CallProbe::start();
+                                let outcome = plugin.process(&job, callbacks);
+                                inline.ran(&job.queue, &job.name, &probe.finish());
+                                outcome
+                            }
+                        }
                     };
                     running
                         .lock()
@@ -214,12 +228,8 @@ fn serve(
                         .remove(&id);
                     out.send(&FromChild::Outcome { id, outcome });
                 };
-                if inline.runs_inline(&job_queue, &job_name) {
-                    // Quick by the plugin's word: run here, without waking a job thread (a cancellation
-                    // arriving meanwhile is read once it returned, when there is nothing left to cancel).
-                    let started = Instant::now();
+                if run_inline {
                     job_thread();
-                    inline.ran(&name, &job_queue, &job_name, started.elapsed());
                 } else {
                     drop(pool.spawn_blocking(job_thread));
                 }

@@ -5,20 +5,25 @@
 //! A hand-off to a job thread costs two thread wake-ups per job, which for a job that takes microseconds is
 //! most of what the job costs. Running a job inline is only safe while it really is quick: that thread also
 //! renews locks, serves health and metrics and reads cancellations, and a call that waits holds all of that
-//! up. So the promise is checked: a call that takes longer than [`INLINE_LIMIT`] is logged once and its job
-//! name goes to job threads for the rest of the plugin's life.
+//! up. So the promise is checked, from the kernel's accounting of the thread during the call: a call that
+//! waited (the thread gave up the CPU of its own accord: a sleep, I/O, a lock held elsewhere) or computed
+//! for longer than [`INLINE_LIMIT`] is logged once, and its job name goes to job threads for the rest of the
+//! plugin's life. Wall-clock time is not the test: on a busy machine (or a container at its CPU quota) a
+//! quick call is often preempted for milliseconds, which says nothing about the plugin.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use plugin_api::PluginInfo;
 
-/// The longest an inline call may take before its job name is handed to job threads from then on.
+/// The most CPU time an inline call may use before its job name is handed to job threads from then on.
 pub const INLINE_LIMIT: Duration = Duration::from_millis(2);
 
 /// The inline job names of one plugin, each with whether it is still run inline.
 #[derive(Debug, Default)]
 pub struct InlineJobs {
+    /// The plugin's name, for the log line.
+    plugin: String,
     names: Vec<InlineName>,
 }
 
@@ -26,7 +31,7 @@ pub struct InlineJobs {
 struct InlineName {
     queue: String,
     name: String,
-    /// Cleared when a call of this name overran [`INLINE_LIMIT`].
+    /// Cleared when a call of this name broke the promise (see [`broke_promise`]).
     inline: AtomicBool,
 }
 
@@ -48,7 +53,10 @@ impl InlineJobs {
                     })
             })
             .collect();
-        InlineJobs { names }
+        InlineJobs {
+            plugin: info.name.clone(),
+            names,
+        }
     }
 
     /// Whether a job `name` of `queue` runs inline now.
@@ -57,10 +65,10 @@ impl InlineJobs {
             .is_some_and(|n| n.inline.load(Ordering::Relaxed))
     }
 
-    /// Takes note that an inline call of `name` on `queue` took `elapsed`; when that broke the promise the
-    /// name is handed to job threads from now on, and the first such call is logged.
-    pub fn ran(&self, plugin: &str, queue: &str, name: &str, elapsed: Duration) {
-        if !overran(elapsed) {
+    /// Takes note of how an inline call of `name` on `queue` went; when it broke the promise the name is
+    /// handed to job threads from now on, and the first such call is logged.
+    pub fn ran(&self, queue: &str, name: &str, call: &CallUsage) {
+        if !broke_promise(call.cpu, call.waits) {
             return;
         }
         let Some(entry) = self.find(queue, name) else {
@@ -68,10 +76,12 @@ impl InlineJobs {
         };
         if entry.inline.swap(false, Ordering::Relaxed) {
             tracing::warn!(
-                %plugin, %queue, job_name = %name,
-                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                plugin = %self.plugin, %queue, job_name = %name,
+                elapsed_ms = call.elapsed.as_secs_f64() * 1000.0,
+                cpu_ms = call.cpu.as_secs_f64() * 1000.0,
+                waits = call.waits,
                 limit_ms = INLINE_LIMIT.as_millis() as u64,
-                "an inline job took too long and held up the thread it ran on; jobs of this name now run on job threads"
+                "an inline job waited or computed too long and held up the thread it ran on; jobs of this name now run on job threads"
             );
         }
     }
@@ -83,9 +93,84 @@ impl InlineJobs {
     }
 }
 
-/// Whether an inline call that took `elapsed` broke the promise of being quick.
-fn overran(elapsed: Duration) -> bool {
-    elapsed > INLINE_LIMIT
+/// Whether an inline call that used `cpu` and gave up the CPU `waits` times broke the promise of being
+/// quick and never waiting.
+fn broke_promise(cpu: Duration, waits: i64) -> bool {
+    waits > 0 || cpu > INLINE_LIMIT
+}
+
+/// How one inline call used its thread.
+#[derive(Debug, Clone, Copy)]
+pub struct CallUsage {
+    /// Wall-clock time (logged only: preemption inflates it).
+    pub elapsed: Duration,
+    /// CPU time of the thread (user and system).
+    pub cpu: Duration,
+    /// Voluntary context switches of the thread: the times it waited.
+    pub waits: i64,
+}
+
+/// The calling thread's accounting at the start of an inline call.
+pub struct CallProbe {
+    started: Instant,
+    at_start: Option<ThreadUsage>,
+}
+
+impl CallProbe {
+    /// Reads the thread's accounting now.
+    pub fn start() -> CallProbe {
+        CallProbe {
+            started: Instant::now(),
+            at_start: ThreadUsage::now(),
+        }
+    }
+
+    /// What the thread did since [`Self::start`] (on the same thread). Should the kernel not say, the
+    /// wall-clock time stands in for the CPU time.
+    pub fn finish(self) -> CallUsage {
+        let elapsed = self.started.elapsed();
+        match (self.at_start, ThreadUsage::now()) {
+            (Some(a), Some(b)) => CallUsage {
+                elapsed,
+                cpu: b.cpu.saturating_sub(a.cpu),
+                waits: b.voluntary_switches - a.voluntary_switches,
+            },
+            _ => CallUsage {
+                elapsed,
+                cpu: elapsed,
+                waits: 0,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ThreadUsage {
+    cpu: Duration,
+    voluntary_switches: i64,
+}
+
+impl ThreadUsage {
+    /// The calling thread's CPU time and voluntary context switches so far.
+    fn now() -> Option<ThreadUsage> {
+        // SAFETY: getrusage writes one `rusage` into the zeroed value it is given; RUSAGE_THREAD reads the
+        // calling thread's counters only.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            if libc::getrusage(libc::RUSAGE_THREAD, &mut usage) != 0 {
+                return None;
+            }
+            usage
+        };
+        let time = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec.max(0) as u64)
+                + Duration::from_micros(t.tv_usec.max(0) as u64)
+        };
+        Some(ThreadUsage {
+            cpu: time(usage.ru_utime) + time(usage.ru_stime),
+            voluntary_switches: usage.ru_nvcsw,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -130,38 +215,63 @@ mod tests {
         }
     }
 
+    fn usage(elapsed_ms: u64, cpu: Duration, waits: i64) -> CallUsage {
+        CallUsage {
+            elapsed: Duration::from_millis(elapsed_ms),
+            cpu,
+            waits,
+        }
+    }
+
     #[test]
-    fn a_call_over_the_limit_sends_its_name_to_job_threads_for_good() {
+    fn a_call_that_broke_the_promise_sends_its_name_to_job_threads_for_good() {
         let inline = InlineJobs::of(&info());
-        inline.ran("p", "a", "quick", INLINE_LIMIT);
+        // Preempted for 50 ms but quick on the CPU and never waiting: still inline.
+        inline.ran("a", "quick", &usage(50, INLINE_LIMIT, 0));
         assert!(
             inline.runs_inline("a", "quick"),
-            "at the limit is still quick"
+            "preemption is not the plugin's doing"
         );
-        inline.ran("p", "a", "quick", INLINE_LIMIT + Duration::from_micros(1));
+        inline.ran("a", "quick", &usage(0, Duration::ZERO, 1));
         assert!(!inline.runs_inline("a", "quick"));
-        inline.ran("p", "a", "quick", Duration::ZERO);
+        inline.ran("a", "quick", &usage(0, Duration::ZERO, 0));
         assert!(
             !inline.runs_inline("a", "quick"),
             "a quick call later does not bring it back"
         );
         // Names nobody declared are ignored.
-        inline.ran("p", "a", "slow", Duration::from_secs(1));
-        inline.ran("p", "x", "y", Duration::from_secs(1));
+        inline.ran("a", "slow", &usage(1000, Duration::from_secs(1), 3));
+        inline.ran("x", "y", &usage(1000, Duration::from_secs(1), 3));
     }
 
     #[test]
-    fn overrun_is_strictly_above_the_limit() {
-        // (elapsed, overran)
+    fn the_promise_is_broken_by_waiting_once_or_computing_past_the_limit() {
+        // (CPU time, voluntary context switches, broke the promise)
         let table = [
-            (Duration::ZERO, false),
-            (Duration::from_micros(50), false),
-            (INLINE_LIMIT, false),
-            (INLINE_LIMIT + Duration::from_nanos(1), true),
-            (Duration::from_secs(30), true),
+            (Duration::ZERO, 0, false),
+            (Duration::from_micros(50), 0, false),
+            (INLINE_LIMIT, 0, false),
+            (INLINE_LIMIT + Duration::from_nanos(1), 0, true),
+            (Duration::from_secs(30), 0, true),
+            (Duration::ZERO, 1, true),
+            (Duration::from_micros(50), 12, true),
         ];
-        for (elapsed, want) in table {
-            assert_eq!(overran(elapsed), want, "{elapsed:?}");
+        for (cpu, waits, want) in table {
+            assert_eq!(broke_promise(cpu, waits), want, "{cpu:?} {waits}");
         }
+    }
+
+    #[test]
+    fn the_probe_sees_a_sleep_as_a_wait_and_a_computation_as_none() {
+        let probe = CallProbe::start();
+        std::thread::sleep(Duration::from_millis(5));
+        let slept = probe.finish();
+        assert!(slept.waits >= 1, "{slept:?}");
+        assert!(slept.elapsed >= Duration::from_millis(5), "{slept:?}");
+        let probe = CallProbe::start();
+        let sum: u64 = (0..10_000u64).map(std::hint::black_box).sum();
+        let computed = probe.finish();
+        assert_eq!(sum, 49_995_000);
+        assert_eq!(computed.waits, 0, "{computed:?}");
     }
 }

@@ -22,6 +22,9 @@ pub mod child;
 // Signal handlers that must stay async-signal-safe (no allocation, raw `write`): libc only.
 #[allow(unsafe_code)]
 pub mod crashnote;
+// The calling thread's CPU time and voluntary context switches (`getrusage(RUSAGE_THREAD)`): one libc call
+// with its `SAFETY:` reason.
+#[allow(unsafe_code)]
 pub mod inline;
 // The journal file's `flock` (std's `File::try_lock` is newer than the workspace's `rust-version`).
 #[allow(unsafe_code)]
@@ -78,6 +81,12 @@ impl ActivePlugin {
         if let Some(child) = &self.process {
             return child.process(job, callbacks);
         }
+        Reply::Outcome(self.in_process(job, callbacks, false))
+    }
+
+    /// Runs `job` in this process (journal entry and crash note around the plugin's call); for an inline
+    /// job the plugin's call alone is measured against its promise.
+    fn in_process(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>, inline: bool) -> Outcome {
         let entry = JOURNAL
             .get()
             .and_then(|j| j.begin(&job.queue, &job.id, &self.info.name));
@@ -87,8 +96,13 @@ impl ActivePlugin {
         );
         let slot = entry.as_ref().map_or(u32::MAX, journal::Entry::slot);
         let _entered = crashnote::enter(slot, &label);
-        let outcome: Outcome = self.library.process(job, callbacks);
-        Reply::Outcome(outcome)
+        if !inline {
+            return self.library.process(job, callbacks);
+        }
+        let probe = inline::CallProbe::start();
+        let outcome = self.library.process(job, callbacks);
+        self.inline.ran(&job.queue, &job.name, &probe.finish());
+        outcome
     }
 
     /// Runs `job` on this thread when it is an inline job of an in-process plugin (see [`inline`]), noting
@@ -97,11 +111,7 @@ impl ActivePlugin {
         if self.process.is_some() || !self.inline.runs_inline(&job.queue, &job.name) {
             return None;
         }
-        let started = std::time::Instant::now();
-        let reply = self.run(job, callbacks);
-        self.inline
-            .ran(&self.info.name, &job.queue, &job.name, started.elapsed());
-        Some(reply)
+        Some(Reply::Outcome(self.in_process(job, callbacks, true)))
     }
 
     /// Starts one job in the plugin's child without blocking (see [`PluginProcess::start_job`]); `None` for
