@@ -1,7 +1,9 @@
 //! The benchmark's bare contender (tests/benches/throughput): a plain `bullmq-official` Worker with no host
 //! around it, run as a process of its own so that its CPU time and peak RSS are measured exactly like the
 //! Node worker's and the host's. It does the test plugin's work: a `sleep` job waits `data.ms` on a tokio
-//! timer (as an HTTP call to a provider would), any other job returns `data.result`.
+//! timer (as an HTTP call to a provider would), any other job returns `data.result`. It runs on one async
+//! thread (a current-thread runtime), as the host does, so that the two differ only by what the host adds:
+//! with no blocking calls to make, one thread is also the cheapest way to drive the library per job.
 //!
 //! Usage: `bare-worker <redisUrl> <queue> <concurrency>`; prints `ready` once started, stops on SIGTERM.
 
@@ -10,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [url, queue, concurrency] = args.as_slice() else {
