@@ -26,8 +26,6 @@ pub mod crashnote;
 // with its `SAFETY:` reason.
 #[allow(unsafe_code)]
 pub mod inline;
-// The journal file's `flock` (std's `File::try_lock` is newer than the workspace's `rust-version`).
-#[allow(unsafe_code)]
 pub mod journal;
 pub mod orphans;
 // Spawning a plugin process hands it the crash-note pipe on a fixed descriptor (`pipe2`, `dup2` between fork
