@@ -177,7 +177,6 @@ fn serve(
     pool: &tokio::runtime::Runtime,
 ) -> anyhow::Result<std::process::ExitCode> {
     let running: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>> = Arc::default();
-    let name = plugin.info().name.clone();
     let inline = Arc::new(InlineJobs::of(plugin.info()));
     loop {
         let msg = match read_frame::<ToChild>(input) {
@@ -195,7 +194,6 @@ fn serve(
                     .insert(id, Arc::clone(&cancelled));
                 let (plugin, out, running) =
                     (Arc::clone(plugin), out.clone(), Arc::clone(&running));
-                let label = format!("job {} of queue {} (plugin {name})", job.id, job.queue);
                 // Quick by the plugin's word: run on this thread, without waking a job thread (a
                 // cancellation arriving meanwhile is read once it returned, when there is nothing left to
                 // cancel), and hold the plugin's call to its promise.
@@ -211,7 +209,15 @@ fn serve(
                         cancelled,
                     });
                     let outcome = {
-                        let _entered = crashnote::enter(slot_of(id), &label);
+                        let _entered = crashnote::enter(
+                            slot_of(id),
+                            format_args!(
+                                "job {} of queue {} (plugin {})",
+                                job.id,
+                                job.queue,
+                                plugin.info().name
+                            ),
+                        );
                         match measure {
                             None => plugin.process(&job, callbacks),
                             Some(inline) => {

@@ -50,14 +50,36 @@ thread_local! {
 
 /// Marks this thread as running plugin code for the job in `slot` (non-zero) until the guard is dropped,
 /// and gives the thread a signal stack roomy enough for the handlers of a crash to nest (`altstack.rs`).
-pub fn enter(slot: u32, label: &str) -> Entered {
+/// The label (`format_args!`) is formatted straight into the thread's buffer, cut at [`LABEL_MAX`] bytes:
+/// no allocation per job.
+pub fn enter(slot: u32, label: std::fmt::Arguments<'_>) -> Entered {
     super::altstack::ensure();
-    let mut buf = [0u8; LABEL_MAX];
-    let bytes = label.as_bytes();
-    let len = bytes.len().min(LABEL_MAX);
-    buf[..len].copy_from_slice(&bytes[..len]);
-    CURRENT.with(|c| c.set((slot, buf, len)));
+    let mut buf = Truncating {
+        buf: [0u8; LABEL_MAX],
+        len: 0,
+    };
+    let _ = std::fmt::Write::write_fmt(&mut buf, label);
+    CURRENT.with(|c| c.set((slot, buf.buf, buf.len)));
     Entered(())
+}
+
+/// A fixed buffer that keeps what fits of the text written to it (never splitting a character).
+struct Truncating {
+    buf: [u8; LABEL_MAX],
+    len: usize,
+}
+
+impl std::fmt::Write for Truncating {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = LABEL_MAX - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
 }
 
 /// Clears the thread's job when dropped.
@@ -263,6 +285,26 @@ mod tests {
         for (text, want) in table {
             assert_eq!(parse(text), want, "{:?}", String::from_utf8_lossy(text));
         }
+    }
+
+    #[test]
+    fn labels_are_cut_at_the_buffer_on_a_character_boundary() {
+        let label = |args: std::fmt::Arguments<'_>| {
+            let mut t = Truncating {
+                buf: [0; LABEL_MAX],
+                len: 0,
+            };
+            std::fmt::Write::write_fmt(&mut t, args).unwrap();
+            String::from_utf8(t.buf[..t.len].to_vec()).unwrap()
+        };
+        assert_eq!(
+            label(format_args!("job {} of queue {} (plugin {})", 7, "q", "p")),
+            "job 7 of queue q (plugin p)"
+        );
+        let long = "é".repeat(LABEL_MAX);
+        let cut = label(format_args!("job {long}"));
+        assert!(cut.len() <= LABEL_MAX && cut.len() > LABEL_MAX - 2, "{}", cut.len());
+        assert!(cut.starts_with("job éé"));
     }
 
     #[test]

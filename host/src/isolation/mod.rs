@@ -88,12 +88,14 @@ impl ActivePlugin {
         let entry = JOURNAL
             .get()
             .and_then(|j| j.begin(&job.queue, &job.id, &self.info.name));
-        let label = format!(
-            "job {} of queue {} (plugin {})",
-            job.id, job.queue, self.info.name
-        );
         let slot = entry.as_ref().map_or(u32::MAX, journal::Entry::slot);
-        let _entered = crashnote::enter(slot, &label);
+        let _entered = crashnote::enter(
+            slot,
+            format_args!(
+                "job {} of queue {} (plugin {})",
+                job.id, job.queue, self.info.name
+            ),
+        );
         if !inline {
             return self.library.process(job, callbacks);
         }
