@@ -30,7 +30,7 @@ use bullmq::{Job, QueueKeys, Worker};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use super::metrics;
+use super::metrics::QueueMetrics;
 use super::redis_admin::AdminRedis;
 
 /// How often unconfirmed results are looked at (only while there are some).
@@ -90,6 +90,7 @@ pub struct Completions {
     keys: QueueKeys,
     admin: AdminRedis,
     kept: Mutex<HashMap<String, Kept>>,
+    metrics: Arc<QueueMetrics>,
 }
 
 impl Completions {
@@ -100,7 +101,13 @@ impl Completions {
             keys,
             admin,
             kept: Mutex::new(HashMap::new()),
+            metrics: Arc::new(QueueMetrics::new(queue)),
         })
+    }
+
+    /// The queue's job metrics (the bridge counts its jobs in them).
+    pub fn metrics(&self) -> &Arc<QueueMetrics> {
+        &self.metrics
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
@@ -134,7 +141,7 @@ impl Completions {
     /// (a finishing call whose reply was lost still recorded the job; the sweep counts those).
     pub fn confirmed(&self, job_id: &str) {
         if self.lock().remove(job_id).is_some() {
-            metrics::job_completed(&self.queue);
+            self.metrics.job_completed();
         }
     }
 
@@ -181,7 +188,7 @@ impl Completions {
                     // Recorded although the library's call reported a failure (the reply was lost), or
                     // its `Completed` event is still queued: whoever removes the entry counts it.
                     if self.lock().remove(&id).is_some() {
-                        metrics::job_completed(&self.queue);
+                        self.metrics.job_completed();
                     }
                 }
                 Verdict::Lost => {

@@ -1,13 +1,16 @@
 //! Prometheus metrics: names, help texts, and the recorder behind `/metrics`.
 //!
-//! Jobs are counted by the bridge (it knows the outcome and whether a failure is final); plugin load
-//! results by the runtime at start; Redis and queue health by the queue workers (`workers.rs`) and the health monitor.
+//! Jobs are counted by the bridge (it knows the outcome and whether a failure is final) through the queue's
+//! [`QueueMetrics`]; plugin load results by the runtime at start; Redis and queue health by the queue
+//! workers (`workers.rs`) and the health monitor.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge,
+    Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -183,6 +186,9 @@ pub enum JobResult {
     Shutdown,
 }
 
+/// Every [`JobResult`], in the order of their handles in [`QueueMetrics`].
+const JOB_RESULTS: usize = 6;
+
 impl JobResult {
     fn label(self) -> &'static str {
         match self {
@@ -194,43 +200,93 @@ impl JobResult {
             JobResult::Shutdown => "shutdown",
         }
     }
-}
 
-/// Records one finished plugin call.
-pub fn job_finished(queue: &str, result: JobResult, elapsed: Duration) {
-    let q = queue.to_owned();
-    match result {
-        // Counted when Redis has recorded it (`job_completed`), not when the plugin returns.
-        JobResult::Completed => {}
-        JobResult::Failed => counter!(FAILED, "queue" => q.clone()).increment(1),
-        other => counter!(RETRIED, "queue" => q.clone(), "kind" => other.label()).increment(1),
+    fn index(self) -> usize {
+        self as usize
     }
-    histogram!(DURATION, "queue" => q, "outcome" => result.label()).record(elapsed.as_secs_f64());
 }
 
-/// Records an attempt failed for overrunning its time budget (on top of its [`job_finished`] record).
-pub fn job_timed_out(queue: &str) {
-    counter!(TIMED_OUT, "queue" => queue.to_owned()).increment(1);
+/// One queue's job metrics. Every job touches them, so each labelled series is looked up in the recorder
+/// once (on its first use, so that a series appears in `/metrics` only once it has happened, as with a
+/// keyed look-up) and the handle kept: a job then only adds to atomics, with no key built or hashed.
+#[derive(Debug)]
+pub struct QueueMetrics {
+    queue: String,
+    completed: OnceLock<Counter>,
+    failed: OnceLock<Counter>,
+    timed_out: OnceLock<Counter>,
+    active: OnceLock<Gauge>,
+    /// `frostguard_jobs_retried_total` per [`JobResult`] (its `kind` label); unused for completed and failed.
+    retried: [OnceLock<Counter>; JOB_RESULTS],
+    /// `frostguard_job_duration_seconds` per [`JobResult`] (its `outcome` label).
+    duration: [OnceLock<Histogram>; JOB_RESULTS],
 }
 
-/// Records a completion Redis has recorded (the library's `Completed` event).
-pub fn job_completed(queue: &str) {
-    counter!(COMPLETED, "queue" => queue.to_owned()).increment(1);
+impl QueueMetrics {
+    /// The metrics of `queue`, none looked up yet.
+    pub fn new(queue: &str) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            completed: OnceLock::new(),
+            failed: OnceLock::new(),
+            timed_out: OnceLock::new(),
+            active: OnceLock::new(),
+            retried: Default::default(),
+            duration: Default::default(),
+        }
+    }
+
+    fn failed(&self) -> &Counter {
+        self.failed
+            .get_or_init(|| counter!(FAILED, "queue" => self.queue.clone()))
+    }
+
+    /// Records one finished plugin call.
+    pub fn job_finished(&self, result: JobResult, elapsed: Duration) {
+        match result {
+            // Counted when Redis has recorded it (`job_completed`), not when the plugin returns.
+            JobResult::Completed => {}
+            JobResult::Failed => self.failed().increment(1),
+            other => self.retried[other.index()]
+                .get_or_init(|| counter!(RETRIED, "queue" => self.queue.clone(), "kind" => other.label()))
+                .increment(1),
+        }
+        self.duration[result.index()]
+            .get_or_init(|| histogram!(DURATION, "queue" => self.queue.clone(), "outcome" => result.label()))
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Records an attempt failed for overrunning its time budget (on top of its [`Self::job_finished`]
+    /// record).
+    pub fn job_timed_out(&self) {
+        self.timed_out
+            .get_or_init(|| counter!(TIMED_OUT, "queue" => self.queue.clone()))
+            .increment(1);
+    }
+
+    /// Records a completion Redis has recorded (the library's `Completed` event).
+    pub fn job_completed(&self) {
+        self.completed
+            .get_or_init(|| counter!(COMPLETED, "queue" => self.queue.clone()))
+            .increment(1);
+    }
+
+    /// Records a job that failed before reaching the plugin (unknown job name, data not JSON).
+    pub fn job_rejected(&self) {
+        self.failed().increment(1);
+    }
+
+    /// Adjusts the running-jobs gauge.
+    pub fn active(&self, delta: f64) {
+        self.active
+            .get_or_init(|| gauge!(ACTIVE, "queue" => self.queue.clone()))
+            .increment(delta);
+    }
 }
 
 /// Records a job moved back to wait by the stalled check.
 pub fn job_stalled(queue: &str) {
     counter!(STALLED, "queue" => queue.to_owned()).increment(1);
-}
-
-/// Records a job that failed before reaching the plugin (unknown job name).
-pub fn job_rejected(queue: &str) {
-    counter!(FAILED, "queue" => queue.to_owned()).increment(1);
-}
-
-/// Adjusts the running-jobs gauge.
-pub fn active(queue: &str, delta: f64) {
-    gauge!(ACTIVE, "queue" => queue.to_owned()).increment(delta);
 }
 
 /// Sets the plugin load gauges; `disabled` holds (plugin, file, stage) per disabled file, so two copies of
@@ -282,4 +338,100 @@ pub fn plugin_event(plugin: &str, event: &str) {
 /// Counts a crash of the plugin's code (its process died, or an earlier in-process run died in it).
 pub fn plugin_crash(plugin: &str) {
     counter!(PLUGIN_CRASHES, "plugin" => plugin.to_owned()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusRecorder;
+
+    fn recorder() -> PrometheusRecorder {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), &DURATION_BUCKETS)
+            .unwrap()
+            .build_recorder()
+    }
+
+    /// `/metrics` as a sorted list of lines (the exporter's order of series is not part of the format).
+    fn rendered(recorder: &PrometheusRecorder) -> Vec<String> {
+        let mut lines: Vec<String> = recorder
+            .handle()
+            .render()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    const RESULTS: [(JobResult, u64); 6] = [
+        (JobResult::Completed, 3),
+        (JobResult::Failed, 2_000),
+        (JobResult::Retried, 20),
+        (JobResult::LaterJob, 7),
+        (JobResult::LaterQueue, 70),
+        (JobResult::Shutdown, 40_000),
+    ];
+
+    #[test]
+    fn queue_handles_render_the_series_a_lookup_by_key_did() {
+        // What the bridge recorded per job before the handles: a look-up by name and labels each time.
+        let keyed = recorder();
+        metrics::with_local_recorder(&keyed, || {
+            for (result, ms) in RESULTS {
+                let q = "a".to_owned();
+                gauge!(ACTIVE, "queue" => q.clone()).increment(1.0);
+                match result {
+                    JobResult::Completed => {}
+                    JobResult::Failed => counter!(FAILED, "queue" => q.clone()).increment(1),
+                    other => counter!(RETRIED, "queue" => q.clone(), "kind" => other.label())
+                        .increment(1),
+                }
+                histogram!(DURATION, "queue" => q.clone(), "outcome" => result.label())
+                    .record(Duration::from_millis(ms).as_secs_f64());
+                gauge!(ACTIVE, "queue" => q).increment(-1.0);
+            }
+            counter!(TIMED_OUT, "queue" => "a".to_owned()).increment(1);
+            counter!(COMPLETED, "queue" => "a".to_owned()).increment(1);
+            counter!(FAILED, "queue" => "a".to_owned()).increment(1);
+            gauge!(ACTIVE, "queue" => "b".to_owned()).increment(1.0);
+        });
+        let handles = recorder();
+        metrics::with_local_recorder(&handles, || {
+            let (a, b, unused) = (
+                QueueMetrics::new("a"),
+                QueueMetrics::new("b"),
+                QueueMetrics::new("c"),
+            );
+            for (result, ms) in RESULTS {
+                a.active(1.0);
+                a.job_finished(result, Duration::from_millis(ms));
+                a.active(-1.0);
+            }
+            a.job_timed_out();
+            a.job_completed();
+            a.job_rejected();
+            b.active(1.0);
+            drop(unused);
+        });
+        let (keyed, handles) = (rendered(&keyed), rendered(&handles));
+        assert_eq!(handles, keyed);
+        for line in [
+            "frostguard_jobs_completed_total{queue=\"a\"} 1",
+            "frostguard_jobs_failed_total{queue=\"a\"} 2",
+            "frostguard_jobs_retried_total{queue=\"a\",kind=\"backoff\"} 1",
+            "frostguard_jobs_retried_total{queue=\"a\",kind=\"shutdown\"} 1",
+            "frostguard_jobs_timed_out_total{queue=\"a\"} 1",
+            "frostguard_jobs_active{queue=\"a\"} 0",
+            "frostguard_jobs_active{queue=\"b\"} 1",
+            "frostguard_job_duration_seconds_count{queue=\"a\",outcome=\"later_queue\"} 1",
+        ] {
+            assert!(handles.iter().any(|l| l == line), "{line} in {handles:#?}");
+        }
+        // A series shows once it has happened, not when its queue starts.
+        assert!(!handles.iter().any(|l| l.contains("queue=\"c\"")));
+        assert!(!handles
+            .iter()
+            .any(|l| l.starts_with("frostguard_jobs_completed_total{queue=\"b\"")));
+    }
 }

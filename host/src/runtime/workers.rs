@@ -149,6 +149,7 @@ impl Fleet {
             hold: QueueHold::new(),
             health: Arc::clone(&self.health),
             job_timeout: overrides.job_timeout(info.timeout_ms),
+            metrics: Arc::clone(completions.metrics()),
             completions: Arc::clone(&completions),
             crash_limit: config.crash_limit,
         });

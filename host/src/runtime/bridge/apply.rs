@@ -16,7 +16,6 @@ use super::decide::{millis, retry, Retry, Verdict};
 use super::{LibResult, QueueBridge};
 use crate::clock::now_ms;
 use crate::runtime::health::{Health, HeldQueue};
-use crate::runtime::metrics;
 use crate::runtime::redis_admin::FailureFields;
 use crate::runtime::retry::{random_unit, RetryPolicy};
 use crate::runtime::stacktrace::{self, AttemptSite, Failure};
@@ -35,7 +34,7 @@ impl QueueBridge {
     ) -> LibResult {
         let id = job.id().to_owned();
         if let Some(result) = verdict.result() {
-            metrics::job_finished(&self.queue, result, elapsed);
+            self.metrics.job_finished(result, elapsed);
         }
         match verdict {
             Verdict::Complete { result, late } => {
@@ -51,7 +50,7 @@ impl QueueBridge {
             Verdict::FailForGood(failure) => self.fail_for_good(job, failure).await,
             Verdict::FailAttempt(failure) => self.failed_attempt(job, failure, elapsed).await,
             Verdict::TimedOut { failure, replaced } => {
-                metrics::job_timed_out(&self.queue);
+                self.metrics.job_timed_out();
                 tracing::debug!(
                     queue = %self.queue, job_id = %id, elapsed_ms = millis(elapsed),
                     plugin_outcome = %replaced,
@@ -90,7 +89,7 @@ impl QueueBridge {
         let (policy, stacktrace) = self.attempt_record(job, &failure).await;
         let made = job.attempts_made();
         let decision = retry(&policy, &library_policy(job), made, random_unit());
-        metrics::job_finished(&self.queue, decision.result(), elapsed);
+        self.metrics.job_finished(decision.result(), elapsed);
         let message = failure.message;
         match decision {
             Retry::Final { forced } => {

@@ -33,7 +33,7 @@ use serde_json::Value;
 use super::completions::Completions;
 use super::health::Health;
 use super::hold::QueueHold;
-use super::metrics;
+use super::metrics::QueueMetrics;
 use super::redis_admin::{AdminRedis, RawJob};
 use super::stacktrace::{Failure, FailureClass};
 use crate::plugins::ActivePlugin;
@@ -70,6 +70,8 @@ pub struct QueueBridge {
     pub completions: Arc<Completions>,
     /// `JOB_CRASH_LIMIT`: crashes of its plugin process after which a job fails for good.
     pub crash_limit: u32,
+    /// The queue's job metrics (shared with its completions).
+    pub metrics: Arc<QueueMetrics>,
 }
 
 /// Wraps a bridge into the processor function bullmq-official calls for every job.
@@ -82,11 +84,11 @@ pub fn processor(bridge: Arc<QueueBridge>) -> ProcessorFn {
 }
 
 /// Decrements the active-jobs gauge when a job ends, however it ends.
-struct ActiveGauge<'a>(&'a str);
+struct ActiveGauge<'a>(&'a QueueMetrics);
 
 impl Drop for ActiveGauge<'_> {
     fn drop(&mut self) {
-        metrics::active(self.0, -1.0);
+        self.0.active(-1.0);
     }
 }
 
@@ -97,7 +99,7 @@ impl QueueBridge {
         if !self.queue_info.accepts(job.name()) {
             let reason = self.queue_info.rejection(job.name());
             tracing::warn!(queue = %self.queue, job_id = %id, "{reason}");
-            metrics::job_rejected(&self.queue);
+            self.metrics.job_rejected();
             return self
                 .fail_for_good(&job, Failure::host(FailureClass::Rejected, reason))
                 .await;
@@ -115,15 +117,15 @@ impl QueueBridge {
                 .put_back(&job, "shutting down before the job started")
                 .await;
         }
-        metrics::active(&self.queue, 1.0);
-        let _gauge = ActiveGauge(&self.queue);
+        self.metrics.active(1.0);
+        let _gauge = ActiveGauge(&self.metrics);
 
         let view = match self.view(&job).await {
             Ok(view) => view,
             Err(reason) => {
                 // Nothing a plugin could do with it: failed for good, with the data kept for inspection.
                 tracing::warn!(queue = %self.queue, job_id = %id, "{reason}");
-                metrics::job_rejected(&self.queue);
+                self.metrics.job_rejected();
                 return self
                     .fail_for_good(&job, Failure::host(FailureClass::Rejected, reason))
                     .await;
