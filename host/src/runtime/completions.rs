@@ -114,14 +114,17 @@ impl Completions {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a completed result about to be handed to the library.
-    pub fn handed(&self, job: &Job, result: &Value) {
-        let Some(token) = job.token() else { return };
+    /// Registers a completed result about to be handed to the library. Takes the bridge's `job`, which it
+    /// has no more use for: kept as is, not cloned (data and options included) on every completion.
+    pub fn handed(&self, job: Job, result: &Value) {
+        let Some(token) = job.token().map(str::to_owned) else {
+            return;
+        };
         self.lock().insert(
             job.id().to_owned(),
             Kept {
-                job: job.clone(),
-                token: token.to_owned(),
+                job,
+                token,
                 result: result.clone(),
                 since: Instant::now(),
                 stage: Stage::WithLibrary,

@@ -28,7 +28,7 @@ impl QueueBridge {
     /// Does what `verdict` says with `job`, whose plugin call took `elapsed`.
     pub(super) async fn apply(
         &self,
-        job: &mut Job,
+        mut job: Job,
         verdict: Verdict,
         elapsed: Duration,
     ) -> LibResult {
@@ -47,8 +47,8 @@ impl QueueBridge {
                 self.completions.handed(job, &result);
                 Ok(result)
             }
-            Verdict::FailForGood(failure) => self.fail_for_good(job, failure).await,
-            Verdict::FailAttempt(failure) => self.failed_attempt(job, failure, elapsed).await,
+            Verdict::FailForGood(failure) => self.fail_for_good(&job, failure).await,
+            Verdict::FailAttempt(failure) => self.failed_attempt(&mut job, failure, elapsed).await,
             Verdict::TimedOut { failure, replaced } => {
                 self.metrics.job_timed_out();
                 tracing::debug!(
@@ -56,11 +56,11 @@ impl QueueBridge {
                     plugin_outcome = %replaced,
                     "the plugin's outcome after the deadline is recorded as a timeout"
                 );
-                self.failed_attempt(job, failure, elapsed).await
+                self.failed_attempt(&mut job, failure, elapsed).await
             }
             Verdict::DelayJob { delay_ms, reason } => {
                 tracing::info!(queue = %self.queue, job_id = %id, delay_ms, %reason, "job retried later");
-                self.delay(job, delay_ms, "").await
+                self.delay(&mut job, delay_ms, "").await
             }
             Verdict::HoldQueue { delay_ms, reason } => {
                 tracing::warn!(
@@ -74,7 +74,7 @@ impl QueueBridge {
                 }
                 Err(bullmq::Error::RateLimited { delay_ms })
             }
-            Verdict::PutBack { why } => self.put_back(job, why).await,
+            Verdict::PutBack { why } => self.put_back(&job, why).await,
         }
     }
 

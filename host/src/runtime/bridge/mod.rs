@@ -107,7 +107,7 @@ impl QueueBridge {
         if let Some(result) = self.completions.replay(&job) {
             // Put back only because Redis failed to record this result: record it, do not run it again.
             tracing::info!(queue = %self.queue, job_id = %id, "recording the kept result of the job's earlier run");
-            self.completions.handed(&job, &result);
+            self.completions.handed(job, &result);
             return Ok(result);
         }
         let _in_flight = self.drain.job_started();
@@ -143,7 +143,7 @@ impl QueueBridge {
             self.drain.is_cancelled(),
             self.job_timeout,
         );
-        self.apply(&mut job, verdict, called.elapsed).await
+        self.apply(job, verdict, called.elapsed).await
     }
 
     /// The plugin's view of `job`, from the library's parse. Only when the library could not parse the data
