@@ -51,6 +51,12 @@ pub struct Callbacks {
 pub struct Writes {
     rx: mpsc::UnboundedReceiver<JobWrite>,
     pending: Arc<AtomicUsize>,
+    /// A sender of its own, so that the channel stays open when the plugin drops its callbacks as its call
+    /// returns: closing it would wake the bridge's task from the plugin's thread, one more wake-up of the
+    /// runtime thread per job (an `eventfd` write, often a context switch) on top of the call's completion,
+    /// which the bridge waits for anyway. [`Writes::next`] therefore never ends; the bridge stops reading
+    /// when the call has ended and takes what is left with [`Writes::try_next`].
+    _open: mpsc::UnboundedSender<JobWrite>,
 }
 
 impl Callbacks {
@@ -65,6 +71,7 @@ impl Callbacks {
     ) -> (Arc<Self>, Writes) {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
+        let open = tx.clone();
         let callbacks = Arc::new(Self {
             tx,
             pending: Arc::clone(&pending),
@@ -75,7 +82,14 @@ impl Callbacks {
             job_id: job_id.to_owned(),
             queue: queue.to_owned(),
         });
-        (callbacks, Writes { rx, pending })
+        (
+            callbacks,
+            Writes {
+                rx,
+                pending,
+                _open: open,
+            },
+        )
     }
 
     fn queue_write(&self, write: JobWrite) {
@@ -119,7 +133,8 @@ impl JobCallbacks for Callbacks {
 }
 
 impl Writes {
-    /// The next queued write; `None` once every sender is gone.
+    /// The next queued write; waits for one as long as the bridge reads (the channel is never closed, see
+    /// the `_open` field).
     pub async fn next(&mut self) -> Option<JobWrite> {
         let write = self.rx.recv().await;
         if write.is_some() {
@@ -180,6 +195,44 @@ mod tests {
         assert!(!cb.is_cancelled());
         token.cancel();
         assert!(cb.is_cancelled());
+    }
+
+    /// Counts the wake-ups of a task.
+    struct Wakes(AtomicUsize);
+
+    impl futures_util::task::ArcWake for Wakes {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_plugin_dropping_its_callbacks_does_not_wake_the_bridge() {
+        use std::future::Future as _;
+        use std::task::{Context, Poll};
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = futures_util::task::waker(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let (cb, mut writes) =
+            Callbacks::new("q", "1", DrainState::new(), CancellationToken::new(), None);
+        {
+            let next = writes.next();
+            tokio::pin!(next);
+            assert!(next.as_mut().poll(&mut cx).is_pending());
+            cb.log("line");
+            assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "a write wakes the reader");
+            assert_eq!(
+                next.as_mut().poll(&mut cx),
+                Poll::Ready(Some(JobWrite::Log("line".into())))
+            );
+        }
+        let next = writes.next();
+        tokio::pin!(next);
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        // The call returned: the plugin drops its callbacks. The bridge learns of the end from the call.
+        drop(cb);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "no wake-up for the drop");
+        assert!(next.as_mut().poll(&mut cx).is_pending());
     }
 
     #[test]

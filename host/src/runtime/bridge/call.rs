@@ -153,13 +153,9 @@ impl QueueBridge {
         };
         tokio::pin!(expiry);
         let mut expired = false;
-        let mut writes_open = true;
         loop {
             tokio::select! {
-                write = writes.next(), if writes_open => match write {
-                    Some(w) => apply(job, &self.queue, w).await,
-                    None => writes_open = false,
-                },
+                Some(w) = writes.next() => apply(job, &self.queue, w).await,
                 joined = call.ended() => break call_end(joined),
                 () = &mut expiry, if !expired => {
                     expired = true;
