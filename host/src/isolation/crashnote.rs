@@ -303,7 +303,11 @@ mod tests {
         );
         let long = "é".repeat(LABEL_MAX);
         let cut = label(format_args!("job {long}"));
-        assert!(cut.len() <= LABEL_MAX && cut.len() > LABEL_MAX - 2, "{}", cut.len());
+        assert!(
+            cut.len() <= LABEL_MAX && cut.len() > LABEL_MAX - 2,
+            "{}",
+            cut.len()
+        );
         assert!(cut.starts_with("job éé"));
     }
 

@@ -434,7 +434,10 @@ mod tests {
     fn read_back(journal: &Journal, id: &str) -> Vec<(u32, String)> {
         let bytes = std::fs::read(journal.path()).unwrap();
         let run = parse(journal.path(), &bytes, id).unwrap();
-        run.running.into_iter().map(|j| (j.slot, j.job_id)).collect()
+        run.running
+            .into_iter()
+            .map(|j| (j.slot, j.job_id))
+            .collect()
     }
 
     #[test]
@@ -447,7 +450,9 @@ mod tests {
             std::fs::metadata(&path).unwrap().len(),
             HEADER + u64::from(MAPPED_SLOTS) * SLOT
         );
-        let long = journal.begin("q1", "a-rather-long-job-id-0001", "p").unwrap();
+        let long = journal
+            .begin("q1", "a-rather-long-job-id-0001", "p")
+            .unwrap();
         let other = journal.begin("q2", "42", "p2").unwrap();
         assert!(long.mapped && other.mapped);
         assert_eq!(
@@ -470,11 +475,21 @@ mod tests {
         let dead = dead_runs(&dir, &id, mine.path()).unwrap();
         assert_eq!(dead.len(), 1);
         let run = &dead[0].0;
-        assert_eq!((run.path.as_path(), run.note), (path.as_path(), Some((11, 1))));
+        assert_eq!(
+            (run.path.as_path(), run.note),
+            (path.as_path(), Some((11, 1)))
+        );
         let running: Vec<(u32, &str, &str, &str)> = run
             .running
             .iter()
-            .map(|j| (j.slot, j.queue.as_str(), j.job_id.as_str(), j.plugin.as_str()))
+            .map(|j| {
+                (
+                    j.slot,
+                    j.queue.as_str(),
+                    j.job_id.as_str(),
+                    j.plugin.as_str(),
+                )
+            })
             .collect();
         assert_eq!(running, [(1, "q1", "7", "p"), (2, "q2", "42", "p2")]);
         drop((dead, mine));
@@ -490,7 +505,11 @@ mod tests {
         let b = journal.begin("q", "2", "p").unwrap();
         let c = journal.begin("q", "3", "p").unwrap();
         assert_eq!(
-            [(a.slot(), a.mapped), (b.slot(), b.mapped), (c.slot(), c.mapped)],
+            [
+                (a.slot(), a.mapped),
+                (b.slot(), b.mapped),
+                (c.slot(), c.mapped)
+            ],
             [(1, true), (2, true), (3, false)]
         );
         let all = |ids: &[&str]| -> Vec<(u32, String)> {
@@ -523,7 +542,10 @@ mod tests {
         let journal = Journal::create(&dir, &id).unwrap();
         let long_id = "x".repeat(SLOT as usize);
         for (queue, job_id) in [("q", long_id.as_str()), ("q\t2", "1"), ("q", "1\n")] {
-            assert!(journal.begin(queue, job_id, "p").is_none(), "{queue:?} {job_id:?}");
+            assert!(
+                journal.begin(queue, job_id, "p").is_none(),
+                "{queue:?} {job_id:?}"
+            );
         }
         // The longest record that fits still does, newline included.
         let fits = "y".repeat(SLOT as usize - "q\t\tp\n".len());

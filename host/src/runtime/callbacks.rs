@@ -220,7 +220,11 @@ mod tests {
             tokio::pin!(next);
             assert!(next.as_mut().poll(&mut cx).is_pending());
             cb.log("line");
-            assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "a write wakes the reader");
+            assert_eq!(
+                wakes.0.load(Ordering::SeqCst),
+                1,
+                "a write wakes the reader"
+            );
             assert_eq!(
                 next.as_mut().poll(&mut cx),
                 Poll::Ready(Some(JobWrite::Log("line".into())))

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Gauge,
-    Histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -248,11 +248,15 @@ impl QueueMetrics {
             JobResult::Completed => {}
             JobResult::Failed => self.failed().increment(1),
             other => self.retried[other.index()]
-                .get_or_init(|| counter!(RETRIED, "queue" => self.queue.clone(), "kind" => other.label()))
+                .get_or_init(
+                    || counter!(RETRIED, "queue" => self.queue.clone(), "kind" => other.label()),
+                )
                 .increment(1),
         }
         self.duration[result.index()]
-            .get_or_init(|| histogram!(DURATION, "queue" => self.queue.clone(), "outcome" => result.label()))
+            .get_or_init(
+                || histogram!(DURATION, "queue" => self.queue.clone(), "outcome" => result.label()),
+            )
             .record(elapsed.as_secs_f64());
     }
 
