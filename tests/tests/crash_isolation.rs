@@ -4,7 +4,8 @@
 //! crash reason (retryably, then for good once it crashed its process `JOB_CRASH_LIMIT` times) and the
 //! plugin's child is restarted. In in-process mode the host dies with the plugin; after a restart the job
 //! that crashed it is recognised from the crash journal and, at the limit, failed instead of run again.
-//! `plugins run` reports a crash with its signal in both modes.
+//! `plugins run` reports a crash with its signal in both modes, and in process mode (no async runtime there)
+//! a job's progress and log lines before its outcome.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -286,6 +287,39 @@ fn plugins_run_reports_a_crash_with_its_signal_in_both_modes() {
     assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["outcome"]["result"], json!({"ok": true}), "{report}");
+}
+
+#[test]
+fn plugins_run_in_a_plugin_process_reports_progress_and_log_lines_before_the_outcome() {
+    // `plugins run` has no async runtime: the plugin process's output is read on its supervisor thread.
+    let out = std::process::Command::new(worker_bin())
+        .args(["plugins", "run", "--plugin"])
+        .arg(plugin_lib(TEST_PLUGIN))
+        .args(["--queue", TEST_QUEUE, "--name", "progress"])
+        .args(["--isolation", "process"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["progress"],
+        json!([25, {"step": "half"}, 100]),
+        "{report}"
+    );
+    assert_eq!(report["jobLogs"], json!(["line 1", "line 2"]), "{report}");
+    assert_eq!(
+        report["outcome"],
+        json!({"status": "completed", "result": {"done": true}}),
+        "{report}"
+    );
 }
 
 /// The plugin processes of the worker with pid `host` (children running `plugin-process`).

@@ -70,6 +70,11 @@ pub async fn run(
         disabled = registry.disabled.len(),
         "starting"
     );
+    // Plugin processes started before the runtime had their output read by their supervisor threads; from
+    // here on it is read on this runtime, so a job's reply wakes the task awaiting it directly.
+    for process in registry.active.iter().filter_map(|p| p.process.as_ref()) {
+        process.read_output_on(tokio::runtime::Handle::current());
+    }
     let prometheus = metrics::install()?;
     tokio::spawn(metrics::upkeep(prometheus.clone()));
     metrics::plugins(

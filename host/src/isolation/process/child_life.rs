@@ -1,7 +1,7 @@
 //! A plugin's child process from birth to death, the host's side: starting it (the crash-note pipe on a
-//! fixed descriptor, the `init` handshake), the supervisor thread that reads its frames while it lives, and,
-//! when its output ends, reaping it, answering every job it held with its [`Crash`] and starting the next
-//! child after the restart backoff.
+//! fixed descriptor, the `init` handshake), the supervisor thread that has its frames read while it lives
+//! (on the runtime, or itself: `output.rs`) and dispatches them, and, when its output ends, reaping it,
+//! answering every job it held with its [`Crash`] and starting the next child after the restart backoff.
 
 use super::*;
 
@@ -56,7 +56,13 @@ impl Shared {
             input: Mutex::new(input),
             pid: child.id(),
         });
-        let mut output = BufReader::new(output);
+        let mut output = match Output::new(output) {
+            Ok(output) => output,
+            Err(e) => {
+                let _ = reap(&mut child, false);
+                return Err(format!("cannot read the plugin process's output: {e}"));
+            }
+        };
         let max_level = self.logger.max_level();
         let init = ToChild::Init {
             config: self.config.clone(),
@@ -90,34 +96,40 @@ impl Shared {
     }
 
     /// Reads the child's answer to `init`, forwarding the plugin's log records meanwhile.
-    fn await_init(&self, output: &mut BufReader<ChildStdout>) -> Result<(), Refusal> {
+    fn await_init(&self, output: &mut Output<ChildStdout>) -> Result<(), Refusal> {
         loop {
-            match read_frame::<FromChild>(output) {
-                Ok(Some(FromChild::Ready)) => return Ok(()),
-                Ok(Some(FromChild::InitFailed { reason })) => return Err(Refusal::Plugin(reason)),
-                Ok(Some(FromChild::Log { record })) => self.logger.log(record),
-                Ok(Some(other)) => {
+            match output.next_on_thread(None) {
+                Next::Frame(FromChild::Ready) => return Ok(()),
+                Next::Frame(FromChild::InitFailed { reason }) => {
+                    return Err(Refusal::Plugin(reason))
+                }
+                Next::Frame(FromChild::Log { record }) => self.logger.log(record),
+                Next::Frame(other) => {
                     return Err(Refusal::Broken(format!(
                         "unexpected message before init answered: {other:?}"
                     )))
                 }
-                Ok(None) => {
+                Next::Ended(Ok(())) | Next::Woken => {
                     return Err(Refusal::Broken(
                         "the plugin process exited during init".to_owned(),
                     ))
                 }
-                Err(e) => return Err(Refusal::Broken(format!("reading the plugin process: {e}"))),
+                Next::Ended(Err(e)) => {
+                    return Err(Refusal::Broken(format!("reading the plugin process: {e}")))
+                }
             }
         }
     }
 
-    /// The supervisor thread: reads the child's frames; on its death answers its jobs and restarts it.
+    /// The supervisor thread: has the child's frames read; on its death answers its jobs and restarts it.
     pub(super) fn supervise(self: Arc<Self>, mut started: Started) {
         let mut backoff = RESTART_BACKOFF_MIN;
         loop {
             let born = Instant::now();
-            let clean_end = self.read_frames(&mut started.output);
+            let (clean_end, output) = self.watch_output(started.output);
             let status = reap(&mut started.child, clean_end);
+            // Closed only now: a child killed while still writing dies of the kill, not of a closed pipe.
+            drop(output);
             let mut note = Vec::new();
             let _ = started.notes.read_to_end(&mut note);
             let note = crashnote::parse(&note);
@@ -204,37 +216,81 @@ impl Shared {
         self.gone.notify_all();
     }
 
-    /// Dispatches the child's frames until its output ends: true at a clean end (the child is exiting),
-    /// false when the stream broke mid-frame or made no sense (the child is then killed).
-    fn read_frames(&self, output: &mut BufReader<ChildStdout>) -> bool {
-        loop {
-            let msg = match read_frame::<FromChild>(output) {
-                Ok(Some(msg)) => msg,
-                Ok(None) => return true,
-                Err(e) => {
-                    tracing::error!(plugin = %self.name, error = %e, "unreadable message from the plugin process");
-                    return false;
-                }
-            };
-            match msg {
-                FromChild::Progress { id, json } => {
-                    if let Some(cb) = self.callbacks(id) {
-                        cb.progress(&json);
+    /// Has the child's frames dispatched until its output ends, on the attached runtime if there is one
+    /// (this thread then waits for the runtime to report the end), else on this thread until a runtime is
+    /// attached. Returns true at a clean end (the child is exiting), false when the stream broke mid-frame
+    /// or made no sense (the child is then killed); and the output, still open.
+    fn watch_output(
+        self: &Arc<Self>,
+        mut output: Output<ChildStdout>,
+    ) -> (bool, Option<Output<ChildStdout>>) {
+        let ended = loop {
+            let runtime = self
+                .runtime
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(runtime) = runtime {
+                let (back, handed) = mpsc::channel();
+                let shared = Arc::clone(self);
+                runtime.spawn(output.read_on_runtime(back, move |msg| shared.dispatch(msg)));
+                match handed.recv() {
+                    Ok(Handback {
+                        output,
+                        ended: Some(ended),
+                    }) => break (ended, Some(output)),
+                    // The runtime is gone (shut down) while the child lives: this thread reads on.
+                    Ok(Handback {
+                        output: returned,
+                        ended: None,
+                    }) => {
+                        *self.runtime.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        output = returned;
+                    }
+                    // Not expected: the reading always sends the output back.
+                    Err(_) => {
+                        break (
+                            Err(std::io::Error::other("the runtime lost the output")),
+                            None,
+                        )
                     }
                 }
-                FromChild::JobLog { id, line } => {
-                    if let Some(cb) = self.callbacks(id) {
-                        cb.log(&line);
-                    }
-                }
-                FromChild::Log { record } => self.logger.log(record),
-                FromChild::Outcome { id, outcome } => {
-                    if let Some(p) = self.lock_pending().remove(&id) {
-                        p.tx.send(Reply::Outcome(outcome));
-                    }
-                }
-                FromChild::Ready | FromChild::InitFailed { .. } | FromChild::ShutdownDone => {}
             }
+            // `None`: woken, a runtime was attached meanwhile (or the ring came before the runtime was
+            // taken): look again.
+            if let Some(ended) = output.read_on_thread(&self.wake, &mut |msg| self.dispatch(msg)) {
+                break (ended, Some(output));
+            }
+        };
+        match ended {
+            (Ok(()), output) => (true, output),
+            (Err(e), output) => {
+                tracing::error!(plugin = %self.name, error = %e, "unreadable message from the plugin process");
+                (false, output)
+            }
+        }
+    }
+
+    /// Hands one frame of the child's output to whoever waits for it.
+    fn dispatch(&self, msg: FromChild) {
+        match msg {
+            FromChild::Progress { id, json } => {
+                if let Some(cb) = self.callbacks(id) {
+                    cb.progress(&json);
+                }
+            }
+            FromChild::JobLog { id, line } => {
+                if let Some(cb) = self.callbacks(id) {
+                    cb.log(&line);
+                }
+            }
+            FromChild::Log { record } => self.logger.log(record),
+            FromChild::Outcome { id, outcome } => {
+                if let Some(p) = self.lock_pending().remove(&id) {
+                    p.tx.send(Reply::Outcome(outcome));
+                }
+            }
+            FromChild::Ready | FromChild::InitFailed { .. } | FromChild::ShutdownDone => {}
         }
     }
 

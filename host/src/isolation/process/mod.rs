@@ -5,18 +5,20 @@
 //! job's outcome while forwarding progress, job log lines and cancellation), so the bridge runs both modes on
 //! its blocking threads the same way and the queue's concurrency bound holds unchanged. While the child is
 //! ready, [`PluginProcess::start_job`] does the same from an async task without a blocking thread (the
-//! reply comes on a oneshot channel): the usual path, a thread hop less per job. One supervisor thread
-//! per child reads its frames (dispatching progress and log lines to the job's callbacks and the plugin's
-//! `tracing` records to the host's log) and, when the child's output ends, collects its exit status and crash
-//! note, answers every job the child held with a [`Crash`], and starts a new child after a backoff. Jobs that
-//! arrive meanwhile wait for the new child (or for cancellation).
+//! reply comes on a oneshot channel): the usual path, a thread hop less per job. The child's frames are read
+//! on the tokio runtime once one is attached ([`PluginProcess::read_output_on`]), else on the plugin's
+//! supervisor thread (`output.rs`); either way progress and log lines go to the job's callbacks and the
+//! plugin's `tracing` records to the host's log, in the child's order. When the child's output ends, the
+//! supervisor thread collects its exit status and crash note, answers every job the child held with a
+//! [`Crash`], and starts a new child after a backoff. Jobs that arrive meanwhile wait for the new child (or
+//! for cancellation).
 //!
 //! This file is the jobs' side (starting a job, waiting for its reply, shutdown); `child_life.rs` is the
-//! child's: spawning it, the supervisor thread, reaping and restarting.
+//! child's: spawning it, the supervisor thread, reaping and restarting; `output.rs` reads its frames.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -31,9 +33,13 @@ use plugin_api::{JobView, Outcome, PluginConfig};
 use super::cause::Ending;
 use super::child::{slot_of, NOTE_FD};
 use super::crashnote;
-use super::protocol::{encode_frame, read_frame, write_frame, FromChild, ToChild};
+use super::protocol::{encode_frame, write_frame, FromChild, ToChild};
+use output::{Handback, Next, Output, Wake};
 
 mod child_life;
+mod output;
+#[cfg(test)]
+mod output_tests;
 
 /// First wait before restarting a crashed child; doubled per crash up to [`RESTART_BACKOFF_MAX`].
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -92,6 +98,10 @@ struct Shared {
     /// Set once a stopped plugin's child has exited (what [`PluginProcess::shutdown`] waits for).
     exited: Mutex<bool>,
     gone: Condvar,
+    /// The runtime the child's output is read on; `None`: the supervisor thread reads it.
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
+    /// Rung when `runtime` is set, to take the reading off the supervisor thread.
+    wake: Wake,
 }
 
 enum State {
@@ -192,7 +202,7 @@ fn fits(len: usize, room: usize) -> bool {
 /// A started child: its process, its output and the read end of its crash-note pipe.
 struct Started {
     child: Child,
-    output: BufReader<ChildStdout>,
+    output: Output<ChildStdout>,
     notes: File,
     conn: Arc<Conn>,
 }
@@ -200,7 +210,9 @@ struct Started {
 impl PluginProcess {
     /// Starts the plugin's child with `config` and waits until its `init` answered. `Err` carries the
     /// reason the plugin cannot run (its `init` refused, the library failed the loader's checks in the
-    /// child, the child could not be started).
+    /// child, the child could not be started). Started within a tokio runtime (a blocking thread of it, as
+    /// hot reload does), the child's output is read on that runtime; otherwise on the supervisor thread
+    /// until [`Self::read_output_on`].
     pub fn start(
         path: &Path,
         name: &str,
@@ -221,6 +233,9 @@ impl PluginProcess {
             next_id: AtomicU64::new(1),
             exited: Mutex::new(false),
             gone: Condvar::new(),
+            runtime: Mutex::new(tokio::runtime::Handle::try_current().ok()),
+            wake: Wake::new()
+                .map_err(|e| format!("cannot create the supervisor's eventfd: {e}"))?,
         });
         let started = shared.spawn()?;
         *shared.lock_state() = State::Ready(Arc::clone(&started.conn));
@@ -230,6 +245,20 @@ impl PluginProcess {
             .spawn(move || supervisor.supervise(started))
             .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
         Ok(PluginProcess { shared })
+    }
+
+    /// From now on reads the child's output (this one's and every restarted one's) on `runtime`: a reply
+    /// then wakes the runtime thread directly instead of a supervisor thread that wakes it in turn. The
+    /// host calls it once its runtime runs, for the plugins it loaded before. Afterwards
+    /// [`Self::process`] and [`Self::shutdown`] must not be called on the runtime's own thread (they wait for
+    /// frames that thread reads); the host calls them on blocking threads.
+    pub fn read_output_on(&self, runtime: tokio::runtime::Handle) {
+        *self
+            .shared
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(runtime);
+        self.shared.wake.ring();
     }
 
     /// Starts one job in the child without blocking, when the child is ready: the caller awaits
