@@ -211,6 +211,31 @@ fn swap_under_a_steady_stream(extra: &[(&str, &str)]) {
     eprintln!("jobs by version: {by_version:?}");
 }
 
+/// A build loaded at run time starts its plugin process from one of the host's blocking threads, which exits
+/// once idle (after the runtime's 10 s keep-alive): the plugin process must outlive that thread.
+#[test]
+fn a_replacement_plugin_process_outlives_the_thread_that_loaded_it() {
+    let (redis, worker, _port) = start(&[]);
+    let dir = plugin_dir(&worker);
+    let queue = NodeQueue::new(&redis, QUEUE);
+    assert_eq!(run_one(&queue), json!({"v": 1}));
+    let before = worker.line_count();
+    deploy(&dir, &plugin_lib(RELOAD_V2_PLUGIN), FILE);
+    wait_change(
+        &worker,
+        before,
+        &["plugin change applied", "new_version=2.0.0"],
+    );
+    // Longer than the blocking pool keeps an idle thread.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(run_one(&queue), json!({"v": 2}));
+    assert!(
+        !worker.has_line("plugin process crashed"),
+        "{}",
+        worker.output_text()
+    );
+}
+
 #[test]
 fn broken_replacements_leave_v1_serving() {
     let (redis, worker, port) = start(&[("RELOAD_FAIL_INIT", "2")]);

@@ -237,13 +237,27 @@ impl PluginProcess {
             wake: Wake::new()
                 .map_err(|e| format!("cannot create the supervisor's eventfd: {e}"))?,
         });
-        let started = shared.spawn()?;
-        *shared.lock_state() = State::Ready(Arc::clone(&started.conn));
+        // The child is started from its supervisor thread, which lives as long as the plugin: a child's
+        // parent-death signal follows the thread that forked it, and the thread calling `start` may be one of
+        // the runtime's blocking threads (hot reload), which exits once idle and would take the child along.
+        let (answer, init) = mpsc::channel();
         let supervisor = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("plugin-{name}"))
-            .spawn(move || supervisor.supervise(started))
+            .spawn(move || match supervisor.spawn() {
+                Ok(started) => {
+                    *supervisor.lock_state() = State::Ready(Arc::clone(&started.conn));
+                    let _ = answer.send(Ok(()));
+                    supervisor.supervise(started)
+                }
+                Err(reason) => {
+                    let _ = answer.send(Err(reason));
+                }
+            })
             .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+        init.recv().unwrap_or_else(|_| {
+            Err("the supervisor thread ended before the plugin started".into())
+        })?;
         Ok(PluginProcess { shared })
     }
 
