@@ -123,6 +123,15 @@ fn a_replacement_in_process_under_a_steady_stream_completes_every_job_once_by_v1
     swap_under_a_steady_stream(&[("PLUGIN_ISOLATION", "in-process")]);
 }
 
+/// Sets its flag when dropped, unwinding included.
+struct StopWhenDropped<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopWhenDropped<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Swaps v1 for v2 while a Node producer keeps adding jobs; checks every job completed exactly once, by v1
 /// before the switch and by v2 after.
 fn swap_under_a_steady_stream(extra: &[(&str, &str)]) {
@@ -148,6 +157,9 @@ fn swap_under_a_steady_stream(extra: &[(&str, &str)]) {
             }
             ids
         });
+        // However this side ends (a failed wait panics), the producer stops after its last batches, so the
+        // test fails instead of waiting for it forever.
+        let _stop = StopWhenDropped(&switched);
         // Swap once the stream has run a while (counted in Redis).
         wait_until(Duration::from_secs(60), "40 jobs completed", || {
             let done = redis
