@@ -2,11 +2,12 @@
 //!
 //! An in-process plugin runs under `spawn_blocking` (its call blocks) while this side applies the progress
 //! and log writes it queues, in order, to the job in Redis; a job name the plugin declares inline runs on
-//! this thread instead (`isolation::inline`), its writes applied once it returned. A plugin process is handed the job from this
-//! task and its reply awaited here (no blocking thread per job), except while its child is being restarted
-//! or its input pipe lacks room. The call is waited for to the end — a blocking call cannot be stopped from
-//! outside, and leaving it running would break the queue's concurrency bound while the library renews a
-//! lock for a job nobody tracks; only the shutdown drain's abandon phase stops waiting.
+//! this thread instead (`isolation::inline`), its writes applied once it returned. A plugin process is
+//! handed the job from this task and its reply awaited here (no blocking thread per job), except while its
+//! child is being restarted or its input pipe lacks room. The call is waited for to the end — a blocking
+//! call cannot be stopped from outside, and leaving it running would break the queue's concurrency bound
+//! while the library renews a lock for a job nobody tracks; only the shutdown drain's abandon phase stops
+//! waiting.
 //! When the job's deadline passes, the overrun is logged at once (so a plugin that ignores cancellation
 //! shows up while it still holds a slot); the plugin itself learns it from `is_cancelled()`.
 
