@@ -2,10 +2,12 @@
 //!
 //! This file only parses the command line, sets up logging and hands over to the subcommand.
 
-// The host needs `unsafe` only where crash isolation calls libc directly (signal handlers, descriptors of a
-// plugin process, the crash journal's lock): `isolation/{child,crashnote,journal,process}.rs` allow it, every block with its `SAFETY:` reason.
+// The host needs `unsafe` only where it calls C directly: crash isolation (signal handlers, descriptors of a
+// plugin process, the crash journal's lock: `isolation/{child,crashnote,journal,process}.rs`) and the
+// allocator's options (`allocator.rs`); every such block gives its `SAFETY:` reason.
 #![deny(unsafe_code)]
 
+mod allocator;
 mod cli;
 mod clock;
 mod config;
@@ -31,6 +33,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{LogFormat, Logging};
 
 fn main() -> ExitCode {
+    allocator::give_memory_back();
     let cli = Cli::parse_with_env_help();
     init_logging(&logging_from_env());
     let result = match cli.command {

@@ -3,7 +3,9 @@
 //! Node worker's and the host's. It does the test plugin's work: a `sleep` job waits `data.ms` on a tokio
 //! timer (as an HTTP call to a provider would), any other job returns `data.result`. It runs on one async
 //! thread (a current-thread runtime), as the host does, so that the two differ only by what the host adds:
-//! with no blocking calls to make, one thread is also the cheapest way to drive the library per job.
+//! with no blocking calls to make, one thread is also the cheapest way to drive the library per job. It
+//! is built with the host's allocator (mimalloc) and the host's copy of the library (the workspace's
+//! patched bullmq-official) for the same reason.
 //!
 //! Usage: `bare-worker <redisUrl> <queue> <concurrency>`; prints `ready` once started, stops on SIGTERM.
 
@@ -11,6 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
