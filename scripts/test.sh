@@ -87,6 +87,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p frostguard-plugin-api --featur
 # cargo test does not build other packages' binaries and cdylibs: the host and every plugin first.
 step "cargo build --workspace"
 cargo build --workspace
+# The raw worker example is run by its own test (tests/tests/raw_worker.rs).
+cargo build -p frostguard-tests --example raw-worker
 
 # The interop suite and the digest end-to-end tests (job schedulers) run once per Node BullMQ line a producer may
 # use: 6.x with everything above (the default), then again with 5.67, the version FrostGuard's API pins

@@ -19,6 +19,7 @@ fn colour(c: Contender) -> &'static str {
         Contender::Node => "#2e7d32",
         Contender::Node5 => "#81c784",
         Contender::Bare => "#757575",
+        Contender::Raw => "#212121",
         Contender::HostInProcess => "#1565c0",
         Contender::HostProcess => "#c62828",
         Contender::HostSms => "#ef6c00",

@@ -1,6 +1,6 @@
 //! The contenders of the benchmark and how each is started and stopped: Node BullMQ Workers (6.7, the
 //! reference, and 5.67, FrostGuard's own line), the bare `bullmq-official` Worker (examples/bare_worker.rs),
-//! and `frostguard-worker` with the no-op test plugin in both isolation modes or with the SMS plugin in dry
+//! the floor: BullMQ's scripts driven with no library (examples/raw_worker), and `frostguard-worker` with the no-op test plugin in both isolation modes or with the SMS plugin in dry
 //! run. Every contender is a process of its own, so its CPU and RSS are read the same way.
 
 use std::io::{BufRead, BufReader};
@@ -24,6 +24,8 @@ pub enum Contender {
     Node5,
     /// A plain `bullmq-official` Worker, no host.
     Bare,
+    /// BullMQ's own scripts driven with no library: the fastest worker found on the same Redis calls.
+    Raw,
     /// `frostguard-worker`, test plugin, `PLUGIN_ISOLATION=in-process`.
     HostInProcess,
     /// `frostguard-worker`, test plugin, `PLUGIN_ISOLATION=process`.
@@ -43,10 +45,11 @@ pub enum Work {
 }
 
 impl Contender {
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 7] = [
         Contender::Node,
         Contender::Node5,
         Contender::Bare,
+        Contender::Raw,
         Contender::HostInProcess,
         Contender::HostProcess,
         Contender::HostSms,
@@ -58,6 +61,7 @@ impl Contender {
             Contender::Node => "node",
             Contender::Node5 => "node5",
             Contender::Bare => "bare",
+            Contender::Raw => "raw",
             Contender::HostInProcess => "host-in-process",
             Contender::HostProcess => "host-process",
             Contender::HostSms => "host-sms",
@@ -69,6 +73,7 @@ impl Contender {
             Contender::Node => "Node BullMQ 6.7",
             Contender::Node5 => "Node BullMQ 5.67",
             Contender::Bare => "bare bullmq-official",
+            Contender::Raw => "raw scripts (no library)",
             Contender::HostInProcess => "frostguard in-process",
             Contender::HostProcess => "frostguard process",
             Contender::HostSms => "frostguard SMS dry-run",
@@ -113,8 +118,12 @@ impl Contender {
                 }
                 Running::Process(spawn_until_ready(cmd)?)
             }
-            Contender::Bare => {
-                let bin = build_dir().join("examples").join("bare-worker");
+            Contender::Bare | Contender::Raw => {
+                let name = match self {
+                    Contender::Bare => "bare-worker",
+                    _ => "raw-worker",
+                };
+                let bin = build_dir().join("examples").join(name);
                 if !bin.is_file() {
                     bail!(
                         "{} is not built (scripts/bench.sh builds it)",

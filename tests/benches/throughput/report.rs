@@ -13,6 +13,10 @@ use crate::measure::{Pickup, Sample};
 use crate::stats::{median, throughput_goal, waits_ideal};
 use crate::{Results, Settings};
 
+/// The workers on the same Redis calls without a plugin that the host in-process is measured against (the
+/// plugin boundary): the library it is built on, and BullMQ's scripts with no library (the floor).
+const BOUNDARY_REFERENCES: [Contender; 2] = [Contender::Bare, Contender::Raw];
+
 /// The lines of docs/benchmarks.md between which the bench writes its results.
 const BEGIN: &str = "<!-- bench:results:begin (written by scripts/bench.sh --write) -->";
 const END: &str = "<!-- bench:results:end -->";
@@ -201,24 +205,32 @@ impl<'a> Summary<'a> {
             ],
             &rows,
         );
-        if let Some((rate, cpu)) = self.boundary(c) {
-            let _ = writeln!(
-                out,
-                "\nPlugin boundary (frostguard in-process vs bare bullmq-official): throughput {:+.1} %, \
-                 worker CPU per job {:+.1} %.",
-                rate, cpu
-            );
+        let mut first = true;
+        for reference in BOUNDARY_REFERENCES {
+            if let Some((rate, cpu)) = self.boundary(c, reference) {
+                let _ = writeln!(
+                    out,
+                    "{}Plugin boundary (frostguard in-process vs {}): throughput {:+.1} %, worker CPU per \
+                     job {:+.1} %.",
+                    if first { "\n" } else { "" },
+                    reference.label(),
+                    rate,
+                    cpu
+                );
+                first = false;
+            }
         }
         out + "\n"
     }
 
-    /// The host in-process against the bare library at `c`: (throughput change %, CPU per job change %).
-    fn boundary(&self, c: usize) -> Option<(f64, f64)> {
+    /// The host in-process against `reference` (a worker on the same Redis calls without a plugin) at `c`:
+    /// (throughput change %, CPU per job change %).
+    fn boundary(&self, c: usize, reference: Contender) -> Option<(f64, f64)> {
         let host = self.no_op.get(&(Contender::HostInProcess, c))?;
-        let bare = self.no_op.get(&(Contender::Bare, c))?;
+        let base = self.no_op.get(&(reference, c))?;
         Some((
-            (host.rate / bare.rate - 1.0) * 100.0,
-            (host.cpu_us_per_job / bare.cpu_us_per_job - 1.0) * 100.0,
+            (host.rate / base.rate - 1.0) * 100.0,
+            (host.cpu_us_per_job / base.cpu_us_per_job - 1.0) * 100.0,
         ))
     }
 
@@ -343,17 +355,24 @@ impl<'a> Summary<'a> {
                 Some((format!("{r:.2}×"), r >= goal))
             });
         }
-        for &c in self.concurrencies() {
-            per_host(
-                format!("plugin boundary ≤ 5 % (throughput, CPU/job), c={c}"),
-                &|h| {
-                    let (rate, cpu) = self.boundary(c).filter(|_| h == Contender::HostInProcess)?;
-                    Some((
-                        format!("{rate:+.1} %, {cpu:+.1} %"),
-                        rate >= -5.0 && cpu <= 5.0,
-                    ))
-                },
-            );
+        for reference in BOUNDARY_REFERENCES {
+            for &c in self.concurrencies() {
+                per_host(
+                    format!(
+                        "plugin boundary vs {} ≤ 5 % (throughput, CPU/job), c={c}",
+                        reference.key()
+                    ),
+                    &|h| {
+                        let (rate, cpu) = self
+                            .boundary(c, reference)
+                            .filter(|_| h == Contender::HostInProcess)?;
+                        Some((
+                            format!("{rate:+.1} %, {cpu:+.1} %"),
+                            rate >= -5.0 && cpu <= 5.0,
+                        ))
+                    },
+                );
+            }
         }
         if let Some(c) = self.settings.io_concurrency {
             per_host(format!("waiting jobs ≥ 90 % of ideal, c={c}"), &|h| {
