@@ -1,7 +1,7 @@
 //! The project's benchmark (`scripts/bench.sh`, `cargo bench` only; docs/benchmarks.md says what every figure
-//! means). Node BullMQ Workers, a bare `bullmq-official` Worker and `frostguard-worker` (test plugin in both
-//! isolation modes; SMS plugin in dry run) drain the same Node-produced jobs, one fresh redis-server per
-//! measurement, in three phases per run:
+//! means). Node BullMQ Workers, a bare `bullmq-official` Worker, BullMQ's scripts driven with no library (the
+//! floor) and `frostguard-worker` (test plugin in both isolation modes; SMS plugin in dry run) drain the same
+//! Node-produced jobs, one fresh redis-server per measurement, in three phases per run:
 //! * no-op jobs at each concurrency (`BENCH_CONCURRENCY`, default `1,5,50,200`; `BENCH_JOBS` jobs each);
 //! * waiting jobs (`BENCH_IO_MS`, default 20 ms each) at `BENCH_IO_CONCURRENCY` (default 200);
 //! * pickup latency: `BENCH_PICKUP_JOBS` jobs (default 200) added one at a time at `BENCH_PICKUP_RATE` a second
