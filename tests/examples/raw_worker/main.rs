@@ -35,6 +35,10 @@ use anyhow::Context;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, IntoConnectionInfo};
 
+/// The host's allocator, as the bare contender has it, so that the plugin boundary compares like with like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [url, queue, concurrency] = args.as_slice() else {
