@@ -47,8 +47,10 @@ impl QueueBridge {
                 self.completions.handed(job, &result);
                 Ok(result)
             }
-            Verdict::FailForGood(failure) => self.fail_for_good(&job, failure).await,
-            Verdict::FailAttempt(failure) => self.failed_attempt(&mut job, failure, elapsed).await,
+            Verdict::FailForGood(failure) => Box::pin(self.fail_for_good(&job, failure)).await,
+            Verdict::FailAttempt(failure) => {
+                Box::pin(self.failed_attempt(&mut job, failure, elapsed)).await
+            }
             Verdict::TimedOut { failure, replaced } => {
                 self.metrics.job_timed_out();
                 tracing::debug!(
@@ -56,11 +58,11 @@ impl QueueBridge {
                     plugin_outcome = %replaced,
                     "the plugin's outcome after the deadline is recorded as a timeout"
                 );
-                self.failed_attempt(&mut job, failure, elapsed).await
+                Box::pin(self.failed_attempt(&mut job, failure, elapsed)).await
             }
             Verdict::DelayJob { delay_ms, reason } => {
                 tracing::info!(queue = %self.queue, job_id = %id, delay_ms, %reason, "job retried later");
-                self.delay(&mut job, delay_ms, "").await
+                Box::pin(self.delay(&mut job, delay_ms, "")).await
             }
             Verdict::HoldQueue { delay_ms, reason } => {
                 tracing::warn!(
@@ -69,12 +71,12 @@ impl QueueBridge {
                 );
                 self.hold.hold_for(delay_ms);
                 self.report_hold(delay_ms, reason);
-                if let Err(e) = self.admin.rate_limit(&self.keys, delay_ms).await {
+                if let Err(e) = Box::pin(self.admin.rate_limit(&self.keys, delay_ms)).await {
                     tracing::warn!(queue = %self.queue, error = %e, "could not rate-limit the queue");
                 }
                 Err(bullmq::Error::RateLimited { delay_ms })
             }
-            Verdict::PutBack { why } => self.put_back(&job, why).await,
+            Verdict::PutBack { why } => Box::pin(self.put_back(&job, why)).await,
         }
     }
 

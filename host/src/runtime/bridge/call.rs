@@ -179,7 +179,9 @@ impl QueueBridge {
             CallEnd::TaskFailed(e) => {
                 Ended::Crashed(Outcome::failed(format!("plugin call crashed: {e}")))
             }
-            CallEnd::ProcessCrashed(crash) => Ended::Crashed(self.crash_outcome(id, crash).await),
+            CallEnd::ProcessCrashed(crash) => {
+                Ended::Crashed(Box::pin(self.crash_outcome(id, crash)).await)
+            }
             CallEnd::Abandoned => Ended::Abandoned,
         }
     }

@@ -94,15 +94,20 @@ impl Drop for ActiveGauge<'_> {
 
 impl QueueBridge {
     /// One job, start to end: the checks before any plugin code runs, the call, the verdict, its application.
+    ///
+    /// The rare paths' futures (refusals, put-backs, waiting for Redis, failures and their Redis writes) are
+    /// boxed where they are awaited: unboxed, each would be laid out inside this future, which every job
+    /// allocates and moves (7.9 KB with them inline, 6.5 KB boxed).
     async fn run(&self, mut job: Job, token: CancellationToken) -> LibResult {
         let id = job.id().to_owned();
         if !self.queue_info.accepts(job.name()) {
             let reason = self.queue_info.rejection(job.name());
             tracing::warn!(queue = %self.queue, job_id = %id, "{reason}");
             self.metrics.job_rejected();
-            return self
-                .fail_for_good(&job, Failure::host(FailureClass::Rejected, reason))
-                .await;
+            return Box::pin(
+                self.fail_for_good(&job, Failure::host(FailureClass::Rejected, reason)),
+            )
+            .await;
         }
         if let Some(result) = self.completions.replay(&job) {
             // Put back only because Redis failed to record this result: record it, do not run it again.
@@ -113,9 +118,7 @@ impl QueueBridge {
         let _in_flight = self.drain.job_started();
         if self.drain.is_stopping() {
             // Fetched while the workers were being paused: not ours to start any more.
-            return self
-                .put_back(&job, "shutting down before the job started")
-                .await;
+            return Box::pin(self.put_back(&job, "shutting down before the job started")).await;
         }
         self.metrics.active(1.0);
         let _gauge = ActiveGauge(&self.metrics);
@@ -134,7 +137,7 @@ impl QueueBridge {
         let called = self.call(&mut job, view, token).await;
         if !self.health.redis_up() {
             let _recording = self.drain.recording();
-            self.wait_for_redis(&id).await;
+            Box::pin(self.wait_for_redis(&id)).await;
         }
         let ended = self.settle(&id, called.end).await;
         let verdict = decide(
@@ -158,7 +161,7 @@ impl QueueBridge {
         let null = || RawValue::from_string("null".to_owned()).expect("null is JSON");
         let data = match parsed {
             Some(data) => data,
-            None => match self.admin.raw_job(&self.keys, job.id()).await {
+            None => match Box::pin(self.admin.raw_job(&self.keys, job.id())).await {
                 Ok(RawJob {
                     data: Some(text), ..
                 }) => stored_data(text)?,
