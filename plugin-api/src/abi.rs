@@ -72,6 +72,18 @@ pub trait JobServices: Send + Sync {
 /// Owned handle to one job's services.
 pub type JobServicesBox = JobServices_TO<'static, RBox<()>>;
 
+/// Where a pending job's outcome goes (given to `start` with the job): the host awaits it without a thread.
+#[sabi_trait]
+pub trait JobCompletion: Send + Sync {
+    /// Hands back the job's outcome (JSON of [`crate::Outcome`]), from any thread. Only the first call counts;
+    /// it returns true, every later one false. Dropping the last handle without a call fails the job.
+    #[sabi(last_prefix_field)]
+    fn complete(&self, outcome_json: RStr<'_>) -> bool;
+}
+
+/// Owned handle to one pending job's completion.
+pub type JobCompletionBox = JobCompletion_TO<'static, RBox<()>>;
+
 /// The root module every plugin exports. Functions may only be appended (see the module docs).
 #[repr(C)]
 #[derive(StableAbi)]
@@ -100,6 +112,34 @@ impl RootModule for PluginModuleRef {
     const NAME: &'static str = "frostguard job-processor plugin";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
+
+/// The entry point of pending jobs, exported beside the root module under [`PENDING_SYMBOL`].
+///
+/// It is not a field of [`PluginModule`]: abi_stable refuses a library whose root module has fewer fields
+/// than the host's, so a field appended there would turn away every plugin built before it. A plugin built
+/// before pending jobs simply lacks the symbol, and its jobs all go through `process`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct PendingModule {
+    /// Starts one job the plugin declared pending (`QueueInfo::pending_jobs`; JSON of [`crate::JobView`])
+    /// and returns at once: the plugin completes it later through `done`, from any thread. Called on the
+    /// thread that received the job.
+    pub start: extern "C" fn(job_json: RStr<'_>, job: JobServicesBox, done: JobCompletionBox),
+}
+
+/// What [`PENDING_SYMBOL`] names: the layout of [`PendingModule`] the plugin was built with, which the host
+/// checks against its own with abi_stable before it uses `module`, and the module itself.
+#[repr(C)]
+pub struct PendingEntry {
+    /// `<PendingModule as StableAbi>::LAYOUT` in the plugin.
+    pub layout: &'static abi_stable::type_layout::TypeLayout,
+    /// The entry points.
+    pub module: PendingModule,
+}
+
+/// The symbol of a plugin's [`PendingEntry`] (the export macro defines it). A new version of the pending
+/// interface would get a new name, so a host never reads an entry of a layout it does not expect.
+pub const PENDING_SYMBOL: &str = "frostguard_plugin_pending_v1";
 
 /// The symbol abi_stable looks up in every plugin library (the export macro defines it).
 pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";

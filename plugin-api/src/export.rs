@@ -16,19 +16,26 @@ use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString};
 
 pub use abi_stable;
 
-use crate::abi::{level, HostServicesBox, JobServicesBox, PluginModule, PluginModuleRef};
+use crate::abi::{
+    level, HostServicesBox, JobCompletion, JobCompletionBox, JobCompletion_TO, JobServicesBox,
+    PluginModule, PluginModuleRef,
+};
 use crate::forward;
-use crate::plugin::{JobContext, Plugin};
+use crate::plugin::{JobContext, PendingJob, Plugin};
 use crate::types::{FailureDetail, JobView, Outcome, PluginConfig};
 
 /// Gives the entry points access to the one instance of a plugin; implemented by the export macro.
 pub trait PluginInstance: Plugin {
     /// The cell holding the instance built by `init`.
     fn instance_cell() -> &'static OnceLock<Self>;
+
+    /// The cell holding the (queue, job name) pairs the plugin declares pending, filled at the first job.
+    fn pending_cell() -> &'static OnceLock<Vec<(String, String)>>;
 }
 
 /// Builds the root module for `P`; called once per library by abi_stable's loader.
@@ -136,6 +143,9 @@ pub fn panic_outcome(payload: &(dyn Any + Send), location: Option<String>) -> Ou
 }
 
 extern "C" fn process<P: PluginInstance>(job_json: RStr<'_>, services: JobServicesBox) -> RString {
+    if let Some(deadline_ms) = pending_deadline::<P>(job_json.as_str()) {
+        return wait_for_pending::<P>(job_json, services, deadline_ms).into();
+    }
     note_panic_locations();
     PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
     let outcome = match catch_unwind(AssertUnwindSafe(|| {
@@ -144,14 +154,122 @@ extern "C" fn process<P: PluginInstance>(job_json: RStr<'_>, services: JobServic
         Ok(outcome) => outcome,
         Err(p) => panic_outcome(&*p, PANIC_LOCATION.with(|cell| cell.borrow_mut().take())),
     };
-    serde_json::to_string(&outcome)
-        .unwrap_or_else(|e| {
-            format!(
-                r#"{{"status":"failed","message":"outcome not serialisable: {}","unrecoverable":false}}"#,
-                e.to_string().replace(['"', '\\'], "'")
-            )
-        })
-        .into()
+    outcome_json(&outcome).into()
+}
+
+/// The JSON of `outcome` as it crosses the boundary (a failure saying why, should it not serialise).
+pub fn outcome_json(outcome: &Outcome) -> String {
+    serde_json::to_string(outcome).unwrap_or_else(|e| {
+        format!(
+            r#"{{"status":"failed","message":"outcome not serialisable: {}","unrecoverable":false}}"#,
+            e.to_string().replace(['"', '\\'], "'")
+        )
+    })
+}
+
+/// The pending-job entry point for `P` (see [`crate::abi::PendingModule`]).
+pub extern "C" fn start<P: PluginInstance>(
+    job_json: RStr<'_>,
+    services: JobServicesBox,
+    done: JobCompletionBox,
+) {
+    note_panic_locations();
+    PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
+    let pending = PendingJob::new(services, done);
+    // A clone kept here, so a panic can still complete the job (ignored if the plugin already did).
+    let kept = pending.clone();
+    let started = catch_unwind(AssertUnwindSafe(|| {
+        start_job::<P>(job_json.as_str(), pending)
+    }));
+    if let Err(p) = started {
+        kept.complete(panic_outcome(
+            &*p,
+            PANIC_LOCATION.with(|cell| cell.borrow_mut().take()),
+        ));
+    }
+}
+
+fn start_job<P: PluginInstance>(job_json: &str, pending: PendingJob) {
+    let Some(plugin) = P::instance_cell().get() else {
+        pending.complete(Outcome::failed(
+            "plugin received a job before init succeeded",
+        ));
+        return;
+    };
+    match serde_json::from_str::<JobView>(job_json) {
+        Ok(job) => plugin.start(&job, pending),
+        Err(e) => {
+            pending.complete(Outcome::failed(format!(
+                "host sent a job the plugin cannot read: {e}"
+            )));
+        }
+    }
+}
+
+/// For a job the plugin declares pending, `Some` of its deadline (if any): a host from before pending jobs
+/// calls `process` for every job, and the job is then started and waited for here.
+fn pending_deadline<P: PluginInstance>(job_json: &str) -> Option<Option<u64>> {
+    let pending = P::pending_cell().get_or_init(|| {
+        P::describe()
+            .queues
+            .iter()
+            .flat_map(|q| q.pending_jobs.iter().map(|n| (q.queue.clone(), n.clone())))
+            .collect()
+    });
+    if pending.is_empty() {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Head {
+        name: String,
+        queue: String,
+        #[serde(default)]
+        deadline_ms: Option<u64>,
+    }
+    let head: Head = serde_json::from_str(job_json).ok()?;
+    pending
+        .iter()
+        .any(|(q, n)| *q == head.queue && *n == head.name)
+        .then_some(head.deadline_ms)
+}
+
+/// Runs a pending job for a caller that waits (a host from before pending jobs, on its blocking thread):
+/// starts it, then waits for its completion, up to [`crate::PENDING_GRACE`] past its deadline.
+fn wait_for_pending<P: PluginInstance>(
+    job_json: RStr<'_>,
+    services: JobServicesBox,
+    deadline_ms: Option<u64>,
+) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let done =
+        JobCompletion_TO::from_value(LocalCompletion(std::sync::Mutex::new(Some(tx))), TD_Opaque);
+    start::<P>(job_json, services, done);
+    let outcome = match deadline_ms {
+        Some(ms) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let left = Duration::from_millis(ms.saturating_sub(now)) + crate::PENDING_GRACE;
+            rx.recv_timeout(left).ok()
+        }
+        None => rx.recv().ok(),
+    };
+    outcome.unwrap_or_else(|| {
+        outcome_json(&Outcome::failed(
+            "the pending job was not completed (dropped, or past its deadline and the grace)",
+        ))
+    })
+}
+
+/// The completion of a pending job run by [`wait_for_pending`]: the first outcome goes to the waiting thread.
+struct LocalCompletion(std::sync::Mutex<Option<std::sync::mpsc::Sender<String>>>);
+
+impl JobCompletion for LocalCompletion {
+    fn complete(&self, outcome_json: RStr<'_>) -> bool {
+        let tx = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        tx.is_some_and(|tx| tx.send(outcome_json.as_str().to_owned()).is_ok())
+    }
 }
 
 fn run_job<P: PluginInstance>(job_json: &str, services: &JobServicesBox) -> Outcome {
@@ -189,10 +307,16 @@ macro_rules! export_plugin {
     ($plugin:ty) => {
         const _: () = {
             static INSTANCE: ::std::sync::OnceLock<$plugin> = ::std::sync::OnceLock::new();
+            static PENDING: ::std::sync::OnceLock<::std::vec::Vec<(String, String)>> =
+                ::std::sync::OnceLock::new();
 
             impl $crate::__export::PluginInstance for $plugin {
                 fn instance_cell() -> &'static ::std::sync::OnceLock<Self> {
                     &INSTANCE
+                }
+
+                fn pending_cell() -> &'static ::std::sync::OnceLock<Vec<(String, String)>> {
+                    &PENDING
                 }
             }
 
@@ -203,6 +327,17 @@ macro_rules! export_plugin {
             extern "C" fn construct() -> $crate::__export::abi_stable::library::RootModuleResult {
                 $crate::__export::abi_stable::library::__call_root_module_loader(root_module)
             }
+
+            // The entry point of pending jobs, looked up by name beside the root module; its symbol name is
+            // `abi::PENDING_SYMBOL`.
+            #[export_name = "frostguard_plugin_pending_v1"]
+            pub static PENDING_ENTRY: $crate::abi::PendingEntry = $crate::abi::PendingEntry {
+                layout:
+                    <$crate::abi::PendingModule as $crate::__export::abi_stable::StableAbi>::LAYOUT,
+                module: $crate::abi::PendingModule {
+                    start: $crate::__export::start::<$plugin>,
+                },
+            };
 
             // The header abi_stable's loader looks up; its symbol name is `abi::ROOT_MODULE_SYMBOL`.
             // SAFETY: `from_constructor::<M>` requires the module `construct` returns to be an erased `M`:

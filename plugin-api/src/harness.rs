@@ -146,7 +146,8 @@ impl Harness {
                     timestamp: now,
                     deadline_ms: spec.timeout.map(|t| now + t.as_millis() as u64),
                 };
-                self.plugin.process(&job, callbacks.clone())
+                let deadline = spec.timeout.map(|t| std::time::Instant::now() + t);
+                self.plugin.run_to_end(&job, callbacks.clone(), deadline)
             }
         };
         let (progress, job_logs) = callbacks.take();

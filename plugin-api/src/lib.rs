@@ -58,6 +58,7 @@
 //!                 handles_unknown_names: false,
 //!                 timeout_ms: Some(10_000),
 //!                 inline_jobs: vec![],
+//!                 pending_jobs: vec![],
 //!             }],
 //!             config_keys: vec!["GREETING".into()],
 //!         }
@@ -124,8 +125,8 @@
 //! plugin author's guide, and `frostguard-worker plugins new NAME` writes a starting crate.
 
 #![warn(missing_docs)]
-// No hand-written `unsafe` in this crate; abi_stable's `sabi_trait` expands to `unsafe` impls inside
-// `abi.rs`, which alone allows it. (`export_plugin!` has one `unsafe` block, expanded in the plugin, with its
+// No hand-written `unsafe` in this crate but the loader's symbol lookup (`pending_symbol.rs`); abi_stable's
+// `sabi_trait` expands to `unsafe` impls inside `abi.rs`, which allows it for that. (`export_plugin!` has one `unsafe` block, expanded in the plugin, with its
 // `SAFETY:` reason.)
 #![deny(unsafe_code)]
 
@@ -136,6 +137,10 @@ mod elf_check;
 mod export;
 mod forward;
 pub mod log_level;
+// Reads the pending-job entry point's symbol as its type: one `unsafe` call with its `SAFETY:` reason.
+#[cfg(feature = "loader")]
+#[allow(unsafe_code)]
+mod pending_symbol;
 mod plugin;
 mod types;
 
@@ -144,7 +149,7 @@ pub mod harness;
 #[cfg(feature = "loader")]
 pub mod loader;
 
-pub use plugin::{JobContext, Plugin};
+pub use plugin::{JobContext, PendingJob, Plugin, PENDING_GRACE};
 pub use types::{
     FailureDetail, InitError, JobOpts, JobView, Outcome, PluginConfig, PluginInfo, QueueInfo,
     RateLimitHint, RetryScope,

@@ -9,15 +9,18 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr};
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{HostServices, HostServices_TO, JobServices, JobServices_TO, PluginModuleRef};
+use crate::abi::{
+    HostServices, HostServices_TO, JobCompletion, JobCompletion_TO, JobServices, JobServices_TO,
+    PendingModule, PluginModuleRef,
+};
 use crate::elf_check::Mismatch;
 pub use crate::log_level::LogLevel;
 use crate::types::{JobView, Outcome, PluginConfig, PluginInfo};
@@ -119,6 +122,8 @@ pub struct LoadedPlugin {
     info: PluginInfo,
     /// 0 = not initialised, 1 = initialised; guards `process` against a plugin that never started.
     state: AtomicU8,
+    /// Its pending-job entry point, when it was built with one.
+    pending: Option<PendingModule>,
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -141,11 +146,14 @@ impl LoadedPlugin {
             .init_root_module::<PluginModuleRef>()
             .map_err(|e| library_error(path, e))?;
         let info = describe(path, module)?;
+        let pending = crate::pending_symbol::find(path)
+            .map_err(|reason| LoadError::new(path, LoadStage::Abi, reason))?;
         Ok(Self {
             path: path.to_owned(),
             module,
             info,
             state: AtomicU8::new(0),
+            pending,
         })
     }
 
@@ -194,6 +202,81 @@ impl LoadedPlugin {
         })
     }
 
+    /// Whether the plugin can complete jobs later ([`Self::start`]): built against an interface that has it.
+    pub fn supports_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether a job `name` of `queue` is started with [`Self::start`] rather than run with
+    /// [`Self::process`]: the plugin declares it pending and has the entry point.
+    pub fn is_pending(&self, queue: &str, name: &str) -> bool {
+        self.supports_pending()
+            && self
+                .info
+                .queue(queue)
+                .is_some_and(|q| q.pending_jobs.iter().any(|n| n == name) && q.accepts(name))
+    }
+
+    /// Starts one pending job and returns as soon as the plugin has taken it (the plugin's `start` must not
+    /// block). `done` is called exactly once, from whichever thread completes the job (possibly this one,
+    /// before `start` returns): with the plugin's outcome, or with a retryable failure when the plugin
+    /// dropped the job without one, could not be called, or sent a malformed outcome. Never panics.
+    pub fn start(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>, done: Done) {
+        let completion = CompletionImpl {
+            plugin: self.info.name.clone(),
+            done: Mutex::new(Some(done)),
+        };
+        if self.state.load(Ordering::Acquire) != 1 {
+            let reason = format!("plugin {} is not initialised", self.info.name);
+            completion.finish(Outcome::failed(reason));
+            return;
+        }
+        let Some(PendingModule { start }) = self.pending else {
+            let reason = format!("plugin {} cannot complete jobs later", self.info.name);
+            completion.finish(Outcome::failed(reason));
+            return;
+        };
+        let job_json = match serde_json::to_string(job) {
+            Ok(json) => json,
+            Err(e) => {
+                let reason = format!("job {} could not be encoded: {e}", job.id);
+                completion.finish(Outcome::failed(reason));
+                return;
+            }
+        };
+        let services = JobServices_TO::from_value(JobServicesImpl(callbacks), TD_Opaque);
+        let done = JobCompletion_TO::from_value(completion, TD_Opaque);
+        start(RStr::from_str(&job_json), services, done);
+    }
+
+    /// Runs one job to its outcome on this thread whichever way the plugin takes it: `process`, or `start`
+    /// and a wait for the completion, given up [`PENDING_GRACE`] after `deadline` (a plugin that never
+    /// completes a job must not hold its caller forever). Blocks: for callers without an async runtime (the
+    /// harness, `plugins run`).
+    pub fn run_to_end(
+        &self,
+        job: &JobView,
+        callbacks: Arc<dyn JobCallbacks>,
+        deadline: Option<Instant>,
+    ) -> Outcome {
+        if !self.is_pending(&job.queue, &job.name) {
+            return self.process(job, callbacks);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.start(
+            job,
+            callbacks,
+            Box::new(move |outcome| drop(tx.send(outcome))),
+        );
+        let outcome = match deadline {
+            Some(d) => rx
+                .recv_timeout((d + PENDING_GRACE).saturating_duration_since(Instant::now()))
+                .ok(),
+            None => rx.recv().ok(),
+        };
+        outcome.unwrap_or_else(|| Outcome::failed(not_completed(&self.info.name)))
+    }
+
     /// Asks the plugin to stop within `deadline`. Blocks: call it from a blocking thread.
     pub fn shutdown(&self, deadline: Duration) {
         if self.state.swap(0, Ordering::AcqRel) == 1 {
@@ -201,6 +284,16 @@ impl LoadedPlugin {
             (self.module.shutdown())(ms);
         }
     }
+}
+
+pub use crate::plugin::PENDING_GRACE;
+
+/// The failure of a pending job its plugin did not complete by its deadline and [`PENDING_GRACE`].
+pub fn not_completed(plugin: &str) -> String {
+    format!(
+        "plugin {plugin} did not complete the pending job within {} ms after its deadline",
+        PENDING_GRACE.as_millis()
+    )
 }
 
 /// Rejects what must never reach `dlopen`: a missing or non-ELF file, and a truncated one. The dynamic loader
@@ -369,6 +462,60 @@ impl HostServices for HostServicesImpl {
 
     fn max_level(&self) -> u8 {
         self.max
+    }
+}
+
+/// What receives a pending job's outcome (see [`LoadedPlugin::start`]).
+pub type Done = Box<dyn FnOnce(Outcome) + Send>;
+
+/// The host's end of a pending job: the first outcome goes to `done`, later ones are refused; dropped
+/// without one (every handle of the plugin gone), it fails the job so nothing waits for it forever.
+struct CompletionImpl {
+    plugin: String,
+    done: Mutex<Option<Done>>,
+}
+
+impl CompletionImpl {
+    /// Hands `outcome` on unless an outcome already was; returns whether it did.
+    fn finish(&self, outcome: Outcome) -> bool {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match done {
+            Some(done) => {
+                done(outcome);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl JobCompletion for CompletionImpl {
+    fn complete(&self, outcome_json: RStr<'_>) -> bool {
+        if self
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return false;
+        }
+        let outcome = serde_json::from_str(outcome_json.as_str()).unwrap_or_else(|e| {
+            Outcome::failed(format!(
+                "plugin {} completed a job with a malformed outcome ({e})",
+                self.plugin
+            ))
+        });
+        self.finish(outcome)
+    }
+}
+
+impl Drop for CompletionImpl {
+    fn drop(&mut self) {
+        let reason = format!(
+            "plugin {} dropped a pending job without an outcome",
+            self.plugin
+        );
+        self.finish(Outcome::failed(reason));
     }
 }
 

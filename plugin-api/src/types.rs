@@ -66,6 +66,14 @@ pub struct QueueInfo {
     /// to a job thread.
     #[serde(default)]
     pub inline_jobs: Vec<String>,
+    /// Job names the plugin completes later instead of returning from `process`: the host calls
+    /// [`crate::Plugin::start`] for them on the thread that received the job, which hands the work to the
+    /// plugin's own threads (a timer, an async client) and returns at once; the plugin then completes the
+    /// [`crate::PendingJob`] from whichever thread finishes it. No host thread is held while such a job waits,
+    /// which is what a job that spends its time waiting for a provider should cost. Empty (the default): every
+    /// job goes through `process`. A host older than this field ignores it and calls `process`.
+    #[serde(default)]
+    pub pending_jobs: Vec<String>,
 }
 
 impl PluginInfo {

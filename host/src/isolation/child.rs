@@ -1,7 +1,8 @@
 //! The plugin process's side (`frostguard-worker plugin-process --plugin FILE`, a hidden subcommand the host
 //! starts): loads the library through the same loader and checks as the host, starts it with the settings
 //! the host sends, then runs each job it is given on a thread of its own (an inline job, which the plugin
-//! declares quick, on the thread that read it: [`super::inline`]) and reports progress, job log lines, the
+//! declares quick, on the thread that read it: [`super::inline`]; a pending job is started there and completed
+//! from the plugin's own threads) and reports progress, job log lines, the
 //! plugin's `tracing` records and the outcome back over the framed protocol.
 //!
 //! Job threads are reused: they come from a thread pool (tokio's blocking pool, with no async runtime
@@ -192,6 +193,10 @@ fn serve(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id, Arc::clone(&cancelled));
+                if plugin.is_pending(&job.queue, &job.name) {
+                    start_pending(plugin, &inline, out, &running, id, &job, cancelled);
+                    continue;
+                }
                 let (plugin, out, running) =
                     (Arc::clone(plugin), out.clone(), Arc::clone(&running));
                 // Quick by the plugin's word: run on this thread, without waking a job thread (a
@@ -254,6 +259,45 @@ fn serve(
             ToChild::Init { .. } => anyhow::bail!("a second init message"),
         }
     }
+}
+
+/// Starts pending job `id` on the reader thread: the plugin's `start` takes it and returns, and whichever
+/// thread of the plugin completes it sends the outcome. The crash note names the job during `start` only
+/// (afterwards it runs on threads of the plugin's own, which no job can be told apart on).
+fn start_pending(
+    plugin: &Arc<LoadedPlugin>,
+    inline: &InlineJobs,
+    out: &Out,
+    running: &Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>,
+    id: u64,
+    job: &plugin_api::JobView,
+    cancelled: Arc<AtomicBool>,
+) {
+    let callbacks = Arc::new(ChildCallbacks {
+        id,
+        out: out.clone(),
+        cancelled,
+    });
+    let (out, running) = (out.clone(), Arc::clone(running));
+    let done = Box::new(move |outcome| {
+        running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        out.send(&FromChild::Outcome { id, outcome });
+    });
+    let _entered = crashnote::enter(
+        slot_of(id),
+        format_args!(
+            "job {} of queue {} (plugin {})",
+            job.id,
+            job.queue,
+            plugin.info().name
+        ),
+    );
+    let probe = CallProbe::start();
+    plugin.start(job, callbacks, done);
+    inline.started(&job.queue, &job.name, &probe.finish());
 }
 
 /// The pool of job threads: as many as jobs run at once (the host bounds that by the queue's concurrency),

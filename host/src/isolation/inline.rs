@@ -25,6 +25,8 @@ pub struct InlineJobs {
     /// The plugin's name, for the log line.
     plugin: String,
     names: Vec<InlineName>,
+    /// Set once a pending job's `start` broke the promise (logged once).
+    start_breached: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -45,7 +47,8 @@ impl InlineJobs {
             .flat_map(|q| {
                 q.inline_jobs
                     .iter()
-                    .filter(|name| q.accepts(name))
+                    // A name also declared pending is started, not run inline.
+                    .filter(|name| q.accepts(name) && !q.pending_jobs.contains(name))
                     .map(|name| InlineName {
                         queue: q.queue.clone(),
                         name: name.clone(),
@@ -56,6 +59,7 @@ impl InlineJobs {
         InlineJobs {
             plugin: info.name.clone(),
             names,
+            start_breached: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +86,22 @@ impl InlineJobs {
                 waits = call.waits,
                 limit_ms = INLINE_LIMIT.as_millis() as u64,
                 "an inline job waited or computed too long and held up the thread it ran on; jobs of this name now run on job threads"
+            );
+        }
+    }
+
+    /// Takes note of how a pending job's `start` call went (it runs on the same thread as an inline job,
+    /// under the same promise); a breach is logged once per plugin, and the job stays pending: there is no
+    /// thread to hand a `start` to that would make its waiting any cheaper.
+    pub fn started(&self, queue: &str, name: &str, call: &CallUsage) {
+        if broke_promise(call.cpu, call.waits) && !self.start_breached.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                plugin = %self.plugin, %queue, job_name = %name,
+                cpu_ms = call.cpu.as_secs_f64() * 1000.0,
+                waits = call.waits,
+                limit_ms = INLINE_LIMIT.as_millis() as u64,
+                "a pending job's start waited or computed too long and held up the thread it ran on; start must hand the work off and return"
             );
         }
     }
@@ -187,6 +207,7 @@ mod tests {
             handles_unknown_names: false,
             timeout_ms: None,
             inline_jobs: inline.iter().map(|s| s.to_string()).collect(),
+            pending_jobs: vec![],
         };
         PluginInfo {
             name: "p".into(),

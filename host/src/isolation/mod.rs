@@ -114,6 +114,48 @@ impl ActivePlugin {
         Some(Reply::Outcome(self.in_process(job, callbacks, true)))
     }
 
+    /// Whether a job `name` of `queue` is one the plugin completes later (declared pending, and the
+    /// library has the entry point): no thread holds it while it waits, in either mode.
+    pub fn is_pending(&self, queue: &str, name: &str) -> bool {
+        self.library.is_pending(queue, name)
+    }
+
+    /// Starts `job` on this thread when it is a pending job of an in-process plugin: the plugin's `start`
+    /// takes it and returns, and its outcome arrives on the returned channel from whichever thread of the
+    /// plugin completes it. `None` for a plugin process (its child starts pending jobs itself) and for a job
+    /// that goes through `process`. The journal entry and the crash note cover the `start` call alone: the
+    /// job then runs on the plugin's threads, which no job can be told apart on. `start` is held to the
+    /// promise of an inline call (it runs on the async thread) and a breach is logged.
+    pub fn start_pending(
+        &self,
+        job: &JobView,
+        callbacks: Arc<dyn JobCallbacks>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Outcome>> {
+        if self.process.is_some() || !self.is_pending(&job.queue, &job.name) {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let entry = JOURNAL
+            .get()
+            .and_then(|j| j.begin(&job.queue, &job.id, &self.info.name));
+        let slot = entry.as_ref().map_or(u32::MAX, journal::Entry::slot);
+        let _entered = crashnote::enter(
+            slot,
+            format_args!(
+                "job {} of queue {} (plugin {})",
+                job.id, job.queue, self.info.name
+            ),
+        );
+        let probe = inline::CallProbe::start();
+        self.library.start(
+            job,
+            callbacks,
+            Box::new(move |outcome| drop(tx.send(outcome))),
+        );
+        self.inline.started(&job.queue, &job.name, &probe.finish());
+        Some(rx)
+    }
+
     /// Starts one job in the plugin's child without blocking (see [`PluginProcess::start_job`]); `None` for
     /// an in-process plugin and whenever the job must go through [`Self::run`] on a blocking thread.
     pub fn start_in_child(

@@ -400,6 +400,7 @@ mod tests {
             handles_unknown_names: false,
             timeout_ms: None,
             inline_jobs: vec![],
+            pending_jobs: vec![],
         }
     }
 

@@ -89,6 +89,7 @@ impl Plugin for EmailDigestsPlugin {
                 timeout_ms: Some(JOB_TIMEOUT_MS),
                 // Every digest reads the database and calls Resend: never inline.
                 inline_jobs: vec![],
+                pending_jobs: vec![],
             }],
             config_keys: config::KEYS.iter().map(|k| (*k).to_owned()).collect(),
         }

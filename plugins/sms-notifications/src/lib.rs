@@ -99,6 +99,7 @@ impl Plugin for SmsPlugin {
                 timeout_ms: Some(JOB_TIMEOUT_MS),
                 // Every send is an HTTP call to Telnyx and a database write: never inline.
                 inline_jobs: vec![],
+                pending_jobs: vec![],
             }],
             config_keys: config::KEYS.iter().map(|k| (*k).to_owned()).collect(),
         }

@@ -146,6 +146,7 @@ impl Waiter {
 pub struct ChildJob {
     id: u64,
     conn: Arc<Conn>,
+    shared: Arc<Shared>,
     /// The outcome, or the child's crash (the sender is dropped only if the host itself gives up on it).
     pub reply: tokio::sync::oneshot::Receiver<Reply>,
 }
@@ -167,6 +168,15 @@ impl ChildJob {
         // A failed write means the child is dying; the supervisor answers the job with its crash.
         let _ = input.write_all(&frame);
         true
+    }
+}
+
+impl Drop for ChildJob {
+    /// A job given up before its reply (a pending job past its grace, the shutdown's abandon) is forgotten
+    /// here, so a reply that never comes holds nothing; one that still comes is ignored. (Once the reply
+    /// came, the reader has removed the entry already.)
+    fn drop(&mut self) {
+        self.shared.lock_pending().remove(&self.id);
     }
 }
 
@@ -317,7 +327,12 @@ impl PluginProcess {
         // failed write means the child is dying; the supervisor answers this job with its crash.
         let _ = input.write_all(&frame);
         drop(input);
-        Some(ChildJob { id, conn, reply })
+        Some(ChildJob {
+            id,
+            conn,
+            shared: Arc::clone(shared),
+            reply,
+        })
     }
 
     /// Runs one job in the child. Blocks until the outcome, the child's death, or (while no child is

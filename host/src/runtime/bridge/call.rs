@@ -20,7 +20,7 @@ use plugin_api::{JobView, Outcome};
 
 use super::decide::{millis, Ended};
 use super::QueueBridge;
-use plugin_api::loader::JobCallbacks as _;
+use plugin_api::loader::{not_completed, JobCallbacks as _, PENDING_GRACE};
 
 use crate::isolation::process::CANCEL_POLL;
 use crate::isolation::{cause, ChildJob, Crash, Reply};
@@ -30,6 +30,8 @@ use crate::runtime::callbacks::{apply, deadline_passed, Callbacks, Writes};
 enum Call {
     /// On a blocking thread (in-process, or a process-mode job that must wait for its child).
     Thread(tokio::task::JoinHandle<Reply>),
+    /// A pending job of an in-process plugin: started on this task, completed from the plugin's threads.
+    Pending(tokio::sync::oneshot::Receiver<Outcome>),
     /// Written to the plugin's child from this task; cancellation is forwarded from here.
     Child {
         child: ChildJob,
@@ -45,6 +47,11 @@ impl Call {
     async fn ended(&mut self) -> Result<Reply, String> {
         match self {
             Call::Thread(handle) => handle.await.map_err(|e| e.to_string()),
+            // The loader answers a job its plugin dropped, so the sender goes only with the host's own end.
+            Call::Pending(outcome) => (&mut *outcome)
+                .await
+                .map(Reply::Outcome)
+                .map_err(|_| "the pending job's completion was lost".to_owned()),
             Call::Child {
                 child,
                 callbacks,
@@ -103,26 +110,33 @@ impl QueueBridge {
         view.deadline_ms = deadline_ms;
         let (callbacks, mut writes) =
             Callbacks::new(&self.queue, job.id(), self.drain.clone(), token, deadline);
+        let pending = self.plugin.is_pending(&view.queue, &view.name);
         let end = match self.plugin.run_inline(&view, callbacks.clone()) {
             // An inline job of an in-process plugin ran right here; its writes are applied below.
             Some(reply) => call_end(Ok(reply)),
             None => {
-                // A plugin process takes the job straight from this task when its child is ready;
-                // otherwise the call runs on a blocking thread.
-                let call = match self.plugin.start_in_child(&view, callbacks.clone()) {
-                    Some(child) => Call::Child {
-                        child,
-                        callbacks,
-                        cancel_sent: false,
-                    },
-                    None => {
-                        let active = self.plugin.clone();
-                        Call::Thread(tokio::task::spawn_blocking(move || {
-                            active.run(&view, callbacks)
-                        }))
-                    }
-                };
-                self.wait(job, call, &mut writes, deadline).await
+                // A pending job of an in-process plugin is started right here and awaited without a thread.
+                // A plugin process takes any job straight from this task when its child is ready (and
+                // starts a pending one itself); otherwise the call runs on a blocking thread.
+                let call =
+                    if let Some(outcome) = self.plugin.start_pending(&view, callbacks.clone()) {
+                        Call::Pending(outcome)
+                    } else {
+                        match self.plugin.start_in_child(&view, callbacks.clone()) {
+                            Some(child) => Call::Child {
+                                child,
+                                callbacks,
+                                cancel_sent: false,
+                            },
+                            None => {
+                                let active = self.plugin.clone();
+                                Call::Thread(tokio::task::spawn_blocking(move || {
+                                    active.run(&view, callbacks)
+                                }))
+                            }
+                        }
+                    };
+                self.wait(job, call, &mut writes, deadline, pending).await
             }
         };
         // Judged when the plugin returned, before the remaining writes are applied.
@@ -138,13 +152,15 @@ impl QueueBridge {
     }
 
     /// Waits for `call` to end, applying the plugin's writes to `job` meanwhile and logging the overrun
-    /// when the job's `deadline` passes first.
+    /// when the job's `deadline` passes first. A `pending` job (one the plugin completes later) is ended
+    /// here [`PENDING_GRACE`] after its deadline: no thread of ours runs it, so nothing else would.
     async fn wait(
         &self,
         job: &mut Job,
         mut call: Call,
         writes: &mut Writes,
         deadline: Option<Instant>,
+        pending: bool,
     ) -> CallEnd {
         let expiry = async move {
             match deadline {
@@ -153,6 +169,13 @@ impl QueueBridge {
             }
         };
         tokio::pin!(expiry);
+        let give_up = async move {
+            match deadline.filter(|_| pending) {
+                Some(d) => tokio::time::sleep_until((d + PENDING_GRACE).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(give_up);
         let mut expired = false;
         loop {
             tokio::select! {
@@ -165,6 +188,14 @@ impl QueueBridge {
                         timeout_ms = self.job_timeout.map(millis).unwrap_or(0),
                         "job overran its time budget; asking the plugin to stop and waiting for it to return"
                     );
+                }
+                () = &mut give_up => {
+                    tracing::warn!(
+                        queue = %self.queue, job_id = %job.id(),
+                        grace_ms = millis(PENDING_GRACE),
+                        "a pending job was not completed by its plugin within the grace after its deadline; ending it"
+                    );
+                    break CallEnd::Returned(Outcome::failed(not_completed(&self.plugin.info.name)));
                 }
                 _ = self.drain.abandoned() => break CallEnd::Abandoned,
             }

@@ -42,6 +42,7 @@ impl Plugin for TestCrashes {
                 handles_unknown_names: false,
                 timeout_ms: None,
                 inline_jobs: vec![],
+                pending_jobs: vec![],
             }],
             config_keys: vec![],
         }

@@ -3,8 +3,14 @@
 //!
 //! Job names: `complete`, `fail`, `fail-unrecoverable`, `fail-until`, `fail-with-causes` (`{"message",
 //! "causes": [..], "unrecoverable"}`: an error with that source chain), `retry-later`, `panic`, `sleep`
-//! (`{"ms", "ignoreCancel"}`), `progress`, `log`, and `inline-sleep` (`{"ms"}`: sleeps although it is
-//! declared inline, as a plugin that breaks its promise would). Setting `FAIL_INIT=true` makes `init`
+//! (`{"ms", "ignoreCancel", "report"}`), `progress`, `log`, and `inline-sleep` (`{"ms"}`: sleeps although it
+//! is declared inline, as a plugin that breaks its promise would). `sleep` is a pending job: its `start`
+//! hands it to one timer thread for all of them (`timer.rs`; with `"report": true` the timer thread writes
+//! progress 100 and the log line `woke` before completing it), and `block-sleep` (`{"ms"}`) is the same
+//! wait on a job thread. Three more pending jobs play faulty plugins: `pending-never` is kept and never
+//! completed, `pending-twice` is completed twice (the first `{"first": true}` counts; whether the second
+//! was accepted is logged as `second completion accepted=…`), and `pending-drop` is dropped without an
+//! outcome. Setting `FAIL_INIT=true` makes `init`
 //! refuse to start. Any job whose data has `"logRun": true` writes one job log line per plugin call, so a
 //! test can count how often a job ran; with `"reportThread": true` a `complete` or `inline-sleep` job
 //! returns `{"thread": <the kernel's name of the thread it ran on>}`.
@@ -13,13 +19,14 @@
 
 use std::error::Error;
 use std::fmt;
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use plugin_api::serde_json::{json, Map, Value};
 use plugin_api::{
-    export_plugin, tracing, InitError, JobContext, JobView, Outcome, Plugin, PluginConfig,
-    PluginInfo, QueueInfo,
+    export_plugin, tracing, InitError, JobContext, JobView, Outcome, PendingJob, Plugin,
+    PluginConfig, PluginInfo, QueueInfo,
 };
 
 /// The queue this plugin serves.
@@ -37,13 +44,25 @@ const JOB_NAMES: &[&str] = &[
     "progress",
     "log",
     "inline-sleep",
+    "block-sleep",
+    "pending-never",
+    "pending-twice",
+    "pending-drop",
 ];
+
+/// The job names the plugin completes later (`QueueInfo::pending_jobs`).
+const PENDING_JOB_NAMES: &[&str] = &["sleep", "pending-never", "pending-twice", "pending-drop"];
 
 /// The job names declared inline (`QueueInfo::inline_jobs`).
 const INLINE_JOB_NAMES: &[&str] = &["complete", "inline-sleep"];
 
-/// The plugin; it keeps no state between jobs.
-pub struct TestOutcomes;
+mod timer;
+
+/// The plugin: the timer thread of its pending `sleep` jobs, and the `pending-never` jobs it holds.
+pub struct TestOutcomes {
+    timer: timer::Timer,
+    never: Mutex<Vec<PendingJob>>,
+}
 
 impl Plugin for TestOutcomes {
     fn describe() -> PluginInfo {
@@ -60,6 +79,7 @@ impl Plugin for TestOutcomes {
                 timeout_ms: None,
                 // Pure computation: run where the job was fetched (`reportThread` shows where that was).
                 inline_jobs: INLINE_JOB_NAMES.iter().map(|s| s.to_string()).collect(),
+                pending_jobs: PENDING_JOB_NAMES.iter().map(|s| s.to_string()).collect(),
             }],
             config_keys: vec!["FAIL_INIT".into()],
         }
@@ -69,8 +89,13 @@ impl Plugin for TestOutcomes {
         if config.flag("FAIL_INIT") {
             return Err(InitError::new("FAIL_INIT requested"));
         }
+        let timer = timer::Timer::start()
+            .map_err(|e| InitError::new(format!("cannot start the timer thread: {e}")))?;
         tracing::info!("test-outcomes plugin initialised");
-        Ok(TestOutcomes)
+        Ok(TestOutcomes {
+            timer,
+            never: Mutex::default(),
+        })
     }
 
     fn process(&self, job: &JobView, ctx: &JobContext<'_>) -> Outcome {
@@ -150,7 +175,7 @@ impl Plugin for TestOutcomes {
                 }
             }
             "panic" => panic!("test panic: {}", text("message", "boom")),
-            "sleep" => sleep(
+            "block-sleep" => sleep(
                 number("ms", 1000),
                 data.get("ignoreCancel").and_then(Value::as_bool) == Some(true),
                 ctx,
@@ -169,6 +194,42 @@ impl Plugin for TestOutcomes {
                 Outcome::completed(Value::Null)
             }
             other => Outcome::unrecoverable(format!("test-outcomes has no job {other:?}")),
+        }
+    }
+
+    fn start(&self, job: &JobView, pending: PendingJob) {
+        let data: Map<String, Value> = job.data().unwrap_or_default();
+        let flag = |key: &str| data.get(key) == Some(&Value::Bool(true));
+        if flag("logRun") {
+            pending.log("plugin run");
+        }
+        match job.name.as_str() {
+            "sleep" => {
+                let ms = data.get("ms").and_then(Value::as_u64).unwrap_or(1000);
+                self.timer.add(timer::Sleeper {
+                    job: pending,
+                    due: Instant::now() + Duration::from_millis(ms),
+                    ms,
+                    ignore_cancel: flag("ignoreCancel"),
+                    report: flag("report"),
+                });
+            }
+            "pending-never" => self
+                .never
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(pending),
+            "pending-twice" => {
+                pending.complete(Outcome::completed(json!({ "first": true })));
+                let accepted = pending.complete(Outcome::failed("second completion"));
+                tracing::info!(job_id = %job.id, accepted, "second completion");
+            }
+            "pending-drop" => drop(pending),
+            other => {
+                pending.complete(Outcome::unrecoverable(format!(
+                    "test-outcomes has no pending job {other:?}"
+                )));
+            }
         }
     }
 

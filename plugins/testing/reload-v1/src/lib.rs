@@ -41,6 +41,7 @@ impl Plugin for TestReload {
                 handles_unknown_names: false,
                 timeout_ms: None,
                 inline_jobs: vec![],
+                pending_jobs: vec![],
             }],
             config_keys: vec!["RELOAD_FAIL_INIT".into()],
         }
