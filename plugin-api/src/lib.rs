@@ -108,6 +108,11 @@
 //! runtime (a `cdylib` has its own copy of tokio's thread-locals). Poll [`JobContext::is_cancelled`] in
 //! long work: the host sets it at shutdown and at the job's deadline ([`JobView::time_left`]).
 //!
+//! A job that mostly waits (an HTTP call) need not hold a thread: list its name in
+//! [`QueueInfo::pending_jobs`] and implement [`Plugin::start`], which hands the job to the plugin's own
+//! runtime and returns; that runtime completes the [`PendingJob`] when the answer comes. The host ends a job
+//! still pending [`PENDING_GRACE`] after its deadline. `docs/plugins.md` has the whole contract.
+//!
 //! ## Configuration
 //!
 //! The host gives each plugin a [`PluginConfig`]. For every key the plugin lists in

@@ -40,7 +40,8 @@ pub enum Contender {
 pub enum Work {
     /// Return `data.result` (the test plugin's `complete`); `sms:send` jobs for [`Contender::HostSms`].
     NoOp,
-    /// Wait this many milliseconds (the test plugin's `sleep`; a timer in Node and in the bare worker).
+    /// Wait this many milliseconds (the test plugin's pending `sleep`, on its timer thread; a timer in Node
+    /// and in the bare worker).
     Wait(u64),
 }
 
