@@ -224,3 +224,45 @@ fn plugins_run_prints_the_outcome_as_json() {
     assert_eq!(code, Some(1));
     assert_eq!(json["outcome"]["unrecoverable"], true);
 }
+
+/// `plugins run` takes a pending job the way the host does, in both modes: started, completed from the
+/// plugin's timer thread with its writes before the outcome; and one the plugin never completes ends a
+/// grace after its deadline instead of holding the command forever.
+#[test]
+fn plugins_run_waits_for_a_pending_job_and_gives_up_on_one_never_completed() {
+    let lib = build_plugin("fg-test-outcomes").unwrap();
+    let run = |isolation: &str, name: &str, data: &str, extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["plugins", "run", "--plugin", lib.to_str().unwrap()])
+            .args(["--queue", "test-outcomes", "--name", name, "--data", data])
+            .args(["--isolation", isolation])
+            .args(extra)
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        (out.status.code(), json)
+    };
+    for isolation in ["in-process", "process"] {
+        let (code, json) = run(isolation, "sleep", r#"{"ms":20,"report":true}"#, &[]);
+        assert_eq!(code, Some(0), "{isolation}: {json}");
+        assert_eq!(
+            json["outcome"],
+            serde_json::json!({"status": "completed", "result": {"slept": 20}}),
+            "{isolation}"
+        );
+        assert_eq!(json["progress"], serde_json::json!([100]), "{isolation}");
+        assert_eq!(json["jobLogs"], serde_json::json!(["woke"]), "{isolation}");
+    }
+    let (code, json) = run(
+        "in-process",
+        "pending-never",
+        "{}",
+        &["--timeout-ms", "100"],
+    );
+    assert_eq!(code, Some(1), "{json}");
+    assert_eq!(json["outcome"]["status"], "failed");
+    assert_eq!(
+        json["outcome"]["message"],
+        "plugin test-outcomes did not complete the pending job within 2000 ms after its deadline"
+    );
+}
