@@ -171,23 +171,28 @@ struct ThreadUsage {
 }
 
 impl ThreadUsage {
-    /// The calling thread's CPU time and voluntary context switches so far.
+    /// The calling thread's CPU time and voluntary context switches so far. The CPU time is the scheduler's
+    /// exact count (`CLOCK_THREAD_CPUTIME_ID`), not rusage's: for a running thread that one is brought up
+    /// to date only at the next tick, so a short call could be charged the milliseconds before it.
     fn now() -> Option<ThreadUsage> {
         // SAFETY: getrusage writes one `rusage` into the zeroed value it is given; RUSAGE_THREAD reads the
-        // calling thread's counters only.
-        let usage = unsafe {
+        // calling thread's counters only. clock_gettime writes one `timespec`.
+        let (usage, cpu) = unsafe {
             let mut usage: libc::rusage = std::mem::zeroed();
             if libc::getrusage(libc::RUSAGE_THREAD, &mut usage) != 0 {
                 return None;
             }
-            usage
-        };
-        let time = |t: libc::timeval| {
-            Duration::from_secs(t.tv_sec.max(0) as u64)
-                + Duration::from_micros(t.tv_usec.max(0) as u64)
+            let mut cpu: libc::timespec = std::mem::zeroed();
+            if libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut cpu) != 0 {
+                return None;
+            }
+            (usage, cpu)
         };
         Some(ThreadUsage {
-            cpu: time(usage.ru_utime) + time(usage.ru_stime),
+            cpu: Duration::new(
+                cpu.tv_sec.max(0) as u64,
+                cpu.tv_nsec.clamp(0, 999_999_999) as u32,
+            ),
             voluntary_switches: usage.ru_nvcsw,
         })
     }
@@ -294,5 +299,27 @@ mod tests {
         let computed = probe.finish();
         assert_eq!(sum, 49_995_000);
         assert_eq!(computed.waits, 0, "{computed:?}");
+    }
+
+    #[test]
+    fn the_probe_never_counts_more_cpu_than_the_call_took() {
+        // A thread cannot use more CPU than wall-clock time. The kernel's rusage of a running thread lags
+        // behind (it is brought up to date at the next tick), so a probe read from it could charge a short
+        // call with the milliseconds that ran before it whenever a tick fell inside the call, and demote
+        // a quick job name for good. 400 calls of ~50 µs meet several ticks.
+        for _ in 0..400 {
+            let probe = CallProbe::start();
+            let until = Instant::now() + Duration::from_micros(50);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            let call = probe.finish();
+            assert!(
+                call.cpu <= call.elapsed + Duration::from_micros(100),
+                "a {:?} call was charged {:?} of CPU",
+                call.elapsed,
+                call.cpu
+            );
+        }
     }
 }

@@ -22,8 +22,8 @@ pub mod child;
 // Signal handlers that must stay async-signal-safe (no allocation, raw `write`): libc only.
 #[allow(unsafe_code)]
 pub mod crashnote;
-// The calling thread's CPU time and voluntary context switches (`getrusage(RUSAGE_THREAD)`): one libc call
-// with its `SAFETY:` reason.
+// The calling thread's CPU time (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`) and voluntary context switches
+// (`getrusage(RUSAGE_THREAD)`): two libc calls with their `SAFETY:` reason.
 #[allow(unsafe_code)]
 pub mod inline;
 pub mod journal;
