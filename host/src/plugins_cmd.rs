@@ -266,15 +266,7 @@ fn run_in_process(
     let harness = harness.map_err(anyhow::Error::new)?;
     crashnote::install(crashnote::Sink::StderrOnly);
     let run = {
-        let _entered = crashnote::enter(
-            1,
-            format_args!(
-                "job {} of queue {} (plugin {})",
-                args.name,
-                args.queue,
-                harness.info().name
-            ),
-        );
+        let _entered = crashnote::enter_job(1, &args.name, &args.queue, &harness.info().name);
         harness.run(job_spec(args, data))
     };
     harness.shutdown(Duration::from_secs(5));

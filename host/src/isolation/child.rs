@@ -214,14 +214,11 @@ fn serve(
                         cancelled,
                     });
                     let outcome = {
-                        let _entered = crashnote::enter(
+                        let _entered = crashnote::enter_job(
                             slot_of(id),
-                            format_args!(
-                                "job {} of queue {} (plugin {})",
-                                job.id,
-                                job.queue,
-                                plugin.info().name
-                            ),
+                            &job.id,
+                            &job.queue,
+                            &plugin.info().name,
                         );
                         match measure {
                             None => plugin.process(&job, callbacks),
@@ -286,15 +283,7 @@ fn start_pending(
             .remove(&id);
         out.send(&FromChild::Outcome { id, outcome });
     });
-    let _entered = crashnote::enter(
-        slot_of(id),
-        format_args!(
-            "job {} of queue {} (plugin {})",
-            job.id,
-            job.queue,
-            plugin.info().name
-        ),
-    );
+    let _entered = crashnote::enter_job(slot_of(id), &job.id, &job.queue, &plugin.info().name);
     let probe = CallProbe::start();
     plugin.start(job, callbacks, done);
     inline.started(&job.queue, &job.name, &probe.finish());

@@ -48,6 +48,14 @@ thread_local! {
     static CURRENT: Cell<(u32, [u8; LABEL_MAX], usize)> = const { Cell::new((0, [0; LABEL_MAX], 0)) };
 }
 
+/// [`enter`] with the label every job's plugin call carries: the job, its queue and the plugin.
+pub fn enter_job(slot: u32, id: &str, queue: &str, plugin: &str) -> Entered {
+    enter(
+        slot,
+        format_args!("job {id} of queue {queue} (plugin {plugin})"),
+    )
+}
+
 /// Marks this thread as running plugin code for the job in `slot` (non-zero) until the guard is dropped,
 /// and gives the thread a signal stack roomy enough for the handlers of a crash to nest (`altstack.rs`).
 /// The label (`format_args!`) is formatted straight into the thread's buffer, cut at [`LABEL_MAX`] bytes:

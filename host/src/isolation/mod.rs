@@ -85,17 +85,7 @@ impl ActivePlugin {
     /// Runs `job` in this process (journal entry and crash note around the plugin's call); for an inline
     /// job the plugin's call alone is measured against its promise.
     fn in_process(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>, inline: bool) -> Outcome {
-        let entry = JOURNAL
-            .get()
-            .and_then(|j| j.begin(&job.queue, &job.id, &self.info.name));
-        let slot = entry.as_ref().map_or(u32::MAX, journal::Entry::slot);
-        let _entered = crashnote::enter(
-            slot,
-            format_args!(
-                "job {} of queue {} (plugin {})",
-                job.id, job.queue, self.info.name
-            ),
-        );
+        let _call = self.enter_call(job);
         if !inline {
             return self.library.process(job, callbacks);
         }
@@ -103,6 +93,18 @@ impl ActivePlugin {
         let outcome = self.library.process(job, callbacks);
         self.inline.ran(&job.queue, &job.name, &probe.finish());
         outcome
+    }
+
+    /// The journal entry and the crash note that cover a plugin call for `job` on this thread.
+    fn enter_call(&self, job: &JobView) -> CallCover<'static> {
+        let entry = JOURNAL
+            .get()
+            .and_then(|j| j.begin(&job.queue, &job.id, &self.info.name));
+        let slot = entry.as_ref().map_or(u32::MAX, journal::Entry::slot);
+        CallCover {
+            _entered: crashnote::enter_job(slot, &job.id, &job.queue, &self.info.name),
+            _entry: entry,
+        }
     }
 
     /// Runs `job` on this thread when it is an inline job of an in-process plugin (see [`inline`]), noting
@@ -135,17 +137,7 @@ impl ActivePlugin {
             return None;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let entry = JOURNAL
-            .get()
-            .and_then(|j| j.begin(&job.queue, &job.id, &self.info.name));
-        let slot = entry.as_ref().map_or(u32::MAX, journal::Entry::slot);
-        let _entered = crashnote::enter(
-            slot,
-            format_args!(
-                "job {} of queue {} (plugin {})",
-                job.id, job.queue, self.info.name
-            ),
-        );
+        let _call = self.enter_call(job);
         let probe = inline::CallProbe::start();
         self.library.start(
             job,
@@ -182,4 +174,10 @@ impl ActivePlugin {
             Isolation::InProcess
         }
     }
+}
+
+/// Covers one plugin call in this process: its crash note, then (dropped after it) its journal entry.
+struct CallCover<'j> {
+    _entered: crashnote::Entered,
+    _entry: Option<journal::Entry<'j>>,
 }
