@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use plugin_api::loader::{ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel};
 
 use super::crashnote;
-use super::inline::{CallProbe, InlineJobs};
+use super::inline::InlineJobs;
 use super::protocol::{read_frame, write_frame, FromChild, ToChild};
 
 /// The descriptor on which the host reads crash notes.
@@ -223,7 +223,7 @@ fn serve(
                         match measure {
                             None => plugin.process(&job, callbacks),
                             Some(inline) => {
-                                let probe = CallProbe::start();
+                                let probe = inline.probe(&job.queue, &job.name);
                                 let outcome = plugin.process(&job, callbacks);
                                 inline.ran(&job.queue, &job.name, &probe.finish());
                                 outcome
@@ -284,7 +284,7 @@ fn start_pending(
         out.send(&FromChild::Outcome { id, outcome });
     });
     let _entered = crashnote::enter_job(slot_of(id), &job.id, &job.queue, &plugin.info().name);
-    let probe = CallProbe::start();
+    let probe = inline.start_probe();
     plugin.start(job, callbacks, done);
     inline.started(&job.queue, &job.name, &probe.finish());
 }

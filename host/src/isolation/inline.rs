@@ -10,8 +10,14 @@
 //! for longer than [`INLINE_LIMIT`] is logged once, and its job name goes to job threads for the rest of the
 //! plugin's life. Wall-clock time is not the test: on a busy machine (or a container at its CPU quota) a
 //! quick call is often preempted for milliseconds, which says nothing about the plugin.
+//!
+//! Reading the thread's accounting takes two system calls before the call and two after, which for a job of
+//! a few microseconds was a tenth of the host's CPU. So not every call is audited (see [`Audit`]): a name's
+//! first calls are, then a random one in [`AUDIT_ONE_IN`], and every call for a while after one that held
+//! the thread longer than [`SUSPECT_AFTER`] by the wall clock (which is read on every call: it costs no
+//! system call). Only an audited call can send a name to job threads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use plugin_api::PluginInfo;
@@ -19,12 +25,79 @@ use plugin_api::PluginInfo;
 /// The most CPU time an inline call may use before its job name is handed to job threads from then on.
 pub const INLINE_LIMIT: Duration = Duration::from_millis(2);
 
+/// How many first calls of a name are all audited.
+pub const AUDIT_FIRST: u64 = 100;
+/// After its first calls, a name's calls are audited one in this many, at random.
+pub const AUDIT_ONE_IN: u64 = 32;
+/// An unaudited call that held the thread this long by the wall clock puts the name's next
+/// [`AUDIT_AFTER_SUSPECT`] calls under audit: it either was preempted or waited, and only an audit tells.
+pub const SUSPECT_AFTER: Duration = Duration::from_micros(500);
+/// How many calls are audited after a suspect one.
+pub const AUDIT_AFTER_SUSPECT: u64 = 32;
+
+/// Which calls of one job name (or of a plugin's pending starts) are audited: numbers the calls and says,
+/// for each, whether the thread's accounting is read around it.
+#[derive(Debug)]
+pub struct Audit {
+    /// Calls numbered so far.
+    calls: AtomicU64,
+    /// Every call numbered below this is audited.
+    audit_until: AtomicU64,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            calls: AtomicU64::new(0),
+            audit_until: AtomicU64::new(AUDIT_FIRST),
+        }
+    }
+}
+
+impl Audit {
+    /// Numbers the next call and says whether it is audited.
+    fn next_call(&self) -> bool {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        n < self.audit_until.load(Ordering::Relaxed) || sampled(n)
+    }
+
+    /// Takes note of a call that was not audited; a suspect one puts the next calls under audit.
+    fn unaudited(&self, elapsed: Duration) {
+        if elapsed > SUSPECT_AFTER {
+            let next = self.calls.load(Ordering::Relaxed);
+            self.audit_until
+                .fetch_max(next.saturating_add(AUDIT_AFTER_SUSPECT), Ordering::Relaxed);
+        }
+    }
+
+    /// The probe for the next call: audited or only timed.
+    pub fn probe(&self) -> CallProbe {
+        if self.next_call() {
+            CallProbe::audited()
+        } else {
+            CallProbe::timed()
+        }
+    }
+}
+
+/// Whether call number `n` is one of the random one in [`AUDIT_ONE_IN`]: the call number scrambled
+/// (splitmix64's finaliser), so that a plugin that waits every k-th call is met as often as any other.
+fn sampled(n: u64) -> bool {
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z % AUDIT_ONE_IN == 0
+}
+
 /// The inline job names of one plugin, each with whether it is still run inline.
 #[derive(Debug, Default)]
 pub struct InlineJobs {
     /// The plugin's name, for the log line.
     plugin: String,
     names: Vec<InlineName>,
+    /// Which pending starts are audited (they run under the same promise).
+    starts: Audit,
     /// Set once a pending job's `start` broke the promise (logged once).
     start_breached: AtomicBool,
 }
@@ -35,6 +108,7 @@ struct InlineName {
     name: String,
     /// Cleared when a call of this name broke the promise (see [`broke_promise`]).
     inline: AtomicBool,
+    audit: Audit,
 }
 
 impl InlineJobs {
@@ -53,14 +127,29 @@ impl InlineJobs {
                         queue: q.queue.clone(),
                         name: name.clone(),
                         inline: AtomicBool::new(true),
+                        audit: Audit::default(),
                     })
             })
             .collect();
         InlineJobs {
             plugin: info.name.clone(),
             names,
+            starts: Audit::default(),
             start_breached: AtomicBool::new(false),
         }
+    }
+
+    /// The probe for the next inline call of `name` on `queue` (audited or only timed, see [`Audit`]).
+    pub fn probe(&self, queue: &str, name: &str) -> CallProbe {
+        match self.find(queue, name) {
+            Some(n) => n.audit.probe(),
+            None => CallProbe::timed(),
+        }
+    }
+
+    /// The probe for the next pending job's `start`.
+    pub fn start_probe(&self) -> CallProbe {
+        self.starts.probe()
     }
 
     /// Whether a job `name` of `queue` runs inline now.
@@ -72,18 +161,22 @@ impl InlineJobs {
     /// Takes note of how an inline call of `name` on `queue` went; when it broke the promise the name is
     /// handed to job threads from now on, and the first such call is logged.
     pub fn ran(&self, queue: &str, name: &str, call: &CallUsage) {
-        if !broke_promise(call.cpu, call.waits) {
-            return;
-        }
         let Some(entry) = self.find(queue, name) else {
             return;
         };
+        let Some(cost) = call.cost else {
+            entry.audit.unaudited(call.elapsed);
+            return;
+        };
+        if !broke_promise(cost.cpu, cost.waits) {
+            return;
+        }
         if entry.inline.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 plugin = %self.plugin, %queue, job_name = %name,
                 elapsed_ms = call.elapsed.as_secs_f64() * 1000.0,
-                cpu_ms = call.cpu.as_secs_f64() * 1000.0,
-                waits = call.waits,
+                cpu_ms = cost.cpu.as_secs_f64() * 1000.0,
+                waits = cost.waits,
                 limit_ms = INLINE_LIMIT.as_millis() as u64,
                 "an inline job waited or computed too long and held up the thread it ran on; jobs of this name now run on job threads"
             );
@@ -94,12 +187,16 @@ impl InlineJobs {
     /// under the same promise); a breach is logged once per plugin, and the job stays pending: there is no
     /// thread to hand a `start` to that would make its waiting any cheaper.
     pub fn started(&self, queue: &str, name: &str, call: &CallUsage) {
-        if broke_promise(call.cpu, call.waits) && !self.start_breached.swap(true, Ordering::Relaxed)
+        let Some(cost) = call.cost else {
+            self.starts.unaudited(call.elapsed);
+            return;
+        };
+        if broke_promise(cost.cpu, cost.waits) && !self.start_breached.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(
                 plugin = %self.plugin, %queue, job_name = %name,
-                cpu_ms = call.cpu.as_secs_f64() * 1000.0,
-                waits = call.waits,
+                cpu_ms = cost.cpu.as_secs_f64() * 1000.0,
+                waits = cost.waits,
                 limit_ms = INLINE_LIMIT.as_millis() as u64,
                 "a pending job's start waited or computed too long and held up the thread it ran on; start must hand the work off and return"
             );
@@ -122,8 +219,15 @@ fn broke_promise(cpu: Duration, waits: i64) -> bool {
 /// How one inline call used its thread.
 #[derive(Debug, Clone, Copy)]
 pub struct CallUsage {
-    /// Wall-clock time (logged only: preemption inflates it).
+    /// Wall-clock time (logged, and what makes an unaudited call suspect: preemption inflates it).
     pub elapsed: Duration,
+    /// What the thread itself did, for an audited call.
+    pub cost: Option<ThreadCost>,
+}
+
+/// The thread's own accounting of one audited call.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadCost {
     /// CPU time of the thread (user and system).
     pub cpu: Duration,
     /// Voluntary context switches of the thread: the times it waited.
@@ -133,34 +237,44 @@ pub struct CallUsage {
 /// The calling thread's accounting at the start of an inline call.
 pub struct CallProbe {
     started: Instant,
-    at_start: Option<ThreadUsage>,
+    /// `None` for a call that is only timed; `Some(None)` when the kernel did not say.
+    at_start: Option<Option<ThreadUsage>>,
 }
 
 impl CallProbe {
-    /// Reads the thread's accounting now.
-    pub fn start() -> CallProbe {
+    /// Reads the thread's accounting now: the call is audited.
+    pub fn audited() -> CallProbe {
         CallProbe {
             started: Instant::now(),
-            at_start: ThreadUsage::now(),
+            at_start: Some(ThreadUsage::now()),
         }
     }
 
-    /// What the thread did since [`Self::start`] (on the same thread). Should the kernel not say, the
-    /// wall-clock time stands in for the CPU time.
+    /// Reads the wall clock only: the call is timed, not audited.
+    pub fn timed() -> CallProbe {
+        CallProbe {
+            started: Instant::now(),
+            at_start: None,
+        }
+    }
+
+    /// What the thread did since the probe was taken (on the same thread). Should the kernel not say, the
+    /// wall-clock time stands in for the CPU time of an audited call.
     pub fn finish(self) -> CallUsage {
         let elapsed = self.started.elapsed();
-        match (self.at_start, ThreadUsage::now()) {
-            (Some(a), Some(b)) => CallUsage {
-                elapsed,
-                cpu: b.cpu.saturating_sub(a.cpu),
-                waits: b.voluntary_switches - a.voluntary_switches,
-            },
-            _ => CallUsage {
-                elapsed,
-                cpu: elapsed,
-                waits: 0,
-            },
-        }
+        let cost = self
+            .at_start
+            .map(|at_start| match (at_start, ThreadUsage::now()) {
+                (Some(a), Some(b)) => ThreadCost {
+                    cpu: b.cpu.saturating_sub(a.cpu),
+                    waits: b.voluntary_switches - a.voluntary_switches,
+                },
+                _ => ThreadCost {
+                    cpu: elapsed,
+                    waits: 0,
+                },
+            });
+        CallUsage { elapsed, cost }
     }
 }
 
@@ -244,8 +358,14 @@ mod tests {
     fn usage(elapsed_ms: u64, cpu: Duration, waits: i64) -> CallUsage {
         CallUsage {
             elapsed: Duration::from_millis(elapsed_ms),
-            cpu,
-            waits,
+            cost: Some(ThreadCost { cpu, waits }),
+        }
+    }
+
+    fn timed(elapsed: Duration) -> CallUsage {
+        CallUsage {
+            elapsed,
+            cost: None,
         }
     }
 
@@ -289,16 +409,20 @@ mod tests {
 
     #[test]
     fn the_probe_sees_a_sleep_as_a_wait_and_a_computation_as_none() {
-        let probe = CallProbe::start();
+        let probe = CallProbe::audited();
         std::thread::sleep(Duration::from_millis(5));
         let slept = probe.finish();
-        assert!(slept.waits >= 1, "{slept:?}");
+        assert!(slept.cost.unwrap().waits >= 1, "{slept:?}");
         assert!(slept.elapsed >= Duration::from_millis(5), "{slept:?}");
-        let probe = CallProbe::start();
+        let probe = CallProbe::audited();
         let sum: u64 = (0..10_000u64).map(std::hint::black_box).sum();
         let computed = probe.finish();
         assert_eq!(sum, 49_995_000);
-        assert_eq!(computed.waits, 0, "{computed:?}");
+        assert_eq!(computed.cost.unwrap().waits, 0, "{computed:?}");
+        let timed = CallProbe::timed();
+        std::thread::sleep(Duration::from_millis(1));
+        let timed = timed.finish();
+        assert!(timed.cost.is_none() && timed.elapsed >= Duration::from_millis(1));
     }
 
     #[test]
@@ -308,18 +432,84 @@ mod tests {
         // call with the milliseconds that ran before it whenever a tick fell inside the call, and demote
         // a quick job name for good. 400 calls of ~50 µs meet several ticks.
         for _ in 0..400 {
-            let probe = CallProbe::start();
+            let probe = CallProbe::audited();
             let until = Instant::now() + Duration::from_micros(50);
             while Instant::now() < until {
                 std::hint::spin_loop();
             }
             let call = probe.finish();
+            let cpu = call.cost.unwrap().cpu;
             assert!(
-                call.cpu <= call.elapsed + Duration::from_micros(100),
-                "a {:?} call was charged {:?} of CPU",
+                cpu <= call.elapsed + Duration::from_micros(100),
+                "a {:?} call was charged {cpu:?} of CPU",
                 call.elapsed,
-                call.cpu
             );
         }
+    }
+
+    /// Whether the next `n` calls of `audit` are audited.
+    fn audited_calls(audit: &Audit, n: u64) -> Vec<bool> {
+        (0..n).map(|_| audit.next_call()).collect()
+    }
+
+    #[test]
+    fn the_first_calls_are_all_audited_then_about_one_in_32() {
+        let audit = Audit::default();
+        assert!(audited_calls(&audit, AUDIT_FIRST).iter().all(|a| *a));
+        let later = audited_calls(&audit, 32_000);
+        let share = later.iter().filter(|a| **a).count();
+        assert!((700..1300).contains(&share), "{share} of 32000 audited");
+        // Not every 32nd call: a plugin that waits on a fixed period is met like any other.
+        let first = later.iter().position(|a| *a).unwrap();
+        let gaps: std::collections::BTreeSet<usize> = later
+            .iter()
+            .enumerate()
+            .skip(first)
+            .filter(|(_, a)| **a)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect();
+        assert!(gaps.len() > 10, "gaps between audits: {gaps:?}");
+    }
+
+    #[test]
+    fn a_suspect_call_puts_the_next_calls_under_audit() {
+        let audit = Audit::default();
+        audited_calls(&audit, AUDIT_FIRST + 1000);
+        // (wall time of an unaudited call, whether the next AUDIT_AFTER_SUSPECT calls are all audited)
+        let table = [
+            (SUSPECT_AFTER, false),
+            (SUSPECT_AFTER + Duration::from_nanos(1), true),
+            (Duration::from_millis(40), true),
+        ];
+        for (elapsed, all_audited) in table {
+            audited_calls(&audit, 1000);
+            audit.unaudited(elapsed);
+            let next = audited_calls(&audit, AUDIT_AFTER_SUSPECT);
+            assert_eq!(next.iter().all(|a| *a), all_audited, "{elapsed:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_audited_call_sends_a_name_to_job_threads() {
+        let inline = InlineJobs::of(&info());
+        // Past its first calls, a slow call that was only timed makes the name suspect, not demoted.
+        for _ in 0..AUDIT_FIRST {
+            inline.probe("a", "quick").finish();
+        }
+        inline.ran("a", "quick", &timed(Duration::from_millis(30)));
+        assert!(inline.runs_inline("a", "quick"));
+        // Its next calls are audited; one that waited sends the name to job threads.
+        let probe = inline.probe("a", "quick");
+        std::thread::sleep(Duration::from_millis(2));
+        let call = probe.finish();
+        assert!(
+            call.cost.is_some(),
+            "the call after a suspect one is audited"
+        );
+        inline.ran("a", "quick", &call);
+        assert!(!inline.runs_inline("a", "quick"));
     }
 }

@@ -89,7 +89,7 @@ impl ActivePlugin {
         if !inline {
             return self.library.process(job, callbacks);
         }
-        let probe = inline::CallProbe::start();
+        let probe = self.inline.probe(&job.queue, &job.name);
         let outcome = self.library.process(job, callbacks);
         self.inline.ran(&job.queue, &job.name, &probe.finish());
         outcome
@@ -138,7 +138,7 @@ impl ActivePlugin {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _call = self.enter_call(job);
-        let probe = inline::CallProbe::start();
+        let probe = self.inline.start_probe();
         self.library.start(
             job,
             callbacks,
