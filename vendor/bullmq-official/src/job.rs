@@ -1437,42 +1437,64 @@ impl Job {
 
     /// Deserialize a job from Redis hash fields.
     pub fn from_redis_hash(id: &str, fields: &HashMap<String, String>) -> Result<Self, Error> {
-        let name = fields.get("name").cloned().unwrap_or_default();
-        let data: serde_json::Value = fields
-            .get("data")
+        Self::from_fields(id, &|key| fields.get(key).map(String::as_str))
+    }
+
+    /// Build a Job from the field/value pairs of its hash as `HGETALL` returns them (the
+    /// shape `moveToActive` and `moveToFinished` reply with), without collecting them into a
+    /// map first. Pairs that are not two bulk strings are skipped.
+    pub(crate) fn from_hash_reply(id: &str, pairs: &[redis::Value]) -> Result<Self, Error> {
+        fn text(v: &redis::Value) -> Option<std::borrow::Cow<'_, str>> {
+            match v {
+                redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b)),
+                _ => None,
+            }
+        }
+        let mut fields = Vec::with_capacity(pairs.len() / 2);
+        fields.extend(
+            pairs
+                .chunks_exact(2)
+                .filter_map(|kv| Some((text(&kv[0])?, text(&kv[1])?))),
+        );
+        Self::from_fields(id, &|key| {
+            fields
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_ref())
+        })
+    }
+
+    fn from_fields<'a>(id: &str, fields: &dyn Fn(&str) -> Option<&'a str>) -> Result<Self, Error> {
+        let name = fields("name").map(str::to_owned).unwrap_or_default();
+        let data: serde_json::Value = fields("data")
             .and_then(|d| serde_json::from_str(d).ok())
             .unwrap_or(serde_json::Value::Null);
-        let opts: JobOptions = fields
-            .get("opts")
+        let opts: JobOptions = fields("opts")
             .and_then(|o| serde_json::from_str(o).ok())
             .unwrap_or_default();
-        let progress: JobProgress = fields
-            .get("progress")
+        let progress: JobProgress = fields("progress")
             .and_then(|p| serde_json::from_str(p).ok())
             .unwrap_or_default();
-        let timestamp: u64 = fields
-            .get("timestamp")
+        let timestamp: u64 = fields("timestamp")
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);
-        let attempts_made: u32 = fields.get("atm").and_then(|a| a.parse().ok()).unwrap_or(0);
-        let attempts_started: u32 = fields.get("ats").and_then(|a| a.parse().ok()).unwrap_or(0);
-        let processed_on: Option<u64> = fields.get("processedOn").and_then(|t| t.parse().ok());
-        let finished_on: Option<u64> = fields.get("finishedOn").and_then(|t| t.parse().ok());
-        let failed_reason = fields.get("failedReason").cloned().unwrap_or_default();
-        let stacktrace = fields.get("stacktrace").cloned().unwrap_or_default();
-        let returnvalue = fields.get("returnvalue").cloned().unwrap_or_default();
-        let parent: Option<ParentKeys> = fields
-            .get("parent")
+        let attempts_made: u32 = fields("atm").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let attempts_started: u32 = fields("ats").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let processed_on: Option<u64> = fields("processedOn").and_then(|t| t.parse().ok());
+        let finished_on: Option<u64> = fields("finishedOn").and_then(|t| t.parse().ok());
+        let failed_reason = fields("failedReason").map(str::to_owned).unwrap_or_default();
+        let stacktrace = fields("stacktrace").map(str::to_owned).unwrap_or_default();
+        let returnvalue = fields("returnvalue").map(str::to_owned).unwrap_or_default();
+        let parent: Option<ParentKeys> = fields("parent")
             .and_then(|p| serde_json::from_str(p).ok());
-        let parent_key = fields.get("parentKey").cloned();
-        let processed_by = fields.get("pb").cloned();
-        let stalled_counter: u32 = fields.get("stc").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let delay: u64 = fields
-            .get("delay")
+        let parent_key = fields("parentKey").map(str::to_owned);
+        let processed_by = fields("pb").map(str::to_owned);
+        let stalled_counter: u32 = fields("stc").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let delay: u64 = fields("delay")
             .and_then(|d| d.parse().ok())
             .unwrap_or_else(|| opts.delay.unwrap_or(0));
-        let repeat_job_key = fields.get("rjk").cloned();
-        let deferred_failure = fields.get("defa").cloned();
+        let repeat_job_key = fields("rjk").map(str::to_owned);
+        let deferred_failure = fields("defa").map(str::to_owned);
 
         Ok(Self {
             id: id.to_string(),

@@ -1069,8 +1069,19 @@ impl Worker {
         let job_attempts = job.opts().attempts.unwrap_or(0);
         let job_attempts_made = job.attempts_made();
         let job_opts = job.opts().clone();
-        let job_data = job.data().clone();
         let repeat_job_key = job.repeat_job_key().map(|s| s.to_string());
+        // The data is only read after processing by a custom backoff function and by the
+        // scheduler's next iteration; copy it for those alone.
+        let custom_backoff = ctx.opts.backoff_strategy.is_some()
+            && matches!(
+                job_opts.backoff,
+                Some(crate::types::BackoffStrategy::Custom(_))
+            );
+        let job_data = if custom_backoff || repeat_job_key.is_some() {
+            job.data().clone()
+        } else {
+            serde_json::Value::Null
+        };
         let job_name = job.name().to_string();
 
         // Attach script context so job can call update_progress, etc.
@@ -2222,26 +2233,18 @@ impl Worker {
                         };
                     }
 
-                    // Parse the HGETALL array directly into a HashMap
-                    let mut map = std::collections::HashMap::new();
-                    let mut i = 0;
-                    while i + 1 < fields.len() {
-                        if let (redis::Value::BulkString(k), redis::Value::BulkString(v)) =
-                            (&fields[i], &fields[i + 1])
-                        {
-                            let key = String::from_utf8_lossy(k).to_string();
-                            let val = String::from_utf8_lossy(v).to_string();
-                            map.insert(key, val);
-                        }
-                        i += 2;
-                    }
-
-                    if map.is_empty() {
+                    // Build the job straight from the HGETALL pairs (no map of owned strings).
+                    if !fields.chunks_exact(2).any(|kv| {
+                        matches!(
+                            kv,
+                            [redis::Value::BulkString(_), redis::Value::BulkString(_)]
+                        )
+                    }) {
                         return Ok(FetchResult::Empty);
                     }
 
-                    Ok(FetchResult::Job(Box::new(Job::from_redis_hash(
-                        &job_id, &map,
+                    Ok(FetchResult::Job(Box::new(Job::from_hash_reply(
+                        &job_id, fields,
                     )?)))
                 } else {
                     // Check for rate limiting (3rd element)
