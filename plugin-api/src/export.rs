@@ -143,18 +143,38 @@ pub fn panic_outcome(payload: &(dyn Any + Send), location: Option<String>) -> Ou
 }
 
 extern "C" fn process<P: PluginInstance>(job_json: RStr<'_>, services: JobServicesBox) -> RString {
-    if let Some(deadline_ms) = pending_deadline::<P>(job_json.as_str()) {
-        return wait_for_pending::<P>(job_json, services, deadline_ms).into();
-    }
     note_panic_locations();
     PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
+    // The job is parsed once, here; whether it is pending is decided from the parsed view.
+    let (plugin, job) = match read_job::<P>(job_json.as_str()) {
+        Ok(read) => read,
+        Err(refusal) => return outcome_json(&refusal).into(),
+    };
+    if is_declared_pending::<P>(&job) {
+        return wait_for_pending::<P>(plugin, &job, services).into();
+    }
     let outcome = match catch_unwind(AssertUnwindSafe(|| {
-        run_job::<P>(job_json.as_str(), &services)
+        plugin.process(&job, &JobContext::new(&services))
     })) {
         Ok(outcome) => outcome,
         Err(p) => panic_outcome(&*p, PANIC_LOCATION.with(|cell| cell.borrow_mut().take())),
     };
     outcome_json(&outcome).into()
+}
+
+/// The initialised plugin and the job `job_json` describes, or the failure that ends the job without them.
+fn read_job<P: PluginInstance>(job_json: &str) -> Result<(&'static P, JobView), Outcome> {
+    let Some(plugin) = P::instance_cell().get() else {
+        return Err(Outcome::failed(
+            "plugin received a job before init succeeded",
+        ));
+    };
+    match serde_json::from_str::<JobView>(job_json) {
+        Ok(job) => Ok((plugin, job)),
+        Err(e) => Err(Outcome::failed(format!(
+            "host sent a job the plugin cannot read: {e}"
+        ))),
+    }
 }
 
 /// The JSON of `outcome` as it crosses the boundary (a failure saying why, should it not serialise).
@@ -176,12 +196,19 @@ pub extern "C" fn start<P: PluginInstance>(
     note_panic_locations();
     PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
     let pending = PendingJob::new(services, done);
-    // A clone kept here, so a panic can still complete the job (ignored if the plugin already did).
+    match read_job::<P>(job_json.as_str()) {
+        Ok((plugin, job)) => start_job(plugin, &job, pending),
+        Err(refusal) => {
+            pending.complete(refusal);
+        }
+    }
+}
+
+/// Hands `job` to the plugin's `start`; a panic in it completes the job with the panic's failure (ignored if
+/// the plugin already completed it).
+fn start_job<P: Plugin>(plugin: &P, job: &JobView, pending: PendingJob) {
     let kept = pending.clone();
-    let started = catch_unwind(AssertUnwindSafe(|| {
-        start_job::<P>(job_json.as_str(), pending)
-    }));
-    if let Err(p) = started {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(|| plugin.start(job, pending))) {
         kept.complete(panic_outcome(
             &*p,
             PANIC_LOCATION.with(|cell| cell.borrow_mut().take()),
@@ -189,26 +216,9 @@ pub extern "C" fn start<P: PluginInstance>(
     }
 }
 
-fn start_job<P: PluginInstance>(job_json: &str, pending: PendingJob) {
-    let Some(plugin) = P::instance_cell().get() else {
-        pending.complete(Outcome::failed(
-            "plugin received a job before init succeeded",
-        ));
-        return;
-    };
-    match serde_json::from_str::<JobView>(job_json) {
-        Ok(job) => plugin.start(&job, pending),
-        Err(e) => {
-            pending.complete(Outcome::failed(format!(
-                "host sent a job the plugin cannot read: {e}"
-            )));
-        }
-    }
-}
-
-/// For a job the plugin declares pending, `Some` of its deadline (if any): a host from before pending jobs
-/// calls `process` for every job, and the job is then started and waited for here.
-fn pending_deadline<P: PluginInstance>(job_json: &str) -> Option<Option<u64>> {
+/// Whether the plugin declares `job` pending: a host from before pending jobs calls `process` for every job,
+/// and such a job is then started and waited for here ([`wait_for_pending`]).
+fn is_declared_pending<P: PluginInstance>(job: &JobView) -> bool {
     let pending = P::pending_cell().get_or_init(|| {
         P::describe()
             .queues
@@ -216,36 +226,23 @@ fn pending_deadline<P: PluginInstance>(job_json: &str) -> Option<Option<u64>> {
             .flat_map(|q| q.pending_jobs.iter().map(|n| (q.queue.clone(), n.clone())))
             .collect()
     });
-    if pending.is_empty() {
-        return None;
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Head {
-        name: String,
-        queue: String,
-        #[serde(default)]
-        deadline_ms: Option<u64>,
-    }
-    let head: Head = serde_json::from_str(job_json).ok()?;
     pending
         .iter()
-        .any(|(q, n)| *q == head.queue && *n == head.name)
-        .then_some(head.deadline_ms)
+        .any(|(q, n)| *q == job.queue && *n == job.name)
 }
 
 /// Runs a pending job for a caller that waits (a host from before pending jobs, on its blocking thread):
 /// starts it, then waits for its completion, up to [`crate::PENDING_GRACE`] past its deadline.
 fn wait_for_pending<P: PluginInstance>(
-    job_json: RStr<'_>,
+    plugin: &P,
+    job: &JobView,
     services: JobServicesBox,
-    deadline_ms: Option<u64>,
 ) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     let done =
         JobCompletion_TO::from_value(LocalCompletion(std::sync::Mutex::new(Some(tx))), TD_Opaque);
-    start::<P>(job_json, services, done);
-    let outcome = match deadline_ms {
+    start_job(plugin, job, PendingJob::new(services, done));
+    let outcome = match job.deadline_ms {
         Some(ms) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -270,17 +267,6 @@ impl JobCompletion for LocalCompletion {
         let tx = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
         tx.is_some_and(|tx| tx.send(outcome_json.as_str().to_owned()).is_ok())
     }
-}
-
-fn run_job<P: PluginInstance>(job_json: &str, services: &JobServicesBox) -> Outcome {
-    let Some(plugin) = P::instance_cell().get() else {
-        return Outcome::failed("plugin received a job before init succeeded");
-    };
-    let job: JobView = match serde_json::from_str(job_json) {
-        Ok(job) => job,
-        Err(e) => return Outcome::failed(format!("host sent a job the plugin cannot read: {e}")),
-    };
-    plugin.process(&job, &JobContext::new(services))
 }
 
 extern "C" fn shutdown<P: PluginInstance>(deadline_ms: u64) {

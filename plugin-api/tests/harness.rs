@@ -2,12 +2,14 @@
 //! rejection of libraries that are not (compatible) plugins.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use plugin_api::harness::{build_plugin, Harness, JobSpec};
-use plugin_api::loader::{LoadStage, LoadedPlugin, LogLevel};
-use plugin_api::serde_json::json;
-use plugin_api::{JobOpts, Outcome, PluginConfig, RetryScope};
+use plugin_api::harness::{build_plugin, Harness, JobRecorder, JobSpec};
+use plugin_api::loader::{ForwardedLog, HostLogger, LoadStage, LoadedPlugin, LogLevel};
+use plugin_api::serde_json::value::RawValue;
+use plugin_api::serde_json::{json, Value};
+use plugin_api::{JobOpts, JobView, Outcome, PluginConfig, RetryScope};
 
 fn outcomes_plugin() -> PathBuf {
     build_plugin("fg-test-outcomes").expect("build the test-outcomes plugin")
@@ -209,6 +211,71 @@ fn job_opts_reach_the_plugin() {
         h.run(spec).outcome,
         Outcome::completed(json!({"attempt": 5}))
     );
+}
+
+/// Log records of the plugin, dropped (the test looks at outcomes).
+struct NoLogs;
+
+impl HostLogger for NoLogs {
+    fn log(&self, _: ForwardedLog) {}
+}
+
+/// A host from before pending jobs calls the plugin's `process` for every job, pending ones included; the
+/// plugin's glue then starts such a job itself and waits for its completion (up to the grace past its
+/// deadline), so the older host gets the same outcomes the pending entry point gives.
+#[test]
+fn a_host_without_pending_jobs_gets_them_through_process() {
+    // A copy of its own: the harness's copies of the same file are other images, this one is called directly.
+    let dir = scratch("older-host");
+    let lib = dir.join("libolder_host.so");
+    std::fs::copy(outcomes_plugin(), &lib).unwrap();
+    let plugin = LoadedPlugin::load(&lib).expect("test-outcomes loads");
+    plugin.init(&PluginConfig::new(), Arc::new(NoLogs)).unwrap();
+    let view = |name: &str, data: Value, deadline_ms: Option<u64>| JobView {
+        id: name.to_owned(),
+        name: name.to_owned(),
+        queue: "test-outcomes".to_owned(),
+        data: RawValue::from_string(data.to_string()).unwrap(),
+        attempts_made: 0,
+        attempts_started: 1,
+        opts: JobOpts::default(),
+        timestamp: 1,
+        deadline_ms,
+    };
+    let recorder = Arc::new(JobRecorder::new(None));
+    let slept = plugin.process(
+        &view("sleep", json!({"ms": 20, "report": true}), None),
+        recorder.clone(),
+    );
+    assert_eq!(slept, Outcome::completed(json!({"slept": 20})));
+    assert_eq!(
+        recorder.take(),
+        (vec![json!(100)], vec!["woke".to_owned()]),
+        "progress and log lines of the timer thread reach the job"
+    );
+    let twice = plugin.process(&view("pending-twice", json!({}), None), recorder.clone());
+    assert_eq!(twice, Outcome::completed(json!({"first": true})));
+    let not_completed = Outcome::failed(
+        "the pending job was not completed (dropped, or past its deadline and the grace)",
+    );
+    let dropped = plugin.process(&view("pending-drop", json!({}), None), recorder.clone());
+    assert_eq!(dropped, not_completed);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let never = plugin.process(
+        &view("pending-never", json!({}), Some(now)),
+        recorder.clone(),
+    );
+    assert_eq!(
+        never, not_completed,
+        "given up the grace after its deadline"
+    );
+    // A job not declared pending still goes through the plugin's `process`.
+    let completed = plugin.process(&view("complete", json!({"result": 3}), None), recorder);
+    assert_eq!(completed, Outcome::completed(json!(3)));
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
