@@ -142,6 +142,7 @@ mod elf_check;
 mod export;
 mod forward;
 pub mod log_level;
+mod outcome_wire;
 // Reads the pending-job entry point's symbol as its type: one `unsafe` call with its `SAFETY:` reason.
 #[cfg(feature = "loader")]
 #[allow(unsafe_code)]

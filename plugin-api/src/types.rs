@@ -197,7 +197,11 @@ pub enum RetryScope {
 }
 
 /// What became of one job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// On the wire an object tagged by `status` (`{"status":"completed","result":…}`), `status` first. Its
+/// reading is written out in `outcome_wire.rs` rather than derived: the derived reading of a tagged enum
+/// buffers the whole object before looking at the tag, once per job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "camelCase")]
 pub enum Outcome {
     /// The work was done; `result` becomes the job's `returnvalue`.
@@ -215,7 +219,7 @@ pub enum Outcome {
         /// What else is known about the failure (error type, causes, panic location); the host writes it
         /// into the job's `stacktrace` entry for this attempt. Optional on the wire, so outcomes of plugins
         /// built before it existed still parse.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<FailureDetail>,
     },
     /// Not the job's fault: try again after `delay_ms` without consuming an attempt.

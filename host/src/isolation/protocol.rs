@@ -174,6 +174,61 @@ mod tests {
         assert!(read_frame::<ToChild>(&mut r).unwrap().is_none());
     }
 
+    /// An outcome frame carries every variant of `Outcome` as the plugin returned it, and the frame of a
+    /// plugin process built before failure details (no `detail`) still reads.
+    #[test]
+    fn outcome_frames_carry_every_outcome() {
+        use plugin_api::{FailureDetail, RetryScope};
+        let outcomes = [
+            Outcome::completed(serde_json::json!({"b": 1, "a": [null]})),
+            Outcome::failed("nope"),
+            Outcome::Failed {
+                message: "boom".into(),
+                unrecoverable: true,
+                detail: Some(FailureDetail::panic(Some("src/lib.rs:1:2".into()))),
+            },
+            Outcome::RetryLater {
+                delay_ms: 250,
+                scope: RetryScope::Queue,
+                reason: "429".into(),
+            },
+        ];
+        let mut wire = Vec::new();
+        for (id, outcome) in outcomes.iter().enumerate() {
+            let outcome = outcome.clone();
+            write_frame(
+                &mut wire,
+                &FromChild::Outcome {
+                    id: id as u64,
+                    outcome,
+                },
+            )
+            .unwrap();
+        }
+        let older = br#"{"outcome":{"id":9,"outcome":{"status":"failed","message":"m","unrecoverable":false}}}"#;
+        wire.extend_from_slice(&(older.len() as u32).to_be_bytes());
+        wire.extend_from_slice(older);
+        let mut r = wire.as_slice();
+        for (want_id, want) in outcomes.iter().enumerate() {
+            match read_frame::<FromChild>(&mut r).unwrap() {
+                Some(FromChild::Outcome { id, outcome }) => {
+                    assert_eq!((id, &outcome), (want_id as u64, want));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        match read_frame::<FromChild>(&mut r).unwrap() {
+            Some(FromChild::Outcome { id: 9, outcome }) => {
+                assert_eq!(outcome, Outcome::failed("m"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let unknown = br#"{"outcome":{"id":1,"outcome":{"status":"done"}}}"#;
+        let mut frame = (unknown.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(unknown);
+        assert!(read_frame::<FromChild>(&mut frame.as_slice()).is_err());
+    }
+
     #[test]
     fn truncated_and_oversized_frames_are_errors() {
         let mut wire = Vec::new();
