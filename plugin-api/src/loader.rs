@@ -188,7 +188,7 @@ impl LoadedPlugin {
         if self.state.load(Ordering::Acquire) != 1 {
             return Outcome::failed(format!("plugin {} is not initialised", self.info.name));
         }
-        let job_json = match serde_json::to_string(job) {
+        let job_json = match job_json(job) {
             Ok(json) => json,
             Err(e) => return Outcome::failed(format!("job {} could not be encoded: {e}", job.id)),
         };
@@ -236,7 +236,7 @@ impl LoadedPlugin {
             completion.finish(Outcome::failed(reason));
             return;
         };
-        let job_json = match serde_json::to_string(job) {
+        let job_json = match job_json(job) {
             Ok(json) => json,
             Err(e) => {
                 let reason = format!("job {} could not be encoded: {e}", job.id);
@@ -287,6 +287,20 @@ impl LoadedPlugin {
 }
 
 pub use crate::plugin::PENDING_GRACE;
+
+/// Room for a job's JSON besides its data and strings: the field names and numbers (about 190 bytes for a
+/// job without options, 310 with every number at its largest and a backoff setting with jitter).
+const JOB_JSON_ROOM: usize = 384;
+
+/// The JSON of `job` as it crosses the boundary, written into a buffer sized for it from the start rather
+/// than one grown (and copied) from serde_json's default of 128 bytes as the text comes.
+fn job_json(job: &JobView) -> serde_json::Result<String> {
+    let size =
+        JOB_JSON_ROOM + job.id.len() + job.name.len() + job.queue.len() + job.data.get().len();
+    let mut json = Vec::with_capacity(size);
+    serde_json::to_writer(&mut json, job)?;
+    String::from_utf8(json).map_err(serde::ser::Error::custom)
+}
 
 /// The failure of a pending job its plugin did not complete by its deadline and [`PENDING_GRACE`].
 pub fn not_completed(plugin: &str) -> String {
@@ -546,6 +560,44 @@ mod tests {
             summarize_layout_error(dump),
             "mismatched type (host expects u32, plugin has u64)"
         );
+    }
+
+    /// The job's JSON is what serde_json writes for it, into a buffer that did not have to grow, for a job
+    /// with every option set and for one with large data.
+    #[test]
+    fn job_json_is_serde_json_in_a_buffer_sized_up_front() {
+        use serde_json::json;
+        let view = |data: String| JobView {
+            id: "1844674407370955161".into(),
+            name: "email:digest".into(),
+            queue: "email-digests".into(),
+            data: serde_json::value::RawValue::from_string(data).unwrap(),
+            attempts_made: u32::MAX,
+            attempts_started: u32::MAX,
+            opts: crate::types::JobOpts {
+                attempts: u32::MAX,
+                backoff: Some(json!({"type": "exponential", "delay": 2000, "jitter": 0.5})),
+                delay: Some(u64::MAX),
+                priority: Some(u64::MAX),
+            },
+            timestamp: u64::MAX,
+            deadline_ms: Some(u64::MAX),
+        };
+        for data in [
+            r#"{"to":"+15550100"}"#.to_owned(),
+            format!(r#"["{}"]"#, "x".repeat(20_000)),
+        ] {
+            let job = view(data);
+            let json = job_json(&job).unwrap();
+            assert_eq!(json, serde_json::to_string(&job).unwrap());
+            let sized = JOB_JSON_ROOM + 19 + 12 + 13 + job.data.get().len();
+            assert_eq!(
+                json.capacity(),
+                sized,
+                "the buffer grew: {} bytes",
+                json.len()
+            );
+        }
     }
 
     #[test]
