@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr};
+use abi_stable::std_types::{RResult, RStr, RString};
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{
@@ -24,6 +24,9 @@ use crate::abi::{
 use crate::elf_check::Mismatch;
 pub use crate::log_level::LogLevel;
 use crate::types::{JobView, Outcome, PluginConfig, PluginInfo};
+
+mod text;
+pub use text::OutcomeJson;
 
 /// The step of loading at which a plugin was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -183,23 +186,42 @@ impl LoadedPlugin {
     }
 
     /// Runs one job to its outcome. Blocks for as long as the plugin works: call it from a blocking thread.
-    /// Never panics; a plugin fault becomes a retryable failure.
+    /// Never panics; a plugin fault becomes a retryable failure. (A caller holding the job as JSON already
+    /// and passing the outcome on as JSON calls [`Self::process_json`] instead.)
     pub fn process(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Outcome {
-        if self.state.load(Ordering::Acquire) != 1 {
-            return Outcome::failed(format!("plugin {} is not initialised", self.info.name));
+        if !self.is_initialised() {
+            return Outcome::failed(self.not_initialised());
         }
         let job_json = match job_json(job) {
             Ok(json) => json,
             Err(e) => return Outcome::failed(format!("job {} could not be encoded: {e}", job.id)),
         };
+        let raw = self.call_process(&job_json, callbacks);
+        serde_json::from_str(raw.as_str())
+            .unwrap_or_else(|e| Outcome::failed(self.malformed_outcome(&e)))
+    }
+
+    /// The plugin's `process` entry point itself: the outcome's JSON text as the plugin returned it.
+    fn call_process(&self, job_json: &str, callbacks: Arc<dyn JobCallbacks>) -> RString {
         let services = JobServices_TO::from_value(JobServicesImpl(callbacks), TD_Opaque);
-        let raw = (self.module.process())(RStr::from_str(&job_json), services);
-        serde_json::from_str(raw.as_str()).unwrap_or_else(|e| {
-            Outcome::failed(format!(
-                "plugin {} returned a malformed outcome ({e})",
-                self.info.name
-            ))
-        })
+        (self.module.process())(RStr::from_str(job_json), services)
+    }
+
+    fn is_initialised(&self) -> bool {
+        self.state.load(Ordering::Acquire) == 1
+    }
+
+    fn not_initialised(&self) -> String {
+        format!("plugin {} is not initialised", self.info.name)
+    }
+
+    /// The failure of a job whose plugin returned text that is not an [`Outcome`] (retryable: the plugin may
+    /// be fixed and the job run again).
+    fn malformed_outcome(&self, error: &serde_json::Error) -> String {
+        format!(
+            "plugin {} returned a malformed outcome ({error})",
+            self.info.name
+        )
     }
 
     /// Whether the plugin can complete jobs later ([`Self::start`]): built against an interface that has it.
@@ -226,16 +248,6 @@ impl LoadedPlugin {
             plugin: self.info.name.clone(),
             done: Mutex::new(Some(done)),
         };
-        if self.state.load(Ordering::Acquire) != 1 {
-            let reason = format!("plugin {} is not initialised", self.info.name);
-            completion.finish(Outcome::failed(reason));
-            return;
-        }
-        let Some(PendingModule { start }) = self.pending else {
-            let reason = format!("plugin {} cannot complete jobs later", self.info.name);
-            completion.finish(Outcome::failed(reason));
-            return;
-        };
         let job_json = match job_json(job) {
             Ok(json) => json,
             Err(e) => {
@@ -244,9 +256,36 @@ impl LoadedPlugin {
                 return;
             }
         };
+        self.start_with(&job_json, callbacks, completion);
+    }
+
+    /// [`Self::start`] for a job given as JSON of [`JobView`] (the plugin process holds it as it arrived).
+    pub fn start_json(&self, job_json: &str, callbacks: Arc<dyn JobCallbacks>, done: Done) {
+        let completion = CompletionImpl {
+            plugin: self.info.name.clone(),
+            done: Mutex::new(Some(done)),
+        };
+        self.start_with(job_json, callbacks, completion);
+    }
+
+    fn start_with(
+        &self,
+        job_json: &str,
+        callbacks: Arc<dyn JobCallbacks>,
+        completion: CompletionImpl,
+    ) {
+        if !self.is_initialised() {
+            completion.finish(Outcome::failed(self.not_initialised()));
+            return;
+        }
+        let Some(PendingModule { start }) = self.pending else {
+            let reason = format!("plugin {} cannot complete jobs later", self.info.name);
+            completion.finish(Outcome::failed(reason));
+            return;
+        };
         let services = JobServices_TO::from_value(JobServicesImpl(callbacks), TD_Opaque);
         let done = JobCompletion_TO::from_value(completion, TD_Opaque);
-        start(RStr::from_str(&job_json), services, done);
+        start(RStr::from_str(job_json), services, done);
     }
 
     /// Runs one job to its outcome on this thread whichever way the plugin takes it: `process`, or `start`

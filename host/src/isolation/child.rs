@@ -5,6 +5,10 @@
 //! from the plugin's own threads) and reports progress, job log lines, the
 //! plugin's `tracing` records and the outcome back over the framed protocol.
 //!
+//! A job reaches the plugin as the JSON text it arrived in (the frame's `job` value is the job view's JSON),
+//! and the plugin's outcome goes into the outcome frame as the text the plugin wrote once it parses as an
+//! outcome ([`LoadedPlugin::process_json`]); of the job the process itself reads only the id, queue and name.
+//!
 //! Job threads are reused: they come from a thread pool (tokio's blocking pool, with no async runtime
 //! driven) that starts a thread only when every existing one is busy and lets idle ones exit after a while.
 //! Starting a thread per job cost more than a no-op job itself (a `clone`, a stack mapping and a thread
@@ -24,11 +28,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use plugin_api::loader::{ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel};
+use plugin_api::loader::{
+    ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel, OutcomeJson,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::crashnote;
 use super::inline::InlineJobs;
-use super::protocol::{read_frame, write_frame, FromChild, ToChild};
+use super::protocol::{read_frame, write_frame, ChildInput, ChildOutput, FromChild, ToChild};
 
 /// The descriptor on which the host reads crash notes.
 pub const NOTE_FD: libc::c_int = 3;
@@ -38,7 +46,7 @@ pub const NOTE_FD: libc::c_int = 3;
 struct Out(Arc<Mutex<BufWriter<File>>>);
 
 impl Out {
-    fn send(&self, msg: &FromChild) {
+    fn send(&self, msg: &ChildOutput<'_>) {
         let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if write_frame(&mut *w, msg).is_err() {
             // The host is gone: nobody is left to run jobs for.
@@ -149,7 +157,7 @@ pub fn main(plugin_path: &Path) -> anyhow::Result<std::process::ExitCode> {
         }
     };
     let Some(ToChild::Init { config, max_level }) =
-        read_frame::<ToChild>(&mut input).context("reading the init message")?
+        read_frame::<ChildInput>(&mut input).context("reading the init message")?
     else {
         anyhow::bail!("the host did not start with an init message");
     };
@@ -180,7 +188,7 @@ fn serve(
     let running: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>> = Arc::default();
     let inline = Arc::new(InlineJobs::of(plugin.info()));
     loop {
-        let msg = match read_frame::<ToChild>(input) {
+        let msg = match read_frame::<ChildInput>(input) {
             Ok(Some(msg)) => msg,
             // The host closed our input (or died): stop.
             Ok(None) => return Ok(std::process::ExitCode::SUCCESS),
@@ -188,13 +196,17 @@ fn serve(
         };
         match msg {
             ToChild::Job { id, job } => {
+                let head = match serde_json::from_str::<JobHead>(job.get()) {
+                    Ok(head) => head,
+                    Err(e) => anyhow::bail!("unreadable job from the host: {e}"),
+                };
                 let cancelled = Arc::new(AtomicBool::new(false));
                 running
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id, Arc::clone(&cancelled));
-                if plugin.is_pending(&job.queue, &job.name) {
-                    start_pending(plugin, &inline, out, &running, id, &job, cancelled);
+                if plugin.is_pending(&head.queue, &head.name) {
+                    start_pending(plugin, &inline, out, &running, id, (&job, &head), cancelled);
                     continue;
                 }
                 let (plugin, out, running) =
@@ -203,7 +215,7 @@ fn serve(
                 // cancellation arriving meanwhile is read once it returned, when there is nothing left to
                 // cancel), and hold the plugin's call to its promise.
                 let measure = inline
-                    .runs_inline(&job.queue, &job.name)
+                    .runs_inline(&head.queue, &head.name)
                     .then(|| Arc::clone(&inline));
                 let run_inline = measure.is_some();
                 // Detached: the outcome travels over the protocol, not through the join handle.
@@ -216,16 +228,16 @@ fn serve(
                     let outcome = {
                         let _entered = crashnote::enter_job(
                             slot_of(id),
-                            &job.id,
-                            &job.queue,
+                            &head.id,
+                            &head.queue,
                             &plugin.info().name,
                         );
                         match measure {
-                            None => plugin.process(&job, callbacks),
+                            None => plugin.process_json(job.get(), callbacks),
                             Some(inline) => {
-                                let probe = inline.probe(&job.queue, &job.name);
-                                let outcome = plugin.process(&job, callbacks);
-                                inline.ran(&job.queue, &job.name, &probe.finish());
+                                let probe = inline.probe(&head.queue, &head.name);
+                                let outcome = plugin.process_json(job.get(), callbacks);
+                                inline.ran(&head.queue, &head.name, &probe.finish());
                                 outcome
                             }
                         }
@@ -234,7 +246,10 @@ fn serve(
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&id);
-                    out.send(&FromChild::Outcome { id, outcome });
+                    out.send(&FromChild::Outcome {
+                        id,
+                        outcome: outcome.raw(),
+                    });
                 };
                 if run_inline {
                     job_thread();
@@ -267,7 +282,7 @@ fn start_pending(
     out: &Out,
     running: &Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>,
     id: u64,
-    job: &plugin_api::JobView,
+    (job, head): (&RawValue, &JobHead),
     cancelled: Arc<AtomicBool>,
 ) {
     let callbacks = Arc::new(ChildCallbacks {
@@ -281,12 +296,25 @@ fn start_pending(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        out.send(&FromChild::Outcome { id, outcome });
+        let outcome = OutcomeJson::of(&outcome);
+        out.send(&FromChild::Outcome {
+            id,
+            outcome: outcome.raw(),
+        });
     });
-    let _entered = crashnote::enter_job(slot_of(id), &job.id, &job.queue, &plugin.info().name);
+    let _entered = crashnote::enter_job(slot_of(id), &head.id, &head.queue, &plugin.info().name);
     let probe = inline.start_probe();
-    plugin.start(job, callbacks, done);
-    inline.started(&job.queue, &job.name, &probe.finish());
+    plugin.start_json(job.get(), callbacks, done);
+    inline.started(&head.queue, &head.name, &probe.finish());
+}
+
+/// What the plugin process itself reads of a job (the plugin gets the whole of it as the text it arrived
+/// as): whom to name in a crash note, and whether it runs inline or pending.
+#[derive(Deserialize)]
+struct JobHead {
+    id: String,
+    name: String,
+    queue: String,
 }
 
 /// The pool of job threads: as many as jobs run at once (the host bounds that by the queue's concurrency),

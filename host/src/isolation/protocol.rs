@@ -11,15 +11,19 @@ use plugin_api::loader::{ForwardedLog, LogLevel};
 use plugin_api::{JobView, Outcome, PluginConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// The largest frame either side accepts (a job's data, an outcome's result).
 pub const MAX_FRAME: usize = 64 << 20;
 
 /// What the host sends. Externally tagged (`{"job": {...}}`): an internally tagged enum would buffer its
 /// fields and lose the job's raw JSON data.
+///
+/// `J` is how a job is held: the host writes a [`JobView`]; the plugin process reads the job's JSON as it
+/// arrived (`ToChild<Box<RawValue>>`, [`ChildInput`]) and hands that text to the plugin, which parses it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum ToChild {
+pub enum ToChild<J = Box<JobView>> {
     /// First message: start the plugin with this configuration; forward log records up to `max_level`.
     Init {
         /// The plugin's resolved settings.
@@ -32,7 +36,7 @@ pub enum ToChild {
         /// Request id, echoed in every message about this job.
         id: u64,
         /// The job as the plugin sees it (boxed: it is by far the largest message).
-        job: Box<JobView>,
+        job: J,
     },
     /// The job's `is_cancelled()` turns true (shutdown, deadline, library cancellation).
     Cancel {
@@ -46,10 +50,16 @@ pub enum ToChild {
     },
 }
 
+/// [`ToChild`] as the plugin process reads it: a job's JSON kept as the text it arrived as.
+pub type ChildInput = ToChild<Box<RawValue>>;
+
 /// What the plugin process sends.
+///
+/// `O` is how an outcome is held: the host reads an [`Outcome`]; the plugin process writes the outcome's
+/// JSON text as the plugin returned it, once checked to be one ([`ChildOutput`]).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum FromChild {
+pub enum FromChild<O = Outcome> {
     /// `init` succeeded: jobs may come.
     Ready,
     /// `init` refused (or the library could not be loaded); the process exits.
@@ -81,11 +91,14 @@ pub enum FromChild {
         /// Request id.
         id: u64,
         /// What the plugin returned.
-        outcome: Outcome,
+        outcome: O,
     },
     /// `shutdown` returned.
     ShutdownDone,
 }
+
+/// [`FromChild`] as the plugin process writes it: an outcome as JSON text.
+pub type ChildOutput<'a> = FromChild<&'a RawValue>;
 
 /// Writes one frame (one `write_all` of length and body, so concurrent writers under a lock never interleave).
 pub fn write_frame(w: &mut impl Write, msg: &impl Serialize) -> io::Result<()> {
@@ -133,7 +146,6 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::value::RawValue;
 
     #[test]
     fn frames_round_trip_in_order() {
@@ -157,7 +169,7 @@ mod tests {
             },
         )
         .unwrap();
-        write_frame(&mut wire, &ToChild::Cancel { id: 3 }).unwrap();
+        write_frame(&mut wire, &ToChild::<Box<JobView>>::Cancel { id: 3 }).unwrap();
         let mut r = wire.as_slice();
         match read_frame::<ToChild>(&mut r).unwrap() {
             Some(ToChild::Job { id: 3, job }) => {
@@ -230,9 +242,73 @@ mod tests {
     }
 
     #[test]
+    fn the_plugin_process_reads_a_job_as_the_text_the_host_wrote() {
+        let job = JobView {
+            id: "7".into(),
+            name: "complete".into(),
+            queue: "q".into(),
+            data: RawValue::from_string(r#"{"to":"+1","x":1.50}"#.into()).unwrap(),
+            attempts_made: 0,
+            attempts_started: 1,
+            opts: plugin_api::JobOpts {
+                attempts: 3,
+                backoff: Some(serde_json::json!({"type": "fixed", "delay": 5})),
+                ..Default::default()
+            },
+            timestamp: 5,
+            deadline_ms: None,
+        };
+        let mut wire = Vec::new();
+        write_frame(
+            &mut wire,
+            &ToChild::Job {
+                id: 4,
+                job: Box::new(job.clone()),
+            },
+        )
+        .unwrap();
+        match read_frame::<ChildInput>(&mut wire.as_slice()).unwrap() {
+            Some(ToChild::Job { id: 4, job: text }) => {
+                assert_eq!(text.get(), serde_json::to_string(&job).unwrap())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_outcome_written_as_text_is_the_frame_of_the_outcome() {
+        let outcome = Outcome::completed(serde_json::json!({"b": 1, "a": [true, null]}));
+        let text = serde_json::value::to_raw_value(&outcome).unwrap();
+        let as_text = encode_frame(&ChildOutput::Outcome {
+            id: 9,
+            outcome: &text,
+        })
+        .unwrap();
+        let as_value = encode_frame(&FromChild::Outcome { id: 9, outcome }).unwrap();
+        assert_eq!(as_text, as_value);
+        // Text as a plugin may write it (spaces, its own field order) reads as the same outcome.
+        let spaced = RawValue::from_string(
+            r#"{ "result": {"a": [true, null], "b": 1}, "status": "completed" }"#.into(),
+        )
+        .unwrap();
+        let frame = encode_frame(&ChildOutput::Outcome {
+            id: 9,
+            outcome: &spaced,
+        })
+        .unwrap();
+        match read_frame::<FromChild>(&mut frame.as_slice()).unwrap() {
+            Some(FromChild::Outcome { id: 9, outcome }) => assert_eq!(
+                outcome,
+                Outcome::completed(serde_json::json!({"a": [true, null], "b": 1}))
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn truncated_and_oversized_frames_are_errors() {
         let mut wire = Vec::new();
-        write_frame(&mut wire, &FromChild::Ready).unwrap();
+        write_frame(&mut wire, &FromChild::<Outcome>::Ready).unwrap();
         let cut = &wire[..wire.len() - 1];
         assert!(read_frame::<FromChild>(&mut &cut[..]).is_err());
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();

@@ -156,7 +156,8 @@ impl ChildJob {
     /// itself, the cancel message is written from the async side only when the pipe surely has room and no
     /// blocking thread is writing. Returns whether it was sent; the caller tries again later when not.
     pub fn try_cancel(&self) -> bool {
-        let Ok(frame) = encode_frame(&ToChild::Cancel { id: self.id }) else {
+        let cancel: ToChild = ToChild::Cancel { id: self.id };
+        let Ok(frame) = encode_frame(&cancel) else {
             return false;
         };
         let Ok(mut input) = self.conn.input.try_lock() else {
