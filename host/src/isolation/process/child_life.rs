@@ -55,6 +55,7 @@ impl Shared {
         let conn = Arc::new(Conn {
             input: Mutex::new(input),
             pid: child.id(),
+            outbox: Outbox::default(),
         });
         let mut output = match Output::new(output) {
             Ok(output) => output,

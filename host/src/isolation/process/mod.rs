@@ -14,12 +14,13 @@
 //! for cancellation).
 //!
 //! This file is the jobs' side (starting a job, waiting for its reply, shutdown); `child_life.rs` is the
-//! child's: spawning it, the supervisor thread, reaping and restarting; `output.rs` reads its frames.
+//! child's: spawning it, the supervisor thread, reaping and restarting; `output.rs` reads its frames;
+//! `outbox.rs` writes the runtime's frames to it.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::io::{AsRawFd, FromRawFd};
+use std::os::unix::io::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -33,10 +34,12 @@ use plugin_api::{JobView, Outcome, PluginConfig};
 use super::cause::Ending;
 use super::child::{slot_of, NOTE_FD};
 use super::crashnote;
-use super::protocol::{encode_frame, write_frame, FromChild, ToChild};
+use super::protocol::{encode_frame, FromChild, ToChild};
+use outbox::Outbox;
 use output::{Handback, Next, Output, Wake};
 
 mod child_life;
+mod outbox;
 mod output;
 #[cfg(test)]
 mod output_tests;
@@ -49,8 +52,8 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How often a job waiting for its outcome checks whether it was cancelled.
 pub const CANCEL_POLL: Duration = Duration::from_millis(50);
-/// The largest job data [`PluginProcess::start_job`] writes from an async task (larger jobs, and any job
-/// when the pipe lacks the room for it, go through a blocking thread).
+/// The largest job data [`PluginProcess::start_job`] queues from an async task (larger jobs go through a
+/// blocking thread; so does the outbox's write when the pipe lacks the room for it).
 const ASYNC_WRITE_MAX: usize = 16 << 10;
 
 /// A plugin process died while holding a job.
@@ -117,7 +120,12 @@ enum State {
 struct Conn {
     input: Mutex<ChildStdin>,
     pid: u32,
+    /// Frames from the runtime not yet written (`outbox.rs`).
+    outbox: Outbox,
 }
+
+/// A message to the child as the host writes it: the job by reference, not a copy of it.
+type HostFrame<'a> = ToChild<&'a JobView>;
 
 struct Pending {
     tx: Waiter,
@@ -152,22 +160,18 @@ pub struct ChildJob {
 }
 
 impl ChildJob {
-    /// Turns the job's `is_cancelled()` true in the child, if that can be done without waiting: like the job
-    /// itself, the cancel message is written from the async side only when the pipe surely has room and no
-    /// blocking thread is writing. Returns whether it was sent; the caller tries again later when not.
+    /// Turns the job's `is_cancelled()` true in the child: the cancel message is queued behind the job's
+    /// own frame and, like it, written without waiting (`outbox.rs`). Returns whether it was queued (not when
+    /// called outside the runtime); the caller tries again later when not.
     pub fn try_cancel(&self) -> bool {
-        let cancel: ToChild = ToChild::Cancel { id: self.id };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let cancel: HostFrame = ToChild::Cancel { id: self.id };
         let Ok(frame) = encode_frame(&cancel) else {
             return false;
         };
-        let Ok(mut input) = self.conn.input.try_lock() else {
-            return false;
-        };
-        if !pipe_room(input.as_raw_fd()).is_some_and(|room| fits(frame.len(), room)) {
-            return false;
-        }
-        // A failed write means the child is dying; the supervisor answers the job with its crash.
-        let _ = input.write_all(&frame);
+        outbox::send_soon(&self.conn, &runtime, &frame);
         true
     }
 }
@@ -287,33 +291,25 @@ impl PluginProcess {
     }
 
     /// Starts one job in the child without blocking, when the child is ready: the caller awaits
-    /// [`ChildJob::reply`] and forwards cancellation with [`ChildJob::cancel`]. This spares each job a hop
-    /// to a blocking thread and back. `None` while no child is ready (being restarted, or stopped) and for
-    /// a job too large to write at once (a write that could wait for the child to read): then
+    /// [`ChildJob::reply`] and forwards cancellation with [`ChildJob::try_cancel`]. This spares each job a
+    /// hop to a blocking thread and back. The job's frame is written together with those of the other jobs
+    /// the runtime starts meanwhile (`outbox.rs`). `None` while no child is ready (being restarted, or
+    /// stopped), outside the runtime, and for a job too large to queue (its data over 16 KiB): then
     /// [`Self::process`], on a blocking thread, waits or answers as it always did.
     pub fn start_job(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Option<ChildJob> {
         if job.data.get().len() > ASYNC_WRITE_MAX {
             return None;
         }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_frame(&ToChild::Job {
-            id,
-            job: Box::new(job.clone()),
-        })
-        .ok()?;
+        let frame = encode_frame(&HostFrame::Job { id, job }).ok()?;
         let (tx, reply) = tokio::sync::oneshot::channel();
         let state = shared.lock_state();
         let State::Ready(conn) = &*state else {
             return None;
         };
         let conn = Arc::clone(conn);
-        // The async side must never wait on the pipe: not for a blocking thread's write in progress, not for
-        // a child that stopped reading (frozen, stopped by a debugger) and let the pipe fill up.
-        let mut input = conn.input.try_lock().ok()?;
-        if !pipe_room(input.as_raw_fd()).is_some_and(|room| fits(frame.len(), room)) {
-            return None;
-        }
         // Registered under the state lock, as in `process`.
         shared.lock_pending().insert(
             id,
@@ -324,10 +320,9 @@ impl PluginProcess {
             },
         );
         drop(state);
-        // Cannot wait: the room was there and only the child's reads change it while the lock is held. A
-        // failed write means the child is dying; the supervisor answers this job with its crash.
-        let _ = input.write_all(&frame);
-        drop(input);
+        // Written without waiting, after the tasks the runtime has ready queued theirs. Should the child be
+        // dying, the supervisor answers this job with its crash.
+        outbox::send_soon(&conn, &runtime, &frame);
         Some(ChildJob {
             id,
             conn,
@@ -385,10 +380,7 @@ impl PluginProcess {
             }
         };
         // A failed write means the child is dying; the supervisor answers this job with its crash.
-        let _ = conn.send(&ToChild::Job {
-            id,
-            job: Box::new(job.clone()),
-        });
+        let _ = conn.send(&ToChild::Job { id, job });
         let mut cancel_sent = false;
         loop {
             match rx.recv_timeout(CANCEL_POLL) {
@@ -443,9 +435,16 @@ impl PluginProcess {
 }
 
 impl Conn {
-    fn send(&self, msg: &ToChild) -> std::io::Result<()> {
+    /// Writes `msg` from a blocking thread (it may wait for the child to read).
+    fn send(&self, msg: &HostFrame<'_>) -> std::io::Result<()> {
+        self.send_raw(&encode_frame(msg)?)
+    }
+
+    /// Writes `frame` after whatever the runtime queued before it: a shutdown comes after the jobs started.
+    fn send_raw(&self, frame: &[u8]) -> std::io::Result<()> {
         let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
-        write_frame(&mut *input, msg)
+        input.write_all(&self.outbox.take())?;
+        input.write_all(frame)
     }
 }
 
@@ -461,6 +460,8 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::io::AsRawFd;
+
     use super::*;
 
     #[test]

@@ -43,7 +43,7 @@ enum Call {
 impl Call {
     /// The call's reply; cancel-safe (select! polls it again after a write is applied). A job in the child
     /// checks every [`CANCEL_POLL`] whether it was cancelled and tells the child once, as a blocking call
-    /// does (again at the next poll when the pipe to the child had no room for the message).
+    /// does (queued behind the job's own frame: `isolation/process/outbox.rs`).
     async fn ended(&mut self) -> Result<Reply, String> {
         match self {
             Call::Thread(handle) => handle.await.map_err(|e| e.to_string()),
