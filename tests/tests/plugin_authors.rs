@@ -346,16 +346,26 @@ fn a_plugin_with_its_own_tokio_and_serde_versions_runs_jobs() {
     }
 }
 
+/// Copies the directory `from` to `to`, subdirectories (a module's own files) included.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// A copy of `plugin-api/` as a standalone crate of version `version` (workspace-inherited fields resolved).
 fn api_copy(dir: &Path, version: &str) -> PathBuf {
     let root = workspace_root();
     let workspace = manifest_values::Manifest::read(&root.join("Cargo.toml"));
     let copy = dir.join(format!("plugin-api-{version}"));
-    std::fs::create_dir_all(copy.join("src")).unwrap();
-    for entry in std::fs::read_dir(root.join("plugin-api/src")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.join("src").join(entry.file_name())).unwrap();
-    }
+    copy_tree(&root.join("plugin-api/src"), &copy.join("src"));
     let manifest = std::fs::read_to_string(root.join("plugin-api/Cargo.toml")).unwrap();
     let mut out = String::new();
     for line in manifest.lines() {
