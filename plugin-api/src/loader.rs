@@ -187,19 +187,13 @@ impl LoadedPlugin {
     /// before `start` returns): with the plugin's outcome, or with a retryable failure when the plugin
     /// dropped the job without one, could not be called, or sent a malformed outcome. Never panics.
     pub fn start(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>, done: Done) {
-        let completion = CompletionImpl {
-            plugin: self.info.name.clone(),
-            done: Mutex::new(Some(done)),
-        };
-        let job_json = match job_json(job) {
-            Ok(json) => json,
-            Err(e) => {
-                let reason = format!("job {} could not be encoded: {e}", job.id);
-                completion.finish(Outcome::failed(reason));
-                return;
-            }
-        };
-        self.start_with(&job_json, callbacks, completion);
+        match job_json(job) {
+            Ok(json) => self.start_json(&json, callbacks, done),
+            Err(e) => done(Outcome::failed(format!(
+                "job {} could not be encoded: {e}",
+                job.id
+            ))),
+        }
     }
 
     /// [`Self::start`] for a job given as JSON of [`JobView`] (the plugin process holds it as it arrived).
@@ -208,15 +202,6 @@ impl LoadedPlugin {
             plugin: self.info.name.clone(),
             done: Mutex::new(Some(done)),
         };
-        self.start_with(job_json, callbacks, completion);
-    }
-
-    fn start_with(
-        &self,
-        job_json: &str,
-        callbacks: Arc<dyn JobCallbacks>,
-        completion: CompletionImpl,
-    ) {
         if !self.is_initialised() {
             completion.finish(Outcome::failed(self.not_initialised()));
             return;

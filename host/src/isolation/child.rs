@@ -185,7 +185,7 @@ fn serve(
     out: &Out,
     pool: &tokio::runtime::Runtime,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let running: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>> = Arc::default();
+    let running: Running = Arc::default();
     let inline = Arc::new(InlineJobs::of(plugin.info()));
     loop {
         let msg = match read_frame::<ChildInput>(input) {
@@ -242,14 +242,7 @@ fn serve(
                             }
                         }
                     };
-                    running
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    out.send(&FromChild::Outcome {
-                        id,
-                        outcome: outcome.raw(),
-                    });
+                    finish_job(&out, &running, id, &outcome);
                 };
                 if run_inline {
                     job_thread();
@@ -280,7 +273,7 @@ fn start_pending(
     plugin: &Arc<LoadedPlugin>,
     inline: &InlineJobs,
     out: &Out,
-    running: &Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>,
+    running: &Running,
     id: u64,
     (job, head): (&RawValue, &JobHead),
     cancelled: Arc<AtomicBool>,
@@ -292,20 +285,28 @@ fn start_pending(
     });
     let (out, running) = (out.clone(), Arc::clone(running));
     let done = Box::new(move |outcome| {
-        running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        let outcome = OutcomeJson::of(&outcome);
-        out.send(&FromChild::Outcome {
-            id,
-            outcome: outcome.raw(),
-        });
+        finish_job(&out, &running, id, &OutcomeJson::of(&outcome));
     });
     let _entered = crashnote::enter_job(slot_of(id), &head.id, &head.queue, &plugin.info().name);
     let probe = inline.start_probe();
     plugin.start_json(job.get(), callbacks, done);
     inline.started(&head.queue, &head.name, &probe.finish());
+}
+
+/// The jobs running in this process, by request id, each with its cancellation flag.
+type Running = Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>;
+
+/// Ends job `id`: it leaves the running jobs (a cancel for it is then ignored) and its outcome goes to the
+/// host.
+fn finish_job(out: &Out, running: &Running, id: u64, outcome: &OutcomeJson) {
+    running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    out.send(&FromChild::Outcome {
+        id,
+        outcome: outcome.raw(),
+    });
 }
 
 /// What the plugin process itself reads of a job (the plugin gets the whole of it as the text it arrived

@@ -80,11 +80,7 @@ async fn flush(conn: Arc<Conn>) {
             return;
         }
     }
-    drop(tokio::task::spawn_blocking(move || {
-        let mut input = conn.input.lock().unwrap_or_else(|p| p.into_inner());
-        let bytes = conn.outbox.take();
-        let _ = input.write_all(&bytes);
-    }));
+    drop(tokio::task::spawn_blocking(move || conn.send_raw(&[])));
 }
 
 #[cfg(test)]

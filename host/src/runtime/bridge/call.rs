@@ -115,27 +115,7 @@ impl QueueBridge {
             // An inline job of an in-process plugin ran right here; its writes are applied below.
             Some(reply) => call_end(Ok(reply)),
             None => {
-                // A pending job of an in-process plugin is started right here and awaited without a thread.
-                // A plugin process takes any job straight from this task when its child is ready (and
-                // starts a pending one itself); otherwise the call runs on a blocking thread.
-                let call =
-                    if let Some(outcome) = self.plugin.start_pending(&view, callbacks.clone()) {
-                        Call::Pending(outcome)
-                    } else {
-                        match self.plugin.start_in_child(&view, callbacks.clone()) {
-                            Some(child) => Call::Child {
-                                child,
-                                callbacks,
-                                cancel_sent: false,
-                            },
-                            None => {
-                                let active = self.plugin.clone();
-                                Call::Thread(tokio::task::spawn_blocking(move || {
-                                    active.run(&view, callbacks)
-                                }))
-                            }
-                        }
-                    };
+                let call = self.start_call(view, callbacks);
                 self.wait(job, call, &mut writes, deadline, pending).await
             }
         };
@@ -149,6 +129,27 @@ impl QueueBridge {
             timed_out,
             elapsed: started.elapsed(),
         }
+    }
+
+    /// Starts the plugin call of a job that does not run inline. A pending job of an in-process plugin is
+    /// started right here and awaited without a thread. A plugin process takes any job straight from this
+    /// task when its child is ready (and starts a pending one itself); otherwise the call runs on a blocking
+    /// thread.
+    fn start_call(&self, view: JobView, callbacks: Arc<Callbacks>) -> Call {
+        if let Some(outcome) = self.plugin.start_pending(&view, callbacks.clone()) {
+            return Call::Pending(outcome);
+        }
+        if let Some(child) = self.plugin.start_in_child(&view, callbacks.clone()) {
+            return Call::Child {
+                child,
+                callbacks,
+                cancel_sent: false,
+            };
+        }
+        let active = self.plugin.clone();
+        Call::Thread(tokio::task::spawn_blocking(move || {
+            active.run(&view, callbacks)
+        }))
     }
 
     /// Waits for `call` to end, applying the plugin's writes to `job` meanwhile and logging the overrun
