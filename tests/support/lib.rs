@@ -50,6 +50,7 @@ pub use pgbouncer::{pgbouncer_bin, PgBouncer};
 pub use ports::{free_port, reserved_port, PortReservation};
 pub use postgres::{Postgres, Schema};
 pub use probe::{http_get, http_get_body};
+pub use process::{process_tree, thread_count};
 pub use redis::{Monitor, RedisServer, Resp};
 pub use tempdir::TempDir;
 pub use tls::{generate_ca, generate_server_cert, CertFiles};

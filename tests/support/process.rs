@@ -199,6 +199,42 @@ pub(crate) fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// Every process in the tree under `pid` (a host and its plugin processes), `pid` first, from the kernel's
+/// `children` list of each of their threads.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i]))
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let children: std::collections::BTreeSet<u32> = tasks
+            .iter()
+            .filter_map(|t| std::fs::read_to_string(t.join("children")).ok())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        all.extend(children);
+        i += 1;
+    }
+    all
+}
+
+/// Threads of `pid` and of every process under it: what a job held on a thread would show up in.
+pub fn thread_count(pid: u32) -> usize {
+    process_tree(pid)
+        .iter()
+        .map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/task"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::strip_ansi;

@@ -6,47 +6,11 @@
 //! shutdown deadline), completed twice (the first outcome counts), dropped (a retryable failure), or held
 //! by a plugin process that dies.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use frostguard_tests::*;
 
 const MODES: [&str; 2] = ["in-process", "process"];
-
-/// Every process in the tree under `pid` (the host and its plugin process), `pid` first.
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i]))
-            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        let children: BTreeSet<u32> = tasks
-            .iter()
-            .filter_map(|t| std::fs::read_to_string(t.join("children")).ok())
-            .flat_map(|c| {
-                c.split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect::<Vec<u32>>()
-            })
-            .collect();
-        all.extend(children);
-        i += 1;
-    }
-    all
-}
-
-/// Threads of the host and its plugin process together.
-fn threads(pid: u32) -> usize {
-    process_tree(pid)
-        .iter()
-        .map(|p| {
-            std::fs::read_dir(format!("/proc/{p}/task"))
-                .map(|d| d.count())
-                .unwrap_or(0)
-        })
-        .sum()
-}
 
 fn host(redis: &RedisServer, isolation: &str, env: &[(&str, &str)]) -> Worker {
     let mut b = Worker::builder()
@@ -82,14 +46,14 @@ fn pending_jobs_hold_no_thread_and_write_before_their_result(isolation: &str) {
 
     // Sixteen jobs waiting at once: the thread count stays where it was, where a blocking call would hold
     // one thread per job.
-    let before = threads(worker.pid());
+    let before = thread_count(worker.pid());
     let jobs: Vec<_> = (0..16)
         .map(|i| json!({"name": "sleep", "data": {"ms": 4000, "i": i}}))
         .collect();
     let ids = q.add(json!(jobs)).expect("add the jobs");
     q.wait_states(&ids, &["active"], Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{isolation}: all sixteen run at once: {e:#}"));
-    let during = threads(worker.pid());
+    let during = thread_count(worker.pid());
     assert!(
         during < before + 4,
         "{isolation}: {during} threads with sixteen jobs waiting, {before} before"

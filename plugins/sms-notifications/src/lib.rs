@@ -12,9 +12,12 @@
 //! * [`delivery`]: the delivery row and the claim on it; [`pgtls`]: TLS to PostgreSQL (`sslmode`);
 //! * [`redact`]: masking of phone numbers in logs and reasons.
 //!
-//! `process` runs on a host blocking thread; the async work runs on a runtime private to this plugin
-//! (a `cdylib` cannot use the host's tokio), `block_on`'d there, raced against the host's cancellation flag
-//! and the job's deadline.
+//! `sms:send` is a pending job: `start` validates the job on the thread that received it and hands the
+//! send to a runtime private to this plugin (a `cdylib` cannot use the host's tokio), which completes the
+//! job when Telnyx and the database have answered, raced against the host's cancellation flag and the
+//! job's deadline. No thread waits for a job meanwhile, so a slow provider costs memory per job, not a
+//! thread. `process` does the same work from a host blocking thread (`block_on`) for any other job name
+//! (`handles_unknown_names`: such a job only gets its delivery row marked failed).
 
 #![forbid(unsafe_code)]
 
@@ -27,16 +30,15 @@ pub mod redact;
 pub mod telnyx;
 pub mod validate;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plugin_api::serde_json::json;
 use plugin_api::tracing::{info, warn};
 use plugin_api::{
-    export_plugin, InitError, JobContext, JobView, Outcome, Plugin, PluginConfig, PluginInfo,
-    QueueInfo, RateLimitHint,
+    export_plugin, InitError, JobContext, JobView, Outcome, PendingJob, Plugin, PluginConfig,
+    PluginInfo, QueueInfo, RateLimitHint,
 };
 use tokio::runtime::{Handle, Runtime};
 
@@ -80,8 +82,8 @@ pub struct SmsPlugin {
     /// Taken out in `shutdown`; jobs use `handle`, so they never contend on this lock.
     runtime: Mutex<Option<Runtime>>,
     handle: Handle,
-    /// `None` in dry-run mode.
-    processor: Option<Processor>,
+    /// `None` in dry-run mode. Shared with the tasks that send pending jobs.
+    processor: Option<Arc<Processor>>,
     stopping: AtomicBool,
 }
 
@@ -97,9 +99,10 @@ impl Plugin for SmsPlugin {
                 rate_limit: Some(RATE_LIMIT),
                 handles_unknown_names: true,
                 timeout_ms: Some(JOB_TIMEOUT_MS),
-                // Every send is an HTTP call to Telnyx and a database write: never inline.
+                // Every send is an HTTP call to Telnyx and a database write: never inline, and awaited on
+                // the plugin's runtime rather than on a thread of the host's.
                 inline_jobs: vec![],
-                pending_jobs: vec![],
+                pending_jobs: vec![validate::JOB_NAME.to_owned()],
             }],
             config_keys: config::KEYS.iter().map(|k| (*k).to_owned()).collect(),
         }
@@ -149,11 +152,11 @@ impl Plugin for SmsPlugin {
                         Some(repo)
                     }
                 };
-                Some(Processor {
+                Some(Arc::new(Processor {
                     telnyx,
                     deliveries,
                     auth_retry_delay: config.auth_retry_delay,
-                })
+                }))
             }
         };
         Ok(SmsPlugin {
@@ -165,35 +168,24 @@ impl Plugin for SmsPlugin {
     }
 
     fn process(&self, job: &JobView, ctx: &JobContext<'_>) -> Outcome {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Outcome::failed("sms plugin is shutting down");
+        match self.begin(job) {
+            Begun::Done(outcome) => outcome,
+            Begun::Work(work) => self.handle.block_on(work.run(|| ctx.is_cancelled())),
         }
-        let attempt = Attempt {
-            job_id: job.id.clone(),
-            number: job.attempts_made + 1,
-            max: job.max_attempts(),
-            is_last: job.is_last_attempt(),
-            time_left: job.time_left(),
-        };
-        let validated = validate::validate(&job.name, job.data.get());
-        let Some(processor) = &self.processor else {
-            return match validated {
-                Err(invalid) => {
-                    warn!(job_id = %job.id, reason = %invalid.reason, "rejecting sms:send job (dry run)");
-                    Outcome::unrecoverable(invalid.reason)
-                }
-                Ok(sms) => {
-                    info!(job_id = %job.id, to = %mask_phone(&sms.phone_number), chars = sms.message.chars().count(),
-                          delivery_id = ?sms.delivery_id, "dry run: SMS not sent");
-                    Outcome::completed(json!({ "success": true, "dryRun": true }))
-                }
-            };
-        };
-        match validated {
-            // Only a bounded row update: nothing to interrupt.
-            Err(invalid) => self.block_on(processor.reject(&invalid, &attempt)),
-            Ok(sms) => {
-                self.block_on(processor.send(&sms, &attempt, interrupted(ctx, attempt.time_left)))
+    }
+
+    fn start(&self, job: &JobView, pending: PendingJob) {
+        match self.begin(job) {
+            Begun::Done(outcome) => {
+                pending.complete(outcome);
+            }
+            Begun::Work(work) => {
+                // Dropped unfinished only when the runtime shuts down; the host then fails the job
+                // retryably ("dropped without an outcome"), as it would a blocking call cut short.
+                self.handle.spawn(async move {
+                    let outcome = work.run(|| pending.is_cancelled()).await;
+                    pending.complete(outcome);
+                });
             }
         }
     }
@@ -212,18 +204,79 @@ impl Plugin for SmsPlugin {
     }
 }
 
+/// A job after the checks that need no I/O: its outcome already, or the work left to do.
+enum Begun {
+    Done(Outcome),
+    Work(Work),
+}
+
+/// The I/O half of a job: owned, so that it can run on the plugin's runtime after `start` returned.
+struct Work {
+    processor: Arc<Processor>,
+    attempt: Attempt,
+    validated: Result<validate::SmsJob, validate::Invalid>,
+}
+
 impl SmsPlugin {
-    /// Drives `work` to its end on the private runtime, from this host thread.
-    fn block_on<T>(&self, work: impl Future<Output = T>) -> T {
-        self.handle.block_on(work)
+    /// Validates `job` and decides what is left: in dry-run mode (or while shutting down) its outcome,
+    /// otherwise the send (or, for invalid data, the delivery row's update).
+    fn begin(&self, job: &JobView) -> Begun {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Begun::Done(Outcome::failed("sms plugin is shutting down"));
+        }
+        let attempt = Attempt {
+            job_id: job.id.clone(),
+            number: job.attempts_made + 1,
+            max: job.max_attempts(),
+            is_last: job.is_last_attempt(),
+            time_left: job.time_left(),
+        };
+        let validated = validate::validate(&job.name, job.data.get());
+        let Some(processor) = &self.processor else {
+            return Begun::Done(match validated {
+                Err(invalid) => {
+                    warn!(job_id = %job.id, reason = %invalid.reason, "rejecting sms:send job (dry run)");
+                    Outcome::unrecoverable(invalid.reason)
+                }
+                Ok(sms) => {
+                    info!(job_id = %job.id, to = %mask_phone(&sms.phone_number), chars = sms.message.chars().count(),
+                          delivery_id = ?sms.delivery_id, "dry run: SMS not sent");
+                    Outcome::completed(json!({ "success": true, "dryRun": true }))
+                }
+            });
+        };
+        Begun::Work(Work {
+            processor: Arc::clone(processor),
+            attempt,
+            validated,
+        })
+    }
+}
+
+impl Work {
+    /// Does the job's I/O; `cancelled` is the host's flag for this job.
+    async fn run(self, cancelled: impl Fn() -> bool) -> Outcome {
+        let Work {
+            processor,
+            attempt,
+            validated,
+        } = self;
+        match validated {
+            // Only a bounded row update: nothing to interrupt.
+            Err(invalid) => processor.reject(&invalid, &attempt).await,
+            Ok(sms) => {
+                let interrupt = interrupted(cancelled, attempt.time_left);
+                processor.send(&sms, &attempt, interrupt).await
+            }
+        }
     }
 }
 
 /// Resolves, with the reason, once the host cancels the job (shutdown or timeout) or the job's deadline
 /// passes; polled every [`CANCEL_POLL`] since the host's flag is a plain query.
-async fn interrupted(ctx: &JobContext<'_>, deadline: Option<Duration>) -> &'static str {
+async fn interrupted(cancelled: impl Fn() -> bool, deadline: Option<Duration>) -> &'static str {
     let cancelled = async {
-        while !ctx.is_cancelled() {
+        while !cancelled() {
             tokio::time::sleep(CANCEL_POLL).await;
         }
     };

@@ -5,6 +5,10 @@
 //! Even for invalid data we try to recover a well-formed `deliveryId`, so the caller can mark that delivery
 //! row `failed` with the same reason.
 
+use std::num::NonZeroUsize;
+use std::sync::{LazyLock, Mutex};
+
+use lru::LruCache;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -121,6 +125,35 @@ pub fn to_e164(typed: &str) -> Result<String, String> {
                 .to_owned(),
         );
     }
+    let remembered = lock_read_numbers().get(trimmed).cloned();
+    if let Some(answer) = remembered {
+        return answer;
+    }
+    let answer = read_number(trimmed);
+    lock_read_numbers().put(trimmed.to_owned(), answer.clone());
+    answer
+}
+
+/// How many typed numbers [`to_e164`] remembers the answer for (a few hundred bytes each at most).
+pub const READ_NUMBERS_KEPT: usize = 1024;
+
+/// The answers of libphonenumber's rules for the numbers read lately, by the text as typed. Reading a number
+/// runs the rules' regular expressions region by region, about a quarter of a dry-run job's CPU, while the
+/// answer depends on the text alone and alarm SMS go to the same few on-call numbers again and again.
+static READ_NUMBERS: LazyLock<Mutex<LruCache<String, Result<String, String>>>> =
+    LazyLock::new(|| {
+        let kept = NonZeroUsize::new(READ_NUMBERS_KEPT).expect("a non-zero capacity");
+        Mutex::new(LruCache::new(kept))
+    });
+
+/// The remembered answers (a panic while the lock was held cannot leave the cache half-written: every
+/// operation on it is one call).
+fn lock_read_numbers() -> std::sync::MutexGuard<'static, LruCache<String, Result<String, String>>> {
+    READ_NUMBERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A trimmed number starting with `+`, read with libphonenumber's rules into E.164.
+fn read_number(trimmed: &str) -> Result<String, String> {
     let parsed = phonenumber::parse(None, trimmed)
         .map_err(|e| format!("phoneNumber is not a phone number ({e})"))?;
     let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
@@ -241,6 +274,28 @@ mod tests {
         ] {
             assert_eq!(to_e164(typed).as_deref(), Ok(e164), "{typed:?}");
         }
+    }
+
+    /// A number read before is answered from the remembered answers, the same as a fresh read, valid or not;
+    /// and the remembered answers stay bounded however many numbers go by.
+    #[test]
+    fn remembered_numbers_are_answered_as_a_fresh_read_and_stay_bounded() {
+        for typed in [
+            "+1 (555) 123-4567",
+            "+44 (0)7911 123456",
+            "+not a number",
+            "+999 123456",
+        ] {
+            let first = to_e164(typed);
+            assert!(lock_read_numbers().contains(typed.trim()), "{typed:?}");
+            assert_eq!(to_e164(typed), first, "{typed:?}");
+            assert_eq!(read_number(typed.trim()), first, "{typed:?}");
+        }
+        for n in 0..READ_NUMBERS_KEPT + 50 {
+            let typed = format!("+1 555 {:07}", n);
+            assert_eq!(to_e164(&typed), Ok(format!("+1555{:07}", n)));
+        }
+        assert!(lock_read_numbers().len() <= READ_NUMBERS_KEPT);
     }
 
     /// Only what is really not a number fails, and the reason says why without repeating the value.

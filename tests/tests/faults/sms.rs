@@ -1,12 +1,13 @@
-//! SMS during a PostgreSQL outage and a provider outage (the SMS plugin as shipped; outcomes only): every
-//! alarm SMS is requested and its delivery row ends `sent`, every job completes once, none is lost.
+//! SMS during a PostgreSQL outage, a provider outage and a slow provider (the SMS plugin as shipped): every
+//! alarm SMS is requested and its delivery row ends `sent`, every job completes once, none is lost; and
+//! jobs waiting on the provider hold no thread.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use frostguard_tests::{
-    delivery_row, insert_sms_delivery, json, serde_json::Value, FakeHttp, NodeQueue, Postgres,
-    RecordedRequest, RedisServer, Reply, Worker, SMS_PLUGIN,
+    delivery_row, insert_sms_delivery, json, serde_json::Value, thread_count, FakeHttp, NodeQueue,
+    Postgres, RecordedRequest, RedisServer, Reply, Worker, SMS_PLUGIN,
 };
 
 use crate::tally;
@@ -32,7 +33,16 @@ fn sms_jobs(deliveries: &[String]) -> Value {
 }
 
 fn worker(redis: &RedisServer, pg: &Postgres, telnyx: &FakeHttp) -> Worker {
-    Worker::builder()
+    worker_with(redis, pg, telnyx, &[])
+}
+
+fn worker_with(
+    redis: &RedisServer,
+    pg: &Postgres,
+    telnyx: &FakeHttp,
+    env: &[(&str, &str)],
+) -> Worker {
+    let mut b = Worker::builder()
         .redis(redis)
         .plugins(&[SMS_PLUGIN])
         .env("TELNYX_API_KEY", "KEYfault0123456789")
@@ -40,9 +50,11 @@ fn worker(redis: &RedisServer, pg: &Postgres, telnyx: &FakeHttp) -> Worker {
         .env("TELNYX_API_BASE_URL", telnyx.url())
         .env("DATABASE_URL", pg.url())
         .env("SMS_REQUEST_TIMEOUT_MS", "3000")
-        .env("SMS_AUTH_RETRY_DELAY_MS", "500")
-        .spawn_ready()
-        .expect("host")
+        .env("SMS_AUTH_RETRY_DELAY_MS", "500");
+    for (k, v) in env {
+        b = b.env(*k, *v);
+    }
+    b.spawn_ready().expect("host")
 }
 
 /// Requests per message text (one text per delivery).
@@ -136,5 +148,48 @@ fn a_provider_outage_during_sms_delays_but_loses_nothing() {
         &deliveries,
         &telnyx,
         outage,
+    );
+}
+
+#[test]
+fn sms_waiting_on_a_slow_provider_hold_no_thread() {
+    let redis = RedisServer::start().expect("redis");
+    let pg = Postgres::start().expect("postgres");
+    let answer_after = Duration::from_millis(2000);
+    let telnyx = FakeHttp::start(move |n, _| {
+        Reply::json(200, &json!({"data": {"id": format!("msg-{n}")}})).delay(answer_after)
+    })
+    .expect("fake telnyx");
+    let deliveries: Vec<String> = (0..16).map(|_| insert_sms_delivery(&pg, PHONE)).collect();
+    let w = worker_with(
+        &redis,
+        &pg,
+        &telnyx,
+        &[
+            ("QUEUE_SMS_NOTIFICATIONS_CONCURRENCY", "16"),
+            ("QUEUE_SMS_NOTIFICATIONS_RATE_LIMIT_MAX", "0"),
+        ],
+    );
+    let before = thread_count(w.pid());
+    let q = NodeQueue::new(&redis, QUEUE);
+    let ids = q.add(sms_jobs(&deliveries)).expect("add");
+    // Sixteen requests waiting on the provider at once: a send held on a thread would add one thread each
+    // (the plugin process's job threads); awaited on the plugin's runtime, none.
+    telnyx
+        .wait_for_requests(16, Duration::from_secs(30))
+        .expect("sixteen SMS requested together");
+    let during = thread_count(w.pid());
+    assert!(
+        during < before + 8,
+        "{during} threads with sixteen SMS waiting on the provider, {before} before"
+    );
+    check(
+        "slow provider",
+        &q,
+        &ids,
+        &pg,
+        &deliveries,
+        &telnyx,
+        answer_after,
     );
 }
