@@ -319,7 +319,8 @@ fn run_in_child(
                 timestamp: now,
                 deadline_ms: spec.timeout.map(|t| now + t.as_millis() as u64),
             };
-            child.process(&job, callbacks.clone())
+            let pending = plugin.is_pending(&spec.queue, &spec.name);
+            child.process(&job, callbacks.clone(), pending)
         }
     };
     let records = logs.take();

@@ -4,7 +4,7 @@
 //! waits for such a job, its progress and log lines still reach Redis before its result, and the host ends
 //! every pending job the plugin mishandles: never completed (at its deadline plus the grace, and at the
 //! shutdown deadline), completed twice (the first outcome counts), dropped (a retryable failure), or held
-//! by a plugin process that dies.
+//! by a plugin process that dies. `plugins run` gives up a pending job never completed, in both modes.
 
 use std::time::Duration;
 
@@ -210,4 +210,36 @@ fn pending_jobs_of_a_plugin_process_that_dies_fail_retryably_and_the_next_ones_r
         .expect("a job after the restart finishes")
         .remove(0);
     assert_eq!(next.state, "completed", "{next:?}");
+}
+
+#[test]
+fn plugins_run_gives_up_a_pending_job_never_completed_in_both_modes() {
+    // `plugins run` waits for a pending job as the host does: until its deadline and the grace, no longer.
+    let plugin = plugin_lib(TEST_PLUGIN).display().to_string();
+    for isolation in MODES {
+        let finished = Worker::builder()
+            .env("RUST_LOG", "warn")
+            .args([
+                "plugins",
+                "run",
+                "--plugin",
+                &plugin,
+                "--queue",
+                TEST_QUEUE,
+                "--name",
+                "pending-never",
+                "--timeout-ms",
+                "300",
+                "--isolation",
+                isolation,
+            ])
+            .output(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{isolation}: plugins run ends: {e:#}"));
+        let text = finished.text();
+        assert_eq!(finished.status.code(), Some(1), "{isolation}: {text}");
+        assert!(
+            text.contains("\"failed\"") && text.contains("did not complete the pending job"),
+            "{isolation}: {text}"
+        );
+    }
 }

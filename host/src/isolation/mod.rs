@@ -77,7 +77,8 @@ impl ActivePlugin {
     /// Runs one job through the plugin in its isolation mode. Blocks: call it from a blocking thread.
     pub fn run(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Reply {
         if let Some(child) = &self.process {
-            return child.process(job, callbacks);
+            let pending = self.is_pending(&job.queue, &job.name);
+            return child.process(job, callbacks, pending);
         }
         Reply::Outcome(self.in_process(job, callbacks, false))
     }

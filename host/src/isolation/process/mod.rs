@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use plugin_api::loader::{HostLogger, JobCallbacks};
+use plugin_api::loader::{not_completed, HostLogger, JobCallbacks, PENDING_GRACE};
 use plugin_api::{JobView, Outcome, PluginConfig};
 
 use super::cause::Ending;
@@ -185,6 +185,11 @@ impl Drop for ChildJob {
     }
 }
 
+/// The instant of `epoch_ms` (milliseconds since the Unix epoch, as a job's deadline is given).
+fn instant_of(epoch_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(epoch_ms.saturating_sub(crate::clock::now_ms()))
+}
+
 /// Bytes the pipe whose write end is `fd` takes now without a write waiting, counted as the kernel does:
 /// in pages (a pipe holds a fixed number of page buffers, and what is unread may start and end in
 /// partly used ones). `None` when the kernel cannot tell (not a pipe).
@@ -332,8 +337,15 @@ impl PluginProcess {
     }
 
     /// Runs one job in the child. Blocks until the outcome, the child's death, or (while no child is
-    /// running) cancellation: call it from a blocking thread, as an in-process call.
-    pub fn process(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Reply {
+    /// running) cancellation: call it from a blocking thread, as an in-process call. A `pending` job (the
+    /// plugin completes it from threads of its own) is also given up `PENDING_GRACE` after its deadline, as
+    /// the runtime gives one up, so that a job the plugin never completes does not hold this thread for good;
+    /// a blocking call still runs on a thread of the child, and is waited for.
+    pub fn process(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>, pending: bool) -> Reply {
+        let give_up = job
+            .deadline_ms
+            .filter(|_| pending)
+            .map(|ms| instant_of(ms) + PENDING_GRACE);
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
@@ -386,6 +398,14 @@ impl PluginProcess {
             match rx.recv_timeout(CANCEL_POLL) {
                 Ok(reply) => return reply,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if give_up.is_some_and(|at| Instant::now() >= at) {
+                        // Forgotten, as a `ChildJob` given up is: a reply that still comes is ignored.
+                        shared.lock_pending().remove(&id);
+                        if !cancel_sent {
+                            let _ = conn.send(&ToChild::Cancel { id });
+                        }
+                        return Reply::Outcome(Outcome::failed(not_completed(&shared.name)));
+                    }
                     if !cancel_sent && callbacks.is_cancelled() {
                         cancel_sent = true;
                         let _ = conn.send(&ToChild::Cancel { id });
