@@ -1,6 +1,6 @@
 //! The SMS plugin, loaded from its built `.so` exactly as the host loads it (through `plugin_api::harness`),
 //! against a fake Telnyx (real HTTP, every request recorded, scripted answers) and a real PostgreSQL with
-//! FrostGuard's schema. No Redis here: the end-to-end cases are in `sms_e2e.rs`.
+//! FrostGuard's schema. No Redis here: the end-to-end cases are in `sms_e2e/`.
 //!
 //! Each test asserts the exact request Telnyx got (or that none was made), the job outcome, and the
 //! delivery row. One test binary, one module per area:
