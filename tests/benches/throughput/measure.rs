@@ -2,10 +2,10 @@
 //! from `/proc`, the redis-server's own CPU time, and the drain of a queue (jobs/s from the first completed
 //! job to the last).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use frostguard_tests::process_tree;
 
 /// Figures of one drain of a queue by one contender.
 #[derive(Clone, Copy, Debug, Default)]
@@ -35,15 +35,14 @@ const POLL: Duration = Duration::from_millis(2);
 /// A drain with no completion for this long has failed (a contender that stopped working).
 const STALL: Duration = Duration::from_secs(60);
 
-/// `/proc/<pid>/stat`: parent pid and user + system CPU in clock ticks.
-fn stat(pid: u32) -> Option<(u32, u64)> {
+/// `/proc/<pid>/stat`: user + system CPU in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: the fields after it start at the last ')'.
     let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    Some(utime + stime)
 }
 
 /// Whether `pid` is running (exists and is not a zombie waiting to be reaped).
@@ -57,37 +56,11 @@ fn is_running(pid: u32) -> bool {
         .is_some_and(|rest| !rest.starts_with('Z'))
 }
 
-/// `pid` and every live process descending from it (a host's plugin processes).
-pub fn process_tree(pid: u32) -> Vec<u32> {
-    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for name in entries.filter_map(Result::ok).map(|e| e.file_name()) {
-            let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some((ppid, _)) = stat(child) {
-                parents.entry(ppid).or_default().push(child);
-            }
-        }
-    }
-    let mut tree = vec![pid];
-    let mut next = 0;
-    while next < tree.len() {
-        tree.extend(parents.get(&tree[next]).into_iter().flatten());
-        next += 1;
-    }
-    tree
-}
-
 /// CPU seconds (user + system, all threads) used so far by `pids` together.
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    pids.iter()
-        .filter_map(|p| stat(*p))
-        .map(|(_, t)| t)
-        .sum::<u64>() as f64
-        / ticks
+    pids.iter().filter_map(|p| cpu_ticks(*p)).sum::<u64>() as f64 / ticks
 }
 
 /// Peak resident set (VmHWM) of `pids` summed, in KiB. The kernel keeps the high-water mark per process, so
