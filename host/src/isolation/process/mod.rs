@@ -185,11 +185,6 @@ impl Drop for ChildJob {
     }
 }
 
-/// The instant of `epoch_ms` (milliseconds since the Unix epoch, as a job's deadline is given).
-fn instant_of(epoch_ms: u64) -> Instant {
-    Instant::now() + Duration::from_millis(epoch_ms.saturating_sub(crate::clock::now_ms()))
-}
-
 /// Bytes the pipe whose write end is `fd` takes now without a write waiting, counted as the kernel does:
 /// in pages (a pipe holds a fixed number of page buffers, and what is unread may start and end in
 /// partly used ones). `None` when the kernel cannot tell (not a pipe).
@@ -345,7 +340,7 @@ impl PluginProcess {
         let give_up = job
             .deadline_ms
             .filter(|_| pending)
-            .map(|ms| instant_of(ms) + PENDING_GRACE);
+            .map(|ms| crate::clock::instant_at(ms) + PENDING_GRACE);
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
