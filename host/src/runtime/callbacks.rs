@@ -5,13 +5,19 @@
 //! the rest before it reports the outcome, so Node sees every progress value and log line before the job
 //! completes. The queue is capped so a runaway plugin cannot grow the host's memory without bound.
 //!
+//! The queue is a locked `VecDeque` with a [`Notify`], not a channel: most jobs write nothing, and a tokio
+//! channel allocated its shared state (cache-line aligned) and a first block of slots for every job, memory
+//! that went back to the allocator, and often to the kernel, as the job ended. An empty `VecDeque`
+//! allocates nothing, so a job that writes nothing costs one small allocation here.
+//!
 //! "Should I stop?" turns true on shutdown (the drain's cancel phase), when the library cancels the job, and
 //! once the job's deadline (its time budget, `QUEUE_<Q>_JOB_TIMEOUT_MS` or the plugin's hint) has passed.
 //! The deadline is checked against the clock on every call rather than set by a timer, so it holds even if
 //! the host's async side is busy.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use bullmq::types::JobProgress;
@@ -19,7 +25,7 @@ use bullmq::worker::CancellationToken;
 use bullmq::Job;
 use plugin_api::loader::JobCallbacks;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::shutdown::DrainState;
 
@@ -35,10 +41,24 @@ pub enum JobWrite {
     Log(String),
 }
 
+/// The writes a job has queued and the bridge has not taken yet, shared by the two sides.
+#[derive(Default)]
+struct Queued {
+    writes: Mutex<VecDeque<JobWrite>>,
+    /// Rung after every write; a ring with nobody waiting is kept for the next wait.
+    arrived: Notify,
+}
+
+impl Queued {
+    fn writes(&self) -> std::sync::MutexGuard<'_, VecDeque<JobWrite>> {
+        // A panic while the lock is held cannot leave the deque half-changed (push and pop are whole).
+        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The callbacks handed to `LoadedPlugin::process` for one job.
 pub struct Callbacks {
-    tx: mpsc::UnboundedSender<JobWrite>,
-    pending: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
     dropped: AtomicUsize,
     drain: Arc<DrainState>,
     token: CancellationToken,
@@ -48,15 +68,14 @@ pub struct Callbacks {
 }
 
 /// The receiving side, owned by the bridge.
+///
+/// The plugin dropping its callbacks as its call returns wakes nobody: that would wake the bridge's task
+/// from the plugin's thread, one more wake-up of the runtime thread per job (an `eventfd` write, often a
+/// context switch) on top of the call's completion, which the bridge waits for anyway. [`Writes::next`]
+/// therefore never ends; the bridge stops reading when the call has ended and takes what is left with
+/// [`Writes::try_next`].
 pub struct Writes {
-    rx: mpsc::UnboundedReceiver<JobWrite>,
-    pending: Arc<AtomicUsize>,
-    /// A sender of its own, so that the channel stays open when the plugin drops its callbacks as its call
-    /// returns: closing it would wake the bridge's task from the plugin's thread, one more wake-up of the
-    /// runtime thread per job (an `eventfd` write, often a context switch) on top of the call's completion,
-    /// which the bridge waits for anyway. [`Writes::next`] therefore never ends; the bridge stops reading
-    /// when the call has ended and takes what is left with [`Writes::try_next`].
-    _open: mpsc::UnboundedSender<JobWrite>,
+    queued: Arc<Queued>,
 }
 
 impl Callbacks {
@@ -69,12 +88,9 @@ impl Callbacks {
         token: CancellationToken,
         deadline: Option<Instant>,
     ) -> (Arc<Self>, Writes) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let pending = Arc::new(AtomicUsize::new(0));
-        let open = tx.clone();
+        let queued = Arc::new(Queued::default());
         let callbacks = Arc::new(Self {
-            tx,
-            pending: Arc::clone(&pending),
+            queued: Arc::clone(&queued),
             dropped: AtomicUsize::new(0),
             drain,
             token,
@@ -82,19 +98,13 @@ impl Callbacks {
             job_id: job_id.to_owned(),
             queue: queue.to_owned(),
         });
-        (
-            callbacks,
-            Writes {
-                rx,
-                pending,
-                _open: open,
-            },
-        )
+        (callbacks, Writes { queued })
     }
 
     fn queue_write(&self, write: JobWrite) {
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_WRITES {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+        let mut writes = self.queued.writes();
+        if writes.len() >= MAX_PENDING_WRITES {
+            drop(writes);
             if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
                 tracing::warn!(
                     queue = %self.queue,
@@ -104,9 +114,9 @@ impl Callbacks {
             }
             return;
         }
-        if self.tx.send(write).is_err() {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-        }
+        writes.push_back(write);
+        drop(writes);
+        self.queued.arrived.notify_one();
     }
 }
 
@@ -133,23 +143,21 @@ impl JobCallbacks for Callbacks {
 }
 
 impl Writes {
-    /// The next queued write; waits for one as long as the bridge reads (the channel is never closed, see
-    /// the `_open` field).
-    pub async fn next(&mut self) -> Option<JobWrite> {
-        let write = self.rx.recv().await;
-        if write.is_some() {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+    /// The next queued write; waits for one as long as the bridge reads (see the type's comment). Safe to
+    /// drop unfinished (as `select!` does): a write stays queued until it is returned, and a ring that
+    /// arrives meanwhile is kept for the next wait.
+    pub async fn next(&mut self) -> JobWrite {
+        loop {
+            if let Some(write) = self.try_next() {
+                return write;
+            }
+            self.queued.arrived.notified().await;
         }
-        write
     }
 
     /// A queued write if one is ready now.
     pub fn try_next(&mut self) -> Option<JobWrite> {
-        let write = self.rx.try_recv().ok();
-        if write.is_some() {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-        }
-        write
+        self.queued.writes().pop_front()
     }
 }
 
@@ -184,9 +192,9 @@ mod tests {
         cb.progress(r#"{"step":"half"}"#);
         assert_eq!(
             writes.next().await,
-            Some(JobWrite::Progress(serde_json::json!(25)))
+            JobWrite::Progress(serde_json::json!(25))
         );
-        assert_eq!(writes.next().await, Some(JobWrite::Log("line 1".into())));
+        assert_eq!(writes.next().await, JobWrite::Log("line 1".into()));
         assert_eq!(
             writes.try_next(),
             Some(JobWrite::Progress(serde_json::json!({"step": "half"})))
@@ -227,7 +235,7 @@ mod tests {
             );
             assert_eq!(
                 next.as_mut().poll(&mut cx),
-                Poll::Ready(Some(JobWrite::Log("line".into())))
+                Poll::Ready(JobWrite::Log("line".into()))
             );
         }
         let next = writes.next();
@@ -246,7 +254,7 @@ mod tests {
         for i in 0..MAX_PENDING_WRITES + 5 {
             cb.log(&format!("l{i}"));
         }
-        assert_eq!(writes.pending.load(Ordering::Acquire), MAX_PENDING_WRITES);
+        assert_eq!(writes.queued.writes().len(), MAX_PENDING_WRITES);
         assert_eq!(cb.dropped.load(Ordering::Relaxed), 5);
     }
 

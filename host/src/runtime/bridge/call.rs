@@ -180,7 +180,7 @@ impl QueueBridge {
         let mut expired = false;
         loop {
             tokio::select! {
-                Some(w) = writes.next() => apply(job, &self.queue, w).await,
+                w = writes.next() => apply(job, &self.queue, w).await,
                 joined = call.ended() => break call_end(joined),
                 () = &mut expiry, if !expired => {
                     expired = true;
