@@ -203,6 +203,20 @@ struct ActiveJob {
     cancel_token: CancellationToken,
 }
 
+/// Removes a finished run of a job from the active list: the entry with its job id and lock token, which
+/// each run pushes once. The list's order means nothing (lock renewal and cancellation visit every entry),
+/// so the search stops at the match and the last entry takes its place, instead of `retain` comparing
+/// every entry and shifting those after it. Matching the token too leaves the entry of another run of the
+/// same job (fetched again after its lock was lost) in place, where `retain` removed both.
+fn remove_active_job(jobs: &mut Vec<ActiveJob>, job_id: &str, token: &str) {
+    if let Some(i) = jobs
+        .iter()
+        .position(|j| j.job_id == job_id && j.token == token)
+    {
+        jobs.swap_remove(i);
+    }
+}
+
 /// Result from a moveToActive attempt.
 enum FetchResult {
     /// A job is ready for processing.
@@ -1136,10 +1150,7 @@ impl Worker {
             .await;
             // Remove from active jobs before returning early, otherwise close()
             // would wait for this job to drain until its timeout elapses.
-            {
-                let mut jobs = ctx.active_jobs.write().await;
-                jobs.retain(|j| j.job_id != job_id);
-            }
+            remove_active_job(&mut *ctx.active_jobs.write().await, &job_id, token);
             return next_job;
         }
 
@@ -1246,10 +1257,7 @@ impl Worker {
         };
 
         // Remove from active jobs
-        {
-            let mut jobs = ctx.active_jobs.write().await;
-            jobs.retain(|j| j.job_id != job_id);
-        }
+        remove_active_job(&mut *ctx.active_jobs.write().await, &job_id, token);
 
         next_job
     }
