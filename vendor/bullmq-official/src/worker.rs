@@ -206,8 +206,7 @@ struct ActiveJob {
 /// Removes a finished run of a job from the active list: the entry with its job id and lock token, which
 /// each run pushes once. The list's order means nothing (lock renewal and cancellation visit every entry),
 /// so the search stops at the match and the last entry takes its place, instead of `retain` comparing
-/// every entry and shifting those after it. Matching the token too leaves the entry of another run of the
-/// same job (fetched again after its lock was lost) in place, where `retain` removed both.
+/// every entry and shifting those after it.
 fn remove_active_job(jobs: &mut Vec<ActiveJob>, job_id: &str, token: &str) {
     if let Some(i) = jobs
         .iter()
