@@ -50,7 +50,7 @@ enum Stage {
 }
 
 struct Kept {
-    job: Job,
+    job: Box<Job>,
     token: String,
     result: Value,
     since: Instant,
@@ -116,7 +116,7 @@ impl Completions {
 
     /// Registers a completed result about to be handed to the library. Takes the bridge's `job`, which it
     /// has no more use for: kept as is, not cloned (data and options included) on every completion.
-    pub fn handed(&self, job: Job, result: &Value) {
+    pub fn handed(&self, job: Box<Job>, result: &Value) {
         let Some(token) = job.token().map(str::to_owned) else {
             return;
         };
@@ -170,7 +170,7 @@ impl Completions {
             kept.retain(|_, k| k.stage == Stage::WithLibrary || k.since.elapsed() < REPLAY_KEEP);
             kept.iter()
                 .filter(|(_, k)| k.stage == Stage::WithLibrary && k.since.elapsed() >= SWEEP_AFTER)
-                .map(|(id, k)| (id.clone(), k.job.clone(), k.token.clone()))
+                .map(|(id, k)| (id.clone(), (*k.job).clone(), k.token.clone()))
                 .collect()
         };
         for (id, job, token) in due {

@@ -28,7 +28,7 @@ impl QueueBridge {
     /// Does what `verdict` says with `job`, whose plugin call took `elapsed`.
     pub(super) async fn apply(
         &self,
-        mut job: Job,
+        mut job: Box<Job>,
         verdict: Verdict,
         elapsed: Duration,
     ) -> LibResult {
