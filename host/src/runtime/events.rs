@@ -17,6 +17,10 @@ use tokio::task::JoinHandle;
 use super::completions::Completions;
 use super::health::Health;
 
+/// Events taken from the library per read: a fetch reply of Redis brings several jobs, and each sends its
+/// events, so one read (one lock of the library's receiver) usually takes all that are waiting.
+const EVENTS_PER_READ: usize = 64;
+
 /// Spawns the task that reads `worker`'s events until the worker is dropped or the task is aborted.
 pub fn spawn_logger(
     queue: String,
@@ -25,15 +29,18 @@ pub fn spawn_logger(
     completions: Arc<Completions>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(event) = worker.next_event().await {
-            match &event {
-                WorkerEvent::Error(_) => {
-                    health.set_redis_up(false);
+        let mut events = Vec::with_capacity(EVENTS_PER_READ);
+        while worker.next_events(&mut events, EVENTS_PER_READ).await > 0 {
+            for event in events.drain(..) {
+                match &event {
+                    WorkerEvent::Error(_) => {
+                        health.set_redis_up(false);
+                    }
+                    WorkerEvent::Completed { job_id, .. } => completions.confirmed(job_id),
+                    _ => {}
                 }
-                WorkerEvent::Completed { job_id, .. } => completions.confirmed(job_id),
-                _ => {}
+                log_event(&queue, event);
             }
-            log_event(&queue, event);
         }
     })
 }

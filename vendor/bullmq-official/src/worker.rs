@@ -706,6 +706,13 @@ impl Worker {
         self.event_rx.lock().await.recv().await
     }
 
+    /// Receive the events that are ready, at most `limit` of them, into `events`; waits until at least one
+    /// is. Returns how many were added, 0 once the worker is gone. One lock of the receiver serves them all,
+    /// where [`Worker::next_event`] takes it for every event (a worker sends two or more per job).
+    pub async fn next_events(&self, events: &mut Vec<WorkerEvent>, limit: usize) -> usize {
+        self.event_rx.lock().await.recv_many(events, limit).await
+    }
+
     /// Start processing jobs.
     pub async fn run(&self) -> Result<(), Error> {
         if self.running.load(Ordering::Relaxed) {
