@@ -112,6 +112,24 @@ fn snapshot<'a>(jobs: &'a [JobSnapshot], id: &str) -> &'a JobSnapshot {
     jobs.iter().find(|j| j.id == id).expect("job snapshot")
 }
 
+/// Asserts that no log line carries the full phone number, the API key or the message body.
+fn assert_no_secrets_in(lines: &[String]) {
+    for line in lines {
+        assert!(
+            !line.contains(PHONE),
+            "a log line carries the full phone number: {line}"
+        );
+        assert!(
+            !line.contains(KEY),
+            "a log line carries the API key: {line}"
+        );
+        assert!(
+            !line.contains("Temperature alert"),
+            "a log line carries the message body: {line}"
+        );
+    }
+}
+
 /// Asserts job `j`'s state and the attempts it has used.
 fn assert_state(j: &JobSnapshot, state: &str, attempts_made: u32) {
     assert_eq!(
