@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use frostguard_tests::{
     assert_delivery, http_get_body, insert_sms_delivery, json, sms_sent, telnyx_error, wait_until,
     FakeHttp, JobSnapshot, NodeQueue, Postgres, RecordedRequest, RedisServer, Reply, Schema,
-    Worker, SMS_PLUGIN, TEST_PLUGIN,
+    Worker, WorkerBuilder, SMS_PLUGIN, TEST_PLUGIN,
 };
 use serde_json::Value;
 
@@ -110,6 +110,16 @@ fn by_scenario(reqs: &[RecordedRequest], scenario: &str) -> Vec<RecordedRequest>
 
 fn snapshot<'a>(jobs: &'a [JobSnapshot], id: &str) -> &'a JobSnapshot {
     jobs.iter().find(|j| j.id == id).expect("job snapshot")
+}
+
+/// A host on `redis` with the SMS plugin, sending as [`FROM`] with [`KEY`] to the fake Telnyx at `telnyx_url`.
+fn sms_worker(redis: &RedisServer, telnyx_url: &str) -> WorkerBuilder {
+    Worker::builder()
+        .redis(redis)
+        .plugins(&[SMS_PLUGIN])
+        .env("TELNYX_API_KEY", KEY)
+        .env("TELNYX_PHONE_NUMBER", FROM)
+        .env("TELNYX_API_BASE_URL", telnyx_url)
 }
 
 /// Asserts that no log line carries the full phone number, the API key or the message body.

@@ -59,12 +59,7 @@ fn without_credentials_the_plugin_is_disabled_and_sms_jobs_wait() {
 fn at_debug_level_and_as_json_the_log_carries_the_number_only_masked() {
     let redis = RedisServer::start().unwrap();
     let telnyx = fake_telnyx();
-    let worker = Worker::builder()
-        .redis(&redis)
-        .plugins(&[SMS_PLUGIN])
-        .env("TELNYX_API_KEY", KEY)
-        .env("TELNYX_PHONE_NUMBER", FROM)
-        .env("TELNYX_API_BASE_URL", telnyx.url())
+    let worker = sms_worker(&redis, &telnyx.url())
         .env("RUST_LOG", "debug")
         .env("LOG_FORMAT", "json")
         .spawn_ready()
@@ -146,12 +141,7 @@ fn refused_credentials_hold_the_queue_visibly() {
     let mut started = None;
     for _ in 0..5 {
         let port = frostguard_tests::free_port();
-        let spawned = Worker::builder()
-            .redis(&redis)
-            .plugins(&[SMS_PLUGIN])
-            .env("TELNYX_API_KEY", KEY)
-            .env("TELNYX_PHONE_NUMBER", FROM)
-            .env("TELNYX_API_BASE_URL", telnyx.url())
+        let spawned = sms_worker(&redis, &telnyx.url())
             .env("SMS_AUTH_RETRY_DELAY_MS", "60000")
             .env("HTTP_PORT", port.to_string())
             .spawn_ready();

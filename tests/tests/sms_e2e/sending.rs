@@ -8,12 +8,7 @@ fn node_produced_sms_jobs_end_as_freshtrack_callers_expect() {
     let redis = RedisServer::start().unwrap();
     let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
     let telnyx = fake_telnyx();
-    let worker = Worker::builder()
-        .redis(&redis)
-        .plugins(&[SMS_PLUGIN])
-        .env("TELNYX_API_KEY", KEY)
-        .env("TELNYX_PHONE_NUMBER", FROM)
-        .env("TELNYX_API_BASE_URL", telnyx.url())
+    let worker = sms_worker(&redis, &telnyx.url())
         .env("DATABASE_URL", pg.url())
         .env("SMS_REQUEST_TIMEOUT_MS", "5000")
         .env("SMS_AUTH_RETRY_DELAY_MS", "1000")
@@ -221,12 +216,7 @@ fn numbers_as_people_type_them_reach_telnyx_as_e164() {
     let redis = RedisServer::start().unwrap();
     let pg = Postgres::start_with(Schema::Migrated, false).unwrap();
     let telnyx = FakeHttp::start(|n, _| ok(&format!("msg-{n}"))).unwrap();
-    let _worker = Worker::builder()
-        .redis(&redis)
-        .plugins(&[SMS_PLUGIN])
-        .env("TELNYX_API_KEY", KEY)
-        .env("TELNYX_PHONE_NUMBER", FROM)
-        .env("TELNYX_API_BASE_URL", telnyx.url())
+    let _worker = sms_worker(&redis, &telnyx.url())
         .env("DATABASE_URL", pg.url())
         .spawn_ready()
         .unwrap();
