@@ -3,7 +3,7 @@
 //! Everything here is `#[repr(C)]` and checked by abi_stable when the library is loaded: the abi_stable
 //! header, the interface version (this crate's version) and the recursive layout of [`PluginModule`].
 //! Structured values cross as JSON text ([`crate::PluginInfo`], [`crate::JobView`], [`crate::Outcome`]), which
-//! keeps this surface small.
+//! keeps this surface small; a job may also cross as a [`JobRef`] of borrowed fields ([`DirectModule`]).
 //!
 //! # Compatibility rule
 //!
@@ -24,7 +24,7 @@
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, RResult, RStr, RString};
+use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString};
 use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
 
 /// Severity of a forwarded log record, in `tracing` order.
@@ -127,19 +127,75 @@ pub struct PendingModule {
     pub start: extern "C" fn(job_json: RStr<'_>, job: JobServicesBox, done: JobCompletionBox),
 }
 
-/// What [`PENDING_SYMBOL`] names: the layout of [`PendingModule`] the plugin was built with, which the host
-/// checks against its own with abi_stable before it uses `module`, and the module itself.
+/// A job lent to the plugin for one call of a [`DirectModule`] entry point: the fields of
+/// [`crate::JobView`] as borrowed strings and numbers, so that the host does not write the job as JSON and
+/// the plugin does not parse it. Only the job's data (and a backoff setting) stay JSON text: they are the
+/// producer's values, which the plugin reads into its own types.
 #[repr(C)]
-pub struct PendingEntry {
-    /// `<PendingModule as StableAbi>::LAYOUT` in the plugin.
+#[derive(StableAbi, Clone, Copy)]
+pub struct JobRef<'a> {
+    /// BullMQ job id.
+    pub id: RStr<'a>,
+    /// Job name.
+    pub name: RStr<'a>,
+    /// Queue the job came from.
+    pub queue: RStr<'a>,
+    /// The job data, JSON text.
+    pub data_json: RStr<'a>,
+    /// Attempts already made before this one.
+    pub attempts_made: u32,
+    /// Attempts started, including this one.
+    pub attempts_started: u32,
+    /// Total attempts allowed (`opts.attempts`).
+    pub attempts: u32,
+    /// The backoff setting (`opts.backoff`) as JSON text; empty when the job has none.
+    pub backoff_json: RStr<'a>,
+    /// Delay in ms requested when the job was added (`opts.delay`).
+    pub delay: ROption<u64>,
+    /// BullMQ priority (`opts.priority`).
+    pub priority: ROption<u64>,
+    /// Creation time, ms since the Unix epoch.
+    pub timestamp: u64,
+    /// Unix time in ms after which the host cancels the job, if any.
+    pub deadline_ms: ROption<u64>,
+}
+
+/// The entry points that take a job as a [`JobRef`] instead of JSON text, exported beside the root module
+/// under [`DIRECT_SYMBOL`] for the reason [`PendingModule`] is. A host uses them when a plugin has them
+/// (the job's JSON was most of what a call of a quick job cost) and the JSON ones otherwise; a plugin built
+/// with them still has the JSON ones for a host from before them. Outcomes stay JSON text either way.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct DirectModule {
+    /// `PluginModule::process` for a job lent as a [`JobRef`]: returns JSON of [`crate::Outcome`].
+    pub process: extern "C" fn(job: JobRef<'_>, services: JobServicesBox) -> RString,
+    /// `PendingModule::start` for a job lent as a [`JobRef`].
+    pub start: extern "C" fn(job: JobRef<'_>, services: JobServicesBox, done: JobCompletionBox),
+}
+
+/// What an entry symbol beside the root module names: the layout of the module `M` the plugin was built
+/// with, which the host checks against its own with abi_stable before it uses `module`, and the module.
+#[repr(C)]
+pub struct ExportedEntry<M: 'static> {
+    /// `<M as StableAbi>::LAYOUT` in the plugin.
     pub layout: &'static abi_stable::type_layout::TypeLayout,
     /// The entry points.
-    pub module: PendingModule,
+    pub module: M,
 }
+
+/// What [`PENDING_SYMBOL`] names.
+pub type PendingEntry = ExportedEntry<PendingModule>;
+
+/// What [`DIRECT_SYMBOL`] names.
+pub type DirectEntry = ExportedEntry<DirectModule>;
 
 /// The symbol of a plugin's [`PendingEntry`] (the export macro defines it). A new version of the pending
 /// interface would get a new name, so a host never reads an entry of a layout it does not expect.
 pub const PENDING_SYMBOL: &str = "frostguard_plugin_pending_v1";
+
+/// The symbol of a plugin's [`DirectEntry`] (the export macro defines it), versioned like
+/// [`PENDING_SYMBOL`].
+pub const DIRECT_SYMBOL: &str = "frostguard_plugin_direct_v1";
 
 /// The symbol abi_stable looks up in every plugin library (the export macro defines it).
 pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";

@@ -22,12 +22,13 @@ use abi_stable::std_types::{RResult, RStr, RString};
 pub use abi_stable;
 
 use crate::abi::{
-    level, HostServicesBox, JobCompletion, JobCompletionBox, JobCompletion_TO, JobServicesBox,
-    PluginModule, PluginModuleRef,
+    level, HostServicesBox, JobCompletion, JobCompletionBox, JobCompletion_TO, JobRef,
+    JobServicesBox, PluginModule, PluginModuleRef,
 };
 use crate::forward;
 use crate::plugin::{JobContext, PendingJob, Plugin};
-use crate::types::{FailureDetail, JobView, Outcome, PluginConfig};
+use crate::types::{FailureDetail, JobOpts, JobView, Outcome, PluginConfig};
+use serde_json::value::RawValue;
 
 /// Gives the entry points access to the one instance of a plugin; implemented by the export macro.
 pub trait PluginInstance: Plugin {
@@ -146,20 +147,79 @@ extern "C" fn process<P: PluginInstance>(job_json: RStr<'_>, services: JobServic
     note_panic_locations();
     PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
     // The job is parsed once, here; whether it is pending is decided from the parsed view.
-    let (plugin, job) = match read_job::<P>(job_json.as_str()) {
-        Ok(read) => read,
-        Err(refusal) => return outcome_json(&refusal).into(),
-    };
-    if is_declared_pending::<P>(&job) {
-        return wait_for_pending::<P>(plugin, &job, services).into();
+    match read_job::<P>(job_json.as_str()) {
+        Ok((plugin, job)) => run_job(plugin, &job, services).into(),
+        Err(refusal) => outcome_json(&refusal).into(),
+    }
+}
+
+/// The direct entry point of `process` (see [`crate::abi::DirectModule`]): the job lent, not written.
+pub extern "C" fn process_direct<P: PluginInstance>(
+    job: JobRef<'_>,
+    services: JobServicesBox,
+) -> RString {
+    note_panic_locations();
+    PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
+    match take_job::<P>(&job) {
+        Ok((plugin, job)) => run_job(plugin, &job, services).into(),
+        Err(refusal) => outcome_json(&refusal).into(),
+    }
+}
+
+/// Runs `job` through the plugin's `process` (or, for a host that called `process` with a job the plugin
+/// declares pending, starts it and waits): the outcome's JSON.
+fn run_job<P: PluginInstance>(
+    plugin: &'static P,
+    job: &JobView,
+    services: JobServicesBox,
+) -> String {
+    if is_declared_pending::<P>(job) {
+        return wait_for_pending::<P>(plugin, job, services);
     }
     let outcome = match catch_unwind(AssertUnwindSafe(|| {
-        plugin.process(&job, &JobContext::new(&services))
+        plugin.process(job, &JobContext::new(&services))
     })) {
         Ok(outcome) => outcome,
         Err(p) => panic_outcome(&*p, PANIC_LOCATION.with(|cell| cell.borrow_mut().take())),
     };
-    outcome_json(&outcome).into()
+    outcome_json(&outcome)
+}
+
+/// The initialised plugin and the job lent as `job`, or the failure that ends the job without them.
+fn take_job<P: PluginInstance>(job: &JobRef<'_>) -> Result<(&'static P, JobView), Outcome> {
+    let Some(plugin) = P::instance_cell().get() else {
+        return Err(Outcome::failed(
+            "plugin received a job before init succeeded",
+        ));
+    };
+    let refused = |what: &str, e: serde_json::Error| {
+        Outcome::failed(format!(
+            "host sent a job whose {what} the plugin cannot read: {e}"
+        ))
+    };
+    let data =
+        RawValue::from_string(job.data_json.as_str().to_owned()).map_err(|e| refused("data", e))?;
+    let backoff = match job.backoff_json.as_str() {
+        "" => None,
+        text => Some(serde_json::from_str(text).map_err(|e| refused("backoff", e))?),
+    };
+    let view = JobView {
+        id: job.id.as_str().to_owned(),
+        name: job.name.as_str().to_owned(),
+        queue: job.queue.as_str().to_owned(),
+        data,
+        attempts_made: job.attempts_made,
+        attempts_started: job.attempts_started,
+        opts: JobOpts {
+            attempts: job.attempts,
+            backoff,
+            delay: job.delay.into(),
+            priority: job.priority.into(),
+        },
+        timestamp: job.timestamp,
+        deadline_ms: job.deadline_ms.into(),
+    };
+    Ok((plugin, view))
 }
 
 /// The initialised plugin and the job `job_json` describes, or the failure that ends the job without them.
@@ -197,6 +257,23 @@ pub extern "C" fn start<P: PluginInstance>(
     PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
     let pending = PendingJob::new(services, done);
     match read_job::<P>(job_json.as_str()) {
+        Ok((plugin, job)) => start_job(plugin, &job, pending),
+        Err(refusal) => {
+            pending.complete(refusal);
+        }
+    }
+}
+
+/// The direct entry point of `start` (see [`crate::abi::DirectModule`]): the job lent, not written.
+pub extern "C" fn start_direct<P: PluginInstance>(
+    job: JobRef<'_>,
+    services: JobServicesBox,
+    done: JobCompletionBox,
+) {
+    note_panic_locations();
+    PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
+    let pending = PendingJob::new(services, done);
+    match take_job::<P>(&job) {
         Ok((plugin, job)) => start_job(plugin, &job, pending),
         Err(refusal) => {
             pending.complete(refusal);
@@ -322,6 +399,18 @@ macro_rules! export_plugin {
                     <$crate::abi::PendingModule as $crate::__export::abi_stable::StableAbi>::LAYOUT,
                 module: $crate::abi::PendingModule {
                     start: $crate::__export::start::<$plugin>,
+                },
+            };
+
+            // The entry points that take a job lent as a `JobRef`, looked up by name beside the root module;
+            // its symbol name is `abi::DIRECT_SYMBOL`.
+            #[export_name = "frostguard_plugin_direct_v1"]
+            pub static DIRECT_ENTRY: $crate::abi::DirectEntry = $crate::abi::DirectEntry {
+                layout:
+                    <$crate::abi::DirectModule as $crate::__export::abi_stable::StableAbi>::LAYOUT,
+                module: $crate::abi::DirectModule {
+                    process: $crate::__export::process_direct::<$plugin>,
+                    start: $crate::__export::start_direct::<$plugin>,
                 },
             };
 

@@ -130,7 +130,7 @@
 //! plugin author's guide, and `frostguard-worker plugins new NAME` writes a starting crate.
 
 #![warn(missing_docs)]
-// No hand-written `unsafe` in this crate but the loader's symbol lookup (`pending_symbol.rs`); abi_stable's
+// No hand-written `unsafe` in this crate but the loader's symbol lookup (`entry_symbol.rs`); abi_stable's
 // `sabi_trait` expands to `unsafe` impls inside `abi.rs`, which allows it for that. (`export_plugin!` has one `unsafe` block, expanded in the plugin, with its
 // `SAFETY:` reason.)
 #![deny(unsafe_code)]
@@ -143,10 +143,11 @@ mod export;
 mod forward;
 pub mod log_level;
 mod outcome_wire;
-// Reads the pending-job entry point's symbol as its type: one `unsafe` call with its `SAFETY:` reason.
+// Reads an entry point's symbol beside the root module as its type: one `unsafe` call with its `SAFETY:`
+// reason.
 #[cfg(feature = "loader")]
 #[allow(unsafe_code)]
-mod pending_symbol;
+mod entry_symbol;
 mod plugin;
 mod types;
 

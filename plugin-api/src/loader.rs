@@ -18,9 +18,10 @@ use abi_stable::std_types::{RResult, RStr, RString};
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{
-    HostServices, HostServices_TO, JobCompletion, JobCompletion_TO, JobServices, JobServices_TO,
-    PendingModule, PluginModuleRef,
+    DirectModule, HostServices, HostServices_TO, JobCompletion, JobCompletion_TO, JobRef,
+    JobServices, JobServices_TO, PendingModule, PluginModuleRef, DIRECT_SYMBOL, PENDING_SYMBOL,
 };
+use crate::entry_symbol;
 pub use crate::log_level::LogLevel;
 use crate::types::{JobView, Outcome, PluginConfig, PluginInfo};
 
@@ -72,6 +73,8 @@ pub struct LoadedPlugin {
     state: AtomicU8,
     /// Its pending-job entry point, when it was built with one.
     pending: Option<PendingModule>,
+    /// Its entry points that take a job as a [`JobRef`], when it was built with them.
+    direct: Option<DirectModule>,
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -92,14 +95,18 @@ impl LoadedPlugin {
             .init_root_module::<PluginModuleRef>()
             .map_err(|e| library_error(path, e))?;
         let info = describe(path, module)?;
-        let pending = crate::pending_symbol::find(path)
-            .map_err(|reason| LoadError::new(path, LoadStage::Abi, reason))?;
+        let abi_refusal = |reason| LoadError::new(path, LoadStage::Abi, reason);
+        let pending = entry_symbol::find(path, PENDING_SYMBOL, "pending-job interface")
+            .map_err(abi_refusal)?;
+        let direct =
+            entry_symbol::find(path, DIRECT_SYMBOL, "direct job interface").map_err(abi_refusal)?;
         Ok(Self {
             path: path.to_owned(),
             module,
             info,
             state: AtomicU8::new(0),
             pending,
+            direct,
         })
     }
 
@@ -135,11 +142,20 @@ impl LoadedPlugin {
         if !self.is_initialised() {
             return Outcome::failed(self.not_initialised());
         }
-        let job_json = match job_json(job) {
-            Ok(json) => json,
-            Err(e) => return Outcome::failed(format!("job {} could not be encoded: {e}", job.id)),
+        let raw = match self.direct {
+            Some(direct) => match lent(job) {
+                Ok(lent) => {
+                    let services =
+                        JobServices_TO::from_value(JobServicesImpl(callbacks), TD_Opaque);
+                    (direct.process)(lent.job_ref(), services)
+                }
+                Err(e) => return Outcome::failed(not_encoded(job, &e)),
+            },
+            None => match job_json(job) {
+                Ok(json) => self.call_process(&json, callbacks),
+                Err(e) => return Outcome::failed(not_encoded(job, &e)),
+            },
         };
-        let raw = self.call_process(&job_json, callbacks);
         serde_json::from_str(raw.as_str())
             .unwrap_or_else(|e| Outcome::failed(self.malformed_outcome(&e)))
     }
@@ -187,21 +203,27 @@ impl LoadedPlugin {
     /// before `start` returns): with the plugin's outcome, or with a retryable failure when the plugin
     /// dropped the job without one, could not be called, or sent a malformed outcome. Never panics.
     pub fn start(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>, done: Done) {
-        match job_json(job) {
-            Ok(json) => self.start_json(&json, callbacks, done),
-            Err(e) => done(Outcome::failed(format!(
-                "job {} could not be encoded: {e}",
-                job.id
-            ))),
+        let Some(direct) = self.direct.filter(|_| self.is_initialised()) else {
+            // Built before jobs were lent, or not started (`start_json` says so).
+            match job_json(job) {
+                Ok(json) => self.start_json(&json, callbacks, done),
+                Err(e) => done(Outcome::failed(not_encoded(job, &e))),
+            }
+            return;
+        };
+        match lent(job) {
+            Ok(lent) => {
+                let services = JobServices_TO::from_value(JobServicesImpl(callbacks), TD_Opaque);
+                let done = JobCompletion_TO::from_value(self.completion(done), TD_Opaque);
+                (direct.start)(lent.job_ref(), services, done);
+            }
+            Err(e) => done(Outcome::failed(not_encoded(job, &e))),
         }
     }
 
     /// [`Self::start`] for a job given as JSON of [`JobView`] (the plugin process holds it as it arrived).
     pub fn start_json(&self, job_json: &str, callbacks: Arc<dyn JobCallbacks>, done: Done) {
-        let completion = CompletionImpl {
-            plugin: self.info.name.clone(),
-            done: Mutex::new(Some(done)),
-        };
+        let completion = self.completion(done);
         if !self.is_initialised() {
             completion.finish(Outcome::failed(self.not_initialised()));
             return;
@@ -214,6 +236,14 @@ impl LoadedPlugin {
         let services = JobServices_TO::from_value(JobServicesImpl(callbacks), TD_Opaque);
         let done = JobCompletion_TO::from_value(completion, TD_Opaque);
         start(RStr::from_str(job_json), services, done);
+    }
+
+    /// Where a pending job's outcome goes: to `done`, once.
+    fn completion(&self, done: Done) -> CompletionImpl {
+        CompletionImpl {
+            plugin: self.info.name.clone(),
+            done: Mutex::new(Some(done)),
+        }
     }
 
     /// Runs one job to its outcome on this thread whichever way the plugin takes it: `process`, or `start`
@@ -267,6 +297,48 @@ fn job_json(job: &JobView) -> serde_json::Result<String> {
     let mut json = Vec::with_capacity(size);
     serde_json::to_writer(&mut json, job)?;
     String::from_utf8(json).map_err(serde::ser::Error::custom)
+}
+
+/// A job ready to be lent as a [`JobRef`]: the view, and its backoff setting written as JSON (rare).
+struct Lent<'a> {
+    job: &'a JobView,
+    backoff_json: Option<String>,
+}
+
+impl Lent<'_> {
+    fn job_ref(&self) -> JobRef<'_> {
+        let job = self.job;
+        JobRef {
+            id: RStr::from_str(&job.id),
+            name: RStr::from_str(&job.name),
+            queue: RStr::from_str(&job.queue),
+            data_json: RStr::from_str(job.data.get()),
+            attempts_made: job.attempts_made,
+            attempts_started: job.attempts_started,
+            attempts: job.opts.attempts,
+            backoff_json: RStr::from_str(self.backoff_json.as_deref().unwrap_or("")),
+            delay: job.opts.delay.into(),
+            priority: job.opts.priority.into(),
+            timestamp: job.timestamp,
+            deadline_ms: job.deadline_ms.into(),
+        }
+    }
+}
+
+/// The failure of a job the host could not hand to its plugin.
+fn not_encoded(job: &JobView, error: &serde_json::Error) -> String {
+    format!("job {} could not be encoded: {error}", job.id)
+}
+
+/// `job` ready to be lent; an error only when its backoff setting cannot be written as JSON.
+fn lent(job: &JobView) -> serde_json::Result<Lent<'_>> {
+    let backoff_json = job
+        .opts
+        .backoff
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
+    Ok(Lent { job, backoff_json })
 }
 
 /// The failure of a pending job its plugin did not complete by its deadline and [`PENDING_GRACE`].

@@ -220,9 +220,9 @@ impl HostLogger for NoLogs {
     fn log(&self, _: ForwardedLog) {}
 }
 
-/// A host from before pending jobs calls the plugin's `process` for every job, pending ones included; the
-/// plugin's glue then starts such a job itself and waits for its completion (up to the grace past its
-/// deadline), so the older host gets the same outcomes the pending entry point gives.
+/// A host from before pending jobs calls the plugin's `process` for every job, pending ones included, with
+/// the job as JSON; the plugin's glue then starts such a job itself and waits for its completion (up to the
+/// grace past its deadline), so the older host gets the same outcomes the pending entry point gives.
 #[test]
 fn a_host_without_pending_jobs_gets_them_through_process() {
     // A copy of its own: the harness's copies of the same file are other images, this one is called directly.
@@ -242,8 +242,13 @@ fn a_host_without_pending_jobs_gets_them_through_process() {
         timestamp: 1,
         deadline_ms,
     };
+    // The JSON entry point, as an older host calls it.
+    let process = |view: &JobView, recorder: Arc<JobRecorder>| {
+        let json = plugin_api::serde_json::to_string(view).unwrap();
+        plugin.process_json(&json, recorder).outcome()
+    };
     let recorder = Arc::new(JobRecorder::new(None));
-    let slept = plugin.process(
+    let slept = process(
         &view("sleep", json!({"ms": 20, "report": true}), None),
         recorder.clone(),
     );
@@ -253,18 +258,18 @@ fn a_host_without_pending_jobs_gets_them_through_process() {
         (vec![json!(100)], vec!["woke".to_owned()]),
         "progress and log lines of the timer thread reach the job"
     );
-    let twice = plugin.process(&view("pending-twice", json!({}), None), recorder.clone());
+    let twice = process(&view("pending-twice", json!({}), None), recorder.clone());
     assert_eq!(twice, Outcome::completed(json!({"first": true})));
     let not_completed = Outcome::failed(
         "the pending job was not completed (dropped, or past its deadline and the grace)",
     );
-    let dropped = plugin.process(&view("pending-drop", json!({}), None), recorder.clone());
+    let dropped = process(&view("pending-drop", json!({}), None), recorder.clone());
     assert_eq!(dropped, not_completed);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let never = plugin.process(
+    let never = process(
         &view("pending-never", json!({}), Some(now)),
         recorder.clone(),
     );
@@ -273,8 +278,65 @@ fn a_host_without_pending_jobs_gets_them_through_process() {
         "given up the grace after its deadline"
     );
     // A job not declared pending still goes through the plugin's `process`.
-    let completed = plugin.process(&view("complete", json!({"result": 3}), None), recorder);
+    let completed = process(&view("complete", json!({"result": 3}), None), recorder);
     assert_eq!(completed, Outcome::completed(json!(3)));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A job reaches the plugin alike whether the host lends it (a `JobRef`: the entry points a plugin built
+/// with them has, which a host uses when it finds them) or writes it as JSON (the entry point every plugin
+/// has, which an older host calls): every field, data with escapes and non-ASCII text, options with and
+/// without a backoff setting, a deadline or none.
+#[test]
+fn a_lent_job_and_a_job_written_as_json_reach_the_plugin_alike() {
+    let dir = scratch("lent-job");
+    let lib = dir.join("liblent_job.so");
+    std::fs::copy(outcomes_plugin(), &lib).unwrap();
+    let plugin = LoadedPlugin::load(&lib).expect("test-outcomes loads");
+    plugin.init(&PluginConfig::new(), Arc::new(NoLogs)).unwrap();
+    let view = |id: &str, data: &str, opts: JobOpts, deadline_ms: Option<u64>| JobView {
+        id: id.to_owned(),
+        name: "view".to_owned(),
+        queue: "test-outcomes".to_owned(),
+        data: RawValue::from_string(data.to_owned()).unwrap(),
+        attempts_made: 2,
+        attempts_started: 3,
+        opts,
+        timestamp: 1_764_000_000_123,
+        deadline_ms,
+    };
+    let backoff = |backoff: Value| JobOpts {
+        attempts: 5,
+        backoff: Some(backoff),
+        delay: Some(250),
+        priority: Some(7),
+    };
+    let views = [
+        view("1", r#"{"result":1}"#, JobOpts::default(), None),
+        view(
+            "sms:ü-42",
+            r#"{"to":"+15551234567","body":"Temp \"high\" ❄ 8.5°C\n\u0001","n":[1,2.5,-3e2,null,true]}"#,
+            backoff(json!({"type": "exponential", "delay": 2000})),
+            Some(1_764_000_060_000),
+        ),
+        view(
+            "repeat:abc:1",
+            "\"a string\"",
+            backoff(json!(1000)),
+            Some(0),
+        ),
+        view("", "[]", JobOpts::default(), Some(u64::MAX)),
+    ];
+    for job in views {
+        let given = plugin_api::serde_json::to_value(&job).unwrap();
+        let lent = plugin.process(&job, Arc::new(JobRecorder::new(None)));
+        assert_eq!(lent, Outcome::completed(given.clone()), "lent: {given}");
+        let json = plugin_api::serde_json::to_string(&job).unwrap();
+        let written = plugin
+            .process_json(&json, Arc::new(JobRecorder::new(None)))
+            .outcome();
+        assert_eq!(written, lent, "written as JSON: {given}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

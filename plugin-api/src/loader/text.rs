@@ -132,6 +132,7 @@ mod tests {
             },
             state: AtomicU8::new(state),
             pending: None,
+            direct: None,
         }
     }
 

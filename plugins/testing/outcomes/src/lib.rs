@@ -3,7 +3,8 @@
 //!
 //! Job names: `complete`, `fail`, `fail-unrecoverable`, `fail-until`, `fail-with-causes` (`{"message",
 //! "causes": [..], "unrecoverable"}`: an error with that source chain), `retry-later`, `panic`, `sleep`
-//! (`{"ms", "ignoreCancel", "report"}`), `progress`, `log`, and `inline-sleep` (`{"ms"}`: sleeps although it
+//! (`{"ms", "ignoreCancel", "report"}`), `progress`, `log`, `view` (returns the job as the plugin was
+//! given it: the whole `JobView` as JSON), and `inline-sleep` (`{"ms"}`: sleeps although it
 //! is declared inline, as a plugin that breaks its promise would). `sleep` is a pending job: its `start`
 //! hands it to one timer thread for all of them (`timer.rs`; with `"report": true` the timer thread writes
 //! progress 100 and the log line `woke` before completing it), and `block-sleep` (`{"ms"}`) is the same
@@ -48,6 +49,7 @@ const JOB_NAMES: &[&str] = &[
     "pending-never",
     "pending-twice",
     "pending-drop",
+    "view",
 ];
 
 /// The job names the plugin completes later (`QueueInfo::pending_jobs`).
@@ -136,6 +138,10 @@ impl Plugin for TestOutcomes {
                     .cloned()
                     .unwrap_or_else(|| json!({ "echo": Value::Object(data.clone()) })),
             ),
+            "view" => match plugin_api::serde_json::to_value(job) {
+                Ok(view) => Outcome::completed(view),
+                Err(e) => Outcome::failed(format!("the job view does not serialise: {e}")),
+            },
             "fail" => Outcome::failed(text("message", "requested failure")),
             "fail-unrecoverable" => {
                 Outcome::unrecoverable(text("message", "requested unrecoverable failure"))
