@@ -139,25 +139,37 @@ impl LoadedPlugin {
     /// Never panics; a plugin fault becomes a retryable failure. (A caller holding the job as JSON already
     /// and passing the outcome on as JSON calls [`Self::process_json`] instead.)
     pub fn process(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> Outcome {
-        if !self.is_initialised() {
-            return Outcome::failed(self.not_initialised());
+        match self.call_with(job, callbacks) {
+            Ok(raw) => serde_json::from_str(raw.as_str())
+                .unwrap_or_else(|e| Outcome::failed(self.malformed_outcome(&e))),
+            Err(refusal) => refusal,
         }
-        let raw = match self.direct {
-            Some(direct) => match lent(job) {
-                Ok(lent) => {
-                    let services =
-                        JobServices_TO::from_value(JobServicesImpl(callbacks), TD_Opaque);
-                    (direct.process)(lent.job_ref(), services)
-                }
-                Err(e) => return Outcome::failed(not_encoded(job, &e)),
-            },
-            None => match job_json(job) {
-                Ok(json) => self.call_process(&json, callbacks),
-                Err(e) => return Outcome::failed(not_encoded(job, &e)),
-            },
+    }
+
+    /// Whether the plugin takes jobs lent as a [`JobRef`] (built with those entry points), so that a caller
+    /// holding a job's JSON does better to parse it into a [`JobView`] than to hand the text on.
+    pub fn lends_jobs(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Calls the plugin's `process` for `job`, lent when the plugin takes jobs lent and written as JSON
+    /// otherwise: the outcome's JSON text as the plugin returned it, or the failure that kept the call from
+    /// being made.
+    fn call_with(
+        &self,
+        job: &JobView,
+        callbacks: Arc<dyn JobCallbacks>,
+    ) -> Result<RString, Outcome> {
+        if !self.is_initialised() {
+            return Err(Outcome::failed(self.not_initialised()));
+        }
+        let Some(direct) = self.direct else {
+            let json = job_json(job).map_err(|e| Outcome::failed(not_encoded(job, &e)))?;
+            return Ok(self.call_process(&json, callbacks));
         };
-        serde_json::from_str(raw.as_str())
-            .unwrap_or_else(|e| Outcome::failed(self.malformed_outcome(&e)))
+        let lent = lent(job).map_err(|e| Outcome::failed(not_encoded(job, &e)))?;
+        let services = JobServices_TO::from_value(JobServicesImpl(callbacks), TD_Opaque);
+        Ok((direct.process)(lent.job_ref(), services))
     }
 
     /// The plugin's `process` entry point itself: the outcome's JSON text as the plugin returned it.

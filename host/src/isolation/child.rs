@@ -5,9 +5,11 @@
 //! from the plugin's own threads) and reports progress, job log lines, the
 //! plugin's `tracing` records and the outcome back over the framed protocol.
 //!
-//! A job reaches the plugin as the JSON text it arrived in (the frame's `job` value is the job view's JSON),
-//! and the plugin's outcome goes into the outcome frame as the text the plugin wrote once it parses as an
-//! outcome ([`LoadedPlugin::process_json`]); of the job the process itself reads only the id, queue and name.
+//! A plugin that takes jobs lent (`LoadedPlugin::lends_jobs`) is lent each job parsed once, straight out of
+//! its frame into a `JobView`; one built before gets the JSON text the job arrived in (the frame's `job`
+//! value is the job view's JSON), of which the process itself reads only the id, queue and name ([`HeldJob`]).
+//! Either way the plugin's outcome goes into the outcome frame as the text the plugin wrote once it parses
+//! as an outcome ([`LoadedPlugin::process_to_json`], [`LoadedPlugin::process_json`]).
 //!
 //! Job threads are reused: they come from a thread pool (tokio's blocking pool, with no async runtime
 //! driven) that starts a thread only when every existing one is busy and lets idle ones exit after a while.
@@ -19,8 +21,9 @@
 //! it, receives the crash note ([`super::crashnote`]) naming the request whose thread crashed.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::io::FromRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +34,7 @@ use anyhow::Context as _;
 use plugin_api::loader::{
     ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel, OutcomeJson,
 };
+use plugin_api::JobView;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -187,8 +191,9 @@ fn serve(
 ) -> anyhow::Result<std::process::ExitCode> {
     let running: Running = Arc::default();
     let inline = Arc::new(InlineJobs::of(plugin.info()));
+    let lend = plugin.lends_jobs();
     loop {
-        let msg = match read_frame::<ChildInput>(input) {
+        let msg = match next_message(input, lend) {
             Ok(Some(msg)) => msg,
             // The host closed our input (or died): stop.
             Ok(None) => return Ok(std::process::ExitCode::SUCCESS),
@@ -196,17 +201,13 @@ fn serve(
         };
         match msg {
             ToChild::Job { id, job } => {
-                let head = match serde_json::from_str::<JobHead>(job.get()) {
-                    Ok(head) => head,
-                    Err(e) => anyhow::bail!("unreadable job from the host: {e}"),
-                };
                 let cancelled = Arc::new(AtomicBool::new(false));
                 running
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id, Arc::clone(&cancelled));
-                if plugin.is_pending(&head.queue, &head.name) {
-                    start_pending(plugin, &inline, out, &running, id, (&job, &head), cancelled);
+                if plugin.is_pending(job.queue(), job.name()) {
+                    start_pending(plugin, &inline, out, &running, id, &job, cancelled);
                     continue;
                 }
                 let (plugin, out, running) =
@@ -215,7 +216,7 @@ fn serve(
                 // cancellation arriving meanwhile is read once it returned, when there is nothing left to
                 // cancel), and hold the plugin's call to its promise.
                 let measure = inline
-                    .runs_inline(&head.queue, &head.name)
+                    .runs_inline(job.queue(), job.name())
                     .then(|| Arc::clone(&inline));
                 let run_inline = measure.is_some();
                 // Detached: the outcome travels over the protocol, not through the join handle.
@@ -228,16 +229,16 @@ fn serve(
                     let outcome = {
                         let _entered = crashnote::enter_job(
                             slot_of(id),
-                            &head.id,
-                            &head.queue,
+                            job.id(),
+                            job.queue(),
                             &plugin.info().name,
                         );
                         match measure {
-                            None => plugin.process_json(job.get(), callbacks),
+                            None => job.process(&plugin, callbacks),
                             Some(inline) => {
-                                let probe = inline.probe(&head.queue, &head.name);
-                                let outcome = plugin.process_json(job.get(), callbacks);
-                                inline.ran(&head.queue, &head.name, &probe.finish());
+                                let probe = inline.probe(job.queue(), job.name());
+                                let outcome = job.process(&plugin, callbacks);
+                                inline.ran(job.queue(), job.name(), &probe.finish());
                                 outcome
                             }
                         }
@@ -275,7 +276,7 @@ fn start_pending(
     out: &Out,
     running: &Running,
     id: u64,
-    (job, head): (&RawValue, &JobHead),
+    job: &HeldJob,
     cancelled: Arc<AtomicBool>,
 ) {
     let callbacks = Arc::new(ChildCallbacks {
@@ -287,10 +288,13 @@ fn start_pending(
     let done = Box::new(move |outcome| {
         finish_job(&out, &running, id, &OutcomeJson::of(&outcome));
     });
-    let _entered = crashnote::enter_job(slot_of(id), &head.id, &head.queue, &plugin.info().name);
+    let _entered = crashnote::enter_job(slot_of(id), job.id(), job.queue(), &plugin.info().name);
     let probe = inline.start_probe();
-    plugin.start_json(job.get(), callbacks, done);
-    inline.started(&head.queue, &head.name, &probe.finish());
+    match job {
+        HeldJob::Lent(view) => plugin.start(view, callbacks, done),
+        HeldJob::Text { json, .. } => plugin.start_json(json.get(), callbacks, done),
+    }
+    inline.started(job.queue(), job.name(), &probe.finish());
 }
 
 /// The jobs running in this process, by request id, each with its cancellation flag.
@@ -309,8 +313,66 @@ fn finish_job(out: &Out, running: &Running, id: u64, outcome: &OutcomeJson) {
     });
 }
 
-/// What the plugin process itself reads of a job (the plugin gets the whole of it as the text it arrived
-/// as): whom to name in a crash note, and whether it runs inline or pending.
+/// A job as this process holds it: parsed whole, for a plugin that takes jobs lent, or kept as the JSON text
+/// it arrived as, for a plugin built before (which parses it itself), with the head this process reads.
+enum HeldJob {
+    Lent(Box<JobView>),
+    Text { json: Box<RawValue>, head: JobHead },
+}
+
+impl HeldJob {
+    fn id(&self) -> &str {
+        match self {
+            HeldJob::Lent(view) => &view.id,
+            HeldJob::Text { head, .. } => &head.id,
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            HeldJob::Lent(view) => &view.name,
+            HeldJob::Text { head, .. } => &head.name,
+        }
+    }
+
+    fn queue(&self) -> &str {
+        match self {
+            HeldJob::Lent(view) => &view.queue,
+            HeldJob::Text { head, .. } => &head.queue,
+        }
+    }
+
+    /// Runs the job through the plugin's `process`: its outcome as JSON text for the outcome frame.
+    fn process(&self, plugin: &LoadedPlugin, callbacks: Arc<ChildCallbacks>) -> OutcomeJson {
+        match self {
+            HeldJob::Lent(view) => plugin.process_to_json(view, callbacks),
+            HeldJob::Text { json, .. } => plugin.process_json(json.get(), callbacks),
+        }
+    }
+}
+
+/// The next message from the host (`Ok(None)` once it closed our input), a job in it held as the plugin
+/// takes it: parsed straight into a `JobView` when `lend`, else kept as text and its head read.
+fn next_message(input: &mut impl Read, lend: bool) -> std::io::Result<Option<ToChild<HeldJob>>> {
+    if lend {
+        let msg = read_frame::<ToChild<Box<JobView>>>(input)?;
+        return Ok(msg.map(|m| {
+            m.try_map_job(|view| Ok::<_, Infallible>(HeldJob::Lent(view)))
+                .unwrap_or_else(|never| match never {})
+        }));
+    }
+    let Some(msg) = read_frame::<ChildInput>(input)? else {
+        return Ok(None);
+    };
+    let held = msg.try_map_job(|json| {
+        let head = serde_json::from_str::<JobHead>(json.get())?;
+        Ok::<_, serde_json::Error>(HeldJob::Text { json, head })
+    });
+    held.map(Some).map_err(std::io::Error::other)
+}
+
+/// What the plugin process itself reads of a job it hands on as text: whom to name in a crash note, and
+/// whether it runs inline or pending.
 #[derive(Deserialize)]
 struct JobHead {
     id: String,
@@ -338,4 +400,94 @@ const JOB_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// matters for the few requests in flight).
 pub fn slot_of(id: u64) -> u32 {
     (id % u64::from(u32::MAX)) as u32 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::isolation::protocol::encode_frame;
+
+    /// The frames a host writes: a job (its data with escapes and non-ASCII text), a cancel, a shutdown.
+    fn host_frames(job: &JobView) -> Vec<u8> {
+        let mut bytes = encode_frame(&ToChild::Job {
+            id: 9,
+            job: Box::new(job.clone()),
+        })
+        .unwrap();
+        bytes.extend(encode_frame(&ToChild::<Box<JobView>>::Cancel { id: 9 }).unwrap());
+        bytes.extend(encode_frame(&ToChild::<Box<JobView>>::Shutdown { deadline_ms: 5 }).unwrap());
+        bytes
+    }
+
+    #[test]
+    fn a_job_is_held_whole_for_a_plugin_that_takes_jobs_lent_and_as_its_text_for_one_built_before()
+    {
+        let job = JobView {
+            id: "sms:ü-1".into(),
+            name: "sms:send".into(),
+            queue: "sms-notifications".into(),
+            data: RawValue::from_string(r#"{"body":"Temp \"high\" ❄\n","n":[1,2.5]}"#.into())
+                .unwrap(),
+            attempts_made: 1,
+            attempts_started: 2,
+            opts: plugin_api::JobOpts {
+                attempts: 3,
+                backoff: Some(json!({"type": "exponential", "delay": 2000})),
+                delay: None,
+                priority: Some(1),
+            },
+            timestamp: 5,
+            deadline_ms: Some(6),
+        };
+        let frames = host_frames(&job);
+        for lend in [true, false] {
+            let mut input = frames.as_slice();
+            let Some(ToChild::Job { id: 9, job: held }) = next_message(&mut input, lend).unwrap()
+            else {
+                panic!("lend={lend}: not the job");
+            };
+            assert_eq!(
+                (held.id(), held.name(), held.queue()),
+                ("sms:ü-1", "sms:send", "sms-notifications"),
+                "lend={lend}"
+            );
+            match (lend, held) {
+                (true, HeldJob::Lent(view)) => assert_eq!(
+                    serde_json::to_value(&*view).unwrap(),
+                    serde_json::to_value(&job).unwrap()
+                ),
+                (false, HeldJob::Text { json, .. }) => {
+                    assert_eq!(json.get(), serde_json::to_string(&job).unwrap())
+                }
+                (lend, _) => panic!("lend={lend}: held the other way"),
+            }
+            assert!(matches!(
+                next_message(&mut input, lend).unwrap(),
+                Some(ToChild::Cancel { id: 9 })
+            ));
+            assert!(matches!(
+                next_message(&mut input, lend).unwrap(),
+                Some(ToChild::Shutdown { deadline_ms: 5 })
+            ));
+            assert!(
+                next_message(&mut input, lend).unwrap().is_none(),
+                "lend={lend}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_without_its_head_is_an_unreadable_message_either_way() {
+        let frame = br#"{"job":{"id":9,"job":{"id":"1","queue":"q"}}}"#;
+        let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(frame);
+        for lend in [true, false] {
+            let err = next_message(&mut bytes.as_slice(), lend)
+                .err()
+                .expect("a job with no name is refused");
+            assert!(err.to_string().contains("name"), "lend={lend}: {err}");
+        }
+    }
 }

@@ -53,6 +53,21 @@ pub enum ToChild<J = Box<JobView>> {
 /// [`ToChild`] as the plugin process reads it: a job's JSON kept as the text it arrived as.
 pub type ChildInput = ToChild<Box<RawValue>>;
 
+impl<J> ToChild<J> {
+    /// The same message with its job (if it is one) held as `hold` makes it.
+    pub fn try_map_job<K, E>(self, hold: impl FnOnce(J) -> Result<K, E>) -> Result<ToChild<K>, E> {
+        Ok(match self {
+            ToChild::Job { id, job } => ToChild::Job {
+                id,
+                job: hold(job)?,
+            },
+            ToChild::Init { config, max_level } => ToChild::Init { config, max_level },
+            ToChild::Cancel { id } => ToChild::Cancel { id },
+            ToChild::Shutdown { deadline_ms } => ToChild::Shutdown { deadline_ms },
+        })
+    }
+}
+
 /// What the plugin process sends.
 ///
 /// `O` is how an outcome is held: the host reads an [`Outcome`]; the plugin process writes the outcome's

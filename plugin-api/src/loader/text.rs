@@ -1,7 +1,9 @@
-//! The plugin call with the job and its outcome as JSON text, for a caller that holds the job's JSON as it
-//! received it and passes the outcome on as JSON: the plugin process, which reads the job out of a frame and
-//! writes the outcome into one. Neither is parsed into its type and written out again on the way, which
-//! [`LoadedPlugin::process`] would do for nothing there.
+//! The plugin call with the outcome as JSON text, for a caller that passes it on as JSON: the plugin
+//! process, which reads the job out of a frame and writes the outcome into one. The job is either lent
+//! ([`LoadedPlugin::process_to_json`], for a plugin that takes jobs lent: the process parses the frame's job
+//! once, straight into a `JobView`) or handed on as the JSON text it arrived as
+//! ([`LoadedPlugin::process_json`], for a plugin built before); the outcome is checked, not parsed into its
+//! type and written out again, which [`LoadedPlugin::process`] would do for nothing there.
 
 use std::sync::Arc;
 
@@ -9,7 +11,7 @@ use abi_stable::std_types::RString;
 use serde_json::value::RawValue;
 
 use super::{JobCallbacks, LoadedPlugin};
-use crate::types::Outcome;
+use crate::types::{JobView, Outcome};
 
 /// A job's outcome as JSON text that parses as an [`Outcome`]: the plugin's own text when it did, else the
 /// JSON of the failure [`LoadedPlugin::process`] makes of it. A reader of the text therefore gets exactly
@@ -60,6 +62,15 @@ impl LoadedPlugin {
         }
         let text = self.call_process(job_json, callbacks);
         OutcomeJson::checked(text, |e| self.malformed_outcome(e))
+    }
+
+    /// [`Self::process`] with the outcome kept as the plugin's JSON text (checked to be an outcome), the job
+    /// lent when the plugin takes jobs lent. Blocks for as long as the plugin works; never panics.
+    pub fn process_to_json(&self, job: &JobView, callbacks: Arc<dyn JobCallbacks>) -> OutcomeJson {
+        match self.call_with(job, callbacks) {
+            Ok(text) => OutcomeJson::checked(text, |e| self.malformed_outcome(e)),
+            Err(refusal) => OutcomeJson::of(&refusal),
+        }
     }
 }
 
