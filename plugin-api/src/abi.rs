@@ -183,6 +183,16 @@ pub struct ExportedEntry<M: 'static> {
     pub module: M,
 }
 
+impl<M: StableAbi> ExportedEntry<M> {
+    /// The entry of `module`, with the layout of `M` as this build of the interface has it.
+    pub const fn of(module: M) -> Self {
+        Self {
+            layout: <M as StableAbi>::LAYOUT,
+            module,
+        }
+    }
+}
+
 /// What [`PENDING_SYMBOL`] names.
 pub type PendingEntry = ExportedEntry<PendingModule>;
 

@@ -144,13 +144,8 @@ pub fn panic_outcome(payload: &(dyn Any + Send), location: Option<String>) -> Ou
 }
 
 extern "C" fn process<P: PluginInstance>(job_json: RStr<'_>, services: JobServicesBox) -> RString {
-    note_panic_locations();
-    PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
     // The job is parsed once, here; whether it is pending is decided from the parsed view.
-    match read_job::<P>(job_json.as_str()) {
-        Ok((plugin, job)) => run_job(plugin, &job, services).into(),
-        Err(refusal) => outcome_json(&refusal).into(),
-    }
+    process_read(|| read_job::<P>(job_json.as_str()), services)
 }
 
 /// The direct entry point of `process` (see [`crate::abi::DirectModule`]): the job lent, not written.
@@ -158,12 +153,26 @@ pub extern "C" fn process_direct<P: PluginInstance>(
     job: JobRef<'_>,
     services: JobServicesBox,
 ) -> RString {
-    note_panic_locations();
-    PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
-    match take_job::<P>(&job) {
+    process_read(|| take_job::<P>(&job), services)
+}
+
+/// Both `process` entry points once they know how to `read` their job: the outcome's JSON, or the failure
+/// that kept the job from the plugin.
+fn process_read<P: PluginInstance>(
+    read: impl FnOnce() -> Result<(&'static P, JobView), Outcome>,
+    services: JobServicesBox,
+) -> RString {
+    begin_call();
+    match read() {
         Ok((plugin, job)) => run_job(plugin, &job, services).into(),
         Err(refusal) => outcome_json(&refusal).into(),
     }
+}
+
+/// What every job's entry point does first: make sure panics note their location, and forget the last one.
+fn begin_call() {
+    note_panic_locations();
+    PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
 }
 
 /// Runs `job` through the plugin's `process` (or, for a host that called `process` with a job the plugin
@@ -253,15 +262,7 @@ pub extern "C" fn start<P: PluginInstance>(
     services: JobServicesBox,
     done: JobCompletionBox,
 ) {
-    note_panic_locations();
-    PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
-    let pending = PendingJob::new(services, done);
-    match read_job::<P>(job_json.as_str()) {
-        Ok((plugin, job)) => start_job(plugin, &job, pending),
-        Err(refusal) => {
-            pending.complete(refusal);
-        }
-    }
+    start_read(|| read_job::<P>(job_json.as_str()), services, done);
 }
 
 /// The direct entry point of `start` (see [`crate::abi::DirectModule`]): the job lent, not written.
@@ -270,10 +271,19 @@ pub extern "C" fn start_direct<P: PluginInstance>(
     services: JobServicesBox,
     done: JobCompletionBox,
 ) {
-    note_panic_locations();
-    PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
+    start_read(|| take_job::<P>(&job), services, done);
+}
+
+/// Both `start` entry points once they know how to `read` their job: a job that cannot be read is completed
+/// at once with the failure that says why.
+fn start_read<P: PluginInstance>(
+    read: impl FnOnce() -> Result<(&'static P, JobView), Outcome>,
+    services: JobServicesBox,
+    done: JobCompletionBox,
+) {
+    begin_call();
     let pending = PendingJob::new(services, done);
-    match take_job::<P>(&job) {
+    match read() {
         Ok((plugin, job)) => start_job(plugin, &job, pending),
         Err(refusal) => {
             pending.complete(refusal);
@@ -394,25 +404,19 @@ macro_rules! export_plugin {
             // The entry point of pending jobs, looked up by name beside the root module; its symbol name is
             // `abi::PENDING_SYMBOL`.
             #[export_name = "frostguard_plugin_pending_v1"]
-            pub static PENDING_ENTRY: $crate::abi::PendingEntry = $crate::abi::PendingEntry {
-                layout:
-                    <$crate::abi::PendingModule as $crate::__export::abi_stable::StableAbi>::LAYOUT,
-                module: $crate::abi::PendingModule {
+            pub static PENDING_ENTRY: $crate::abi::PendingEntry =
+                $crate::abi::PendingEntry::of($crate::abi::PendingModule {
                     start: $crate::__export::start::<$plugin>,
-                },
-            };
+                });
 
             // The entry points that take a job lent as a `JobRef`, looked up by name beside the root module;
             // its symbol name is `abi::DIRECT_SYMBOL`.
             #[export_name = "frostguard_plugin_direct_v1"]
-            pub static DIRECT_ENTRY: $crate::abi::DirectEntry = $crate::abi::DirectEntry {
-                layout:
-                    <$crate::abi::DirectModule as $crate::__export::abi_stable::StableAbi>::LAYOUT,
-                module: $crate::abi::DirectModule {
+            pub static DIRECT_ENTRY: $crate::abi::DirectEntry =
+                $crate::abi::DirectEntry::of($crate::abi::DirectModule {
                     process: $crate::__export::process_direct::<$plugin>,
                     start: $crate::__export::start_direct::<$plugin>,
-                },
-            };
+                });
 
             // The header abi_stable's loader looks up; its symbol name is `abi::ROOT_MODULE_SYMBOL`.
             // SAFETY: `from_constructor::<M>` requires the module `construct` returns to be an erased `M`:

@@ -225,12 +225,7 @@ impl HostLogger for NoLogs {
 /// grace past its deadline), so the older host gets the same outcomes the pending entry point gives.
 #[test]
 fn a_host_without_pending_jobs_gets_them_through_process() {
-    // A copy of its own: the harness's copies of the same file are other images, this one is called directly.
-    let dir = scratch("older-host");
-    let lib = dir.join("libolder_host.so");
-    std::fs::copy(outcomes_plugin(), &lib).unwrap();
-    let plugin = LoadedPlugin::load(&lib).expect("test-outcomes loads");
-    plugin.init(&PluginConfig::new(), Arc::new(NoLogs)).unwrap();
+    let (dir, plugin) = started_copy("older-host");
     let view = |name: &str, data: Value, deadline_ms: Option<u64>| JobView {
         id: name.to_owned(),
         name: name.to_owned(),
@@ -289,11 +284,7 @@ fn a_host_without_pending_jobs_gets_them_through_process() {
 /// without a backoff setting, a deadline or none.
 #[test]
 fn a_lent_job_and_a_job_written_as_json_reach_the_plugin_alike() {
-    let dir = scratch("lent-job");
-    let lib = dir.join("liblent_job.so");
-    std::fs::copy(outcomes_plugin(), &lib).unwrap();
-    let plugin = LoadedPlugin::load(&lib).expect("test-outcomes loads");
-    plugin.init(&PluginConfig::new(), Arc::new(NoLogs)).unwrap();
+    let (dir, plugin) = started_copy("lent-job");
     let view = |id: &str, data: &str, opts: JobOpts, deadline_ms: Option<u64>| JobView {
         id: id.to_owned(),
         name: "view".to_owned(),
@@ -350,6 +341,17 @@ fn failing_init_is_reported_at_the_init_stage() {
     .expect("init must fail");
     assert_eq!(err.stage, LoadStage::Init);
     assert_eq!(err.reason, "FAIL_INIT requested");
+}
+
+/// A started copy of the test-outcomes library in a scratch directory of its own (removed by the caller):
+/// the harness's copies of the same file are other images, this one is called directly.
+fn started_copy(name: &str) -> (PathBuf, LoadedPlugin) {
+    let dir = scratch(name);
+    let lib = dir.join(format!("lib{}.so", name.replace('-', "_")));
+    std::fs::copy(outcomes_plugin(), &lib).unwrap();
+    let plugin = LoadedPlugin::load(&lib).expect("test-outcomes loads");
+    plugin.init(&PluginConfig::new(), Arc::new(NoLogs)).unwrap();
+    (dir, plugin)
 }
 
 fn scratch(name: &str) -> PathBuf {
