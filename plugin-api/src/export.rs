@@ -196,11 +196,7 @@ fn run_job<P: PluginInstance>(
 
 /// The initialised plugin and the job lent as `job`, or the failure that ends the job without them.
 fn take_job<P: PluginInstance>(job: &JobRef<'_>) -> Result<(&'static P, JobView), Outcome> {
-    let Some(plugin) = P::instance_cell().get() else {
-        return Err(Outcome::failed(
-            "plugin received a job before init succeeded",
-        ));
-    };
+    let plugin = instance::<P>()?;
     let refused = |what: &str, e: serde_json::Error| {
         Outcome::failed(format!(
             "host sent a job whose {what} the plugin cannot read: {e}"
@@ -233,17 +229,20 @@ fn take_job<P: PluginInstance>(job: &JobRef<'_>) -> Result<(&'static P, JobView)
 
 /// The initialised plugin and the job `job_json` describes, or the failure that ends the job without them.
 fn read_job<P: PluginInstance>(job_json: &str) -> Result<(&'static P, JobView), Outcome> {
-    let Some(plugin) = P::instance_cell().get() else {
-        return Err(Outcome::failed(
-            "plugin received a job before init succeeded",
-        ));
-    };
+    let plugin = instance::<P>()?;
     match serde_json::from_str::<JobView>(job_json) {
         Ok(job) => Ok((plugin, job)),
         Err(e) => Err(Outcome::failed(format!(
             "host sent a job the plugin cannot read: {e}"
         ))),
     }
+}
+
+/// The plugin `init` built, or the failure of a job that came before it.
+fn instance<P: PluginInstance>() -> Result<&'static P, Outcome> {
+    P::instance_cell()
+        .get()
+        .ok_or_else(|| Outcome::failed("plugin received a job before init succeeded"))
 }
 
 /// The JSON of `outcome` as it crosses the boundary (a failure saying why, should it not serialise).
