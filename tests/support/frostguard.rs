@@ -1,5 +1,6 @@
 //! FrostGuard fixtures shared by the SMS tests (`sms_plugin`, `sms_e2e`): delivery rows in the FrostGuard schema
-//! (insert, read, assert), the result an SMS job returns when it sent, and Telnyx's error answer.
+//! (insert, read, assert), the result an SMS job returns when it sent, Telnyx's error answer, and the check that
+//! no log line carries personal data or credentials.
 
 use crate::{Postgres, Reply};
 use serde_json::{json, Value};
@@ -83,4 +84,18 @@ pub fn telnyx_error(status: u16, code: &str, title: &str, detail: &str) -> Reply
         status,
         &json!({"errors": [{"code": code, "title": title, "detail": detail}]}),
     )
+}
+
+/// Asserts that none of `lines` carries any of `secrets`, each given with what it is (`(PHONE, "the full phone
+/// number")`): logs may hold neither personal data nor credentials.
+pub fn assert_no_secrets<S: AsRef<str>>(
+    lines: impl IntoIterator<Item = S>,
+    secrets: &[(&str, &str)],
+) {
+    for line in lines {
+        let line = line.as_ref();
+        for (secret, what) in secrets {
+            assert!(!line.contains(secret), "a log line carries {what}: {line}");
+        }
+    }
 }

@@ -40,7 +40,9 @@ mod worker;
 
 pub use cluster::{RedisCluster, CLUSTER_NODE_TIMEOUT_MS};
 pub use events::{queue_events, wait_for_event};
-pub use frostguard::{assert_delivery, delivery_row, insert_sms_delivery, sms_sent, telnyx_error};
+pub use frostguard::{
+    assert_delivery, assert_no_secrets, delivery_row, insert_sms_delivery, sms_sent, telnyx_error,
+};
 pub use http::{FakeHttp, RecordedRequest, Reply};
 pub use node::{
     bullmq_project_dir, drive, ensure_node_modules, node_bullmq_version, node_dir, JobSnapshot,

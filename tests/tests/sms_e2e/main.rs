@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use frostguard_tests::{
-    assert_delivery, http_get_body, insert_sms_delivery, json, sms_sent, telnyx_error, wait_until,
-    FakeHttp, JobSnapshot, NodeQueue, Postgres, RecordedRequest, RedisServer, Reply, Schema,
-    Worker, WorkerBuilder, SMS_PLUGIN, TEST_PLUGIN,
+    assert_delivery, assert_no_secrets, http_get_body, insert_sms_delivery, json, sms_sent,
+    telnyx_error, wait_until, FakeHttp, JobSnapshot, NodeQueue, Postgres, RecordedRequest,
+    RedisServer, Reply, Schema, Worker, WorkerBuilder, SMS_PLUGIN, TEST_PLUGIN,
 };
 use serde_json::Value;
 
@@ -124,20 +124,14 @@ fn sms_worker(redis: &RedisServer, telnyx_url: &str) -> WorkerBuilder {
 
 /// Asserts that no log line carries the full phone number, the API key or the message body.
 fn assert_no_secrets_in(lines: &[String]) {
-    for line in lines {
-        assert!(
-            !line.contains(PHONE),
-            "a log line carries the full phone number: {line}"
-        );
-        assert!(
-            !line.contains(KEY),
-            "a log line carries the API key: {line}"
-        );
-        assert!(
-            !line.contains("Temperature alert"),
-            "a log line carries the message body: {line}"
-        );
-    }
+    assert_no_secrets(
+        lines,
+        &[
+            (PHONE, "the full phone number"),
+            (KEY, "the API key"),
+            ("Temperature alert", "the message body"),
+        ],
+    );
 }
 
 /// Asserts job `j`'s state and the attempts it has used.

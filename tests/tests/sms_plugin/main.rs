@@ -26,8 +26,8 @@ mod tls;
 mod tracking;
 
 use frostguard_tests::{
-    assert_delivery, insert_sms_delivery, json, plugin_lib, sms_sent, FakeHttp, Postgres,
-    RecordedRequest, Reply, Schema, SMS_PLUGIN,
+    assert_delivery, assert_no_secrets, insert_sms_delivery, json, plugin_lib, sms_sent, FakeHttp,
+    Postgres, RecordedRequest, Reply, Schema, SMS_PLUGIN,
 };
 use plugin_api::harness::{Harness, HarnessRun, JobSpec};
 use plugin_api::loader::{ForwardedLog, LogLevel};
@@ -193,18 +193,14 @@ fn assert_number_logged_only_masked(logs: &[ForwardedLog]) {
 
 /// No log line may carry the full number, the message body or the API key.
 fn assert_no_personal_data(logs: &[ForwardedLog]) {
-    for l in logs {
-        let text = record_text(l);
-        assert!(
-            !text.contains(PHONE),
-            "log line leaks the phone number: {text}"
-        );
-        assert!(
-            !text.contains("Temperature excursion"),
-            "log line leaks the message: {text}"
-        );
-        assert!(!text.contains(KEY), "log line leaks the API key: {text}");
-    }
+    assert_no_secrets(
+        logs.iter().map(record_text),
+        &[
+            (PHONE, "the full phone number"),
+            ("Temperature excursion", "the message body"),
+            (KEY, "the API key"),
+        ],
+    );
 }
 
 /// The message and `unrecoverable` flag of a failed run; panics on any other outcome.
