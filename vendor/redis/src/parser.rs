@@ -24,6 +24,8 @@ use combine::{
 
 const MAX_RECURSE_DEPTH: usize = 100;
 
+mod fast;
+
 fn err_parser(line: &str) -> ServerError {
     let mut pieces = line.splitn(2, ' ');
     let kind = match pieces.next().unwrap() {
@@ -359,10 +361,41 @@ mod aio_support {
     #[derive(Default)]
     pub struct ValueCodec {
         state: AnySendSyncPartialState,
+        /// Set while the grammar may hold part of a reply in `state`: the rest of that reply must go
+        /// through it too.
+        in_grammar: bool,
     }
+
+    /// The longest start of a reply left in the buffer, to be read whole once the rest arrives, before the
+    /// grammar takes it over; it bounds what is scanned again for every read.
+    const WAIT_WHOLE_LIMIT: usize = 64 * 1024;
 
     impl ValueCodec {
         fn decode_stream(&mut self, bytes: &mut BytesMut, eof: bool) -> RedisResult<Option<Value>> {
+            if !self.in_grammar {
+                match fast::reply(bytes) {
+                    Ok((value, used)) => {
+                        bytes.advance(used);
+                        return Ok(Some(value));
+                    }
+                    Err(fast::NotRead::Incomplete)
+                        if bytes.is_empty() || (!eof && bytes.len() < WAIT_WHOLE_LIMIT) =>
+                    {
+                        return Ok(None);
+                    }
+                    Err(_) => {}
+                }
+            }
+            let decoded = self.decode_in_grammar(bytes, eof);
+            self.in_grammar = !matches!(decoded, Ok(Some(_)));
+            decoded
+        }
+
+        fn decode_in_grammar(
+            &mut self,
+            bytes: &mut BytesMut,
+            eof: bool,
+        ) -> RedisResult<Option<Value>> {
             let (opt, removed_len) = {
                 let buffer = &bytes[..];
                 let mut stream =
