@@ -20,7 +20,7 @@
 //! /dev/null and stderr, so a plugin that prints cannot corrupt a frame. Descriptor 3, when the host passes
 //! it, receives the crash note ([`super::crashnote`]) naming the request whose thread crashed.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::convert::Infallible;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};

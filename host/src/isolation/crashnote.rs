@@ -1,7 +1,7 @@
 //! The last words of a process that plugin code is crashing: which job was running on the crashing thread,
 //! and which signal (or `exit` call) ended it.
 //!
-//! Before plugin code runs on a thread, [`enter`] records the job's slot number and a short label on that
+//! Before plugin code runs on a thread, [`enter_job`] records the job's slot number and its label on that
 //! thread. Handlers for the fatal signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS) and an `atexit`
 //! hook then write one note, `crash <signal> <slot>\n` (signal 0 for `exit`), to the sink chosen at
 //! [`install`] — the crash journal in in-process mode, a pipe to the host in a plugin process — and one line
@@ -11,6 +11,7 @@
 //! a raised signal (`abort`) is re-raised with the default action, so the exit status is unchanged.
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// Signals that mean plugin code crashed.
@@ -44,41 +45,101 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 static mut PREVIOUS: [Option<libc::sigaction>; 32] = [None; 32];
 
 thread_local! {
-    /// The slot of the job running plugin code on this thread (0 = none) and its label.
-    static CURRENT: Cell<(u32, [u8; LABEL_MAX], usize)> = const { Cell::new((0, [0; LABEL_MAX], 0)) };
+    /// The job running plugin code on this thread (slot 0 = none).
+    static CURRENT: Cell<Running> = const { Cell::new(Running::NONE) };
 }
 
-/// [`enter`] with the label every job's plugin call carries: the job, its queue and the plugin.
-pub fn enter_job(slot: u32, id: &str, queue: &str, plugin: &str) -> Entered {
-    enter(
-        slot,
-        format_args!("job {id} of queue {queue} (plugin {plugin})"),
-    )
+/// The job a thread runs plugin code for: its slot and the texts of its label, borrowed from the caller of
+/// [`enter_job`] for as long as its guard lives, and put into words only if the thread crashes (a label
+/// formatted for every job would cost more than the rest of the note's bookkeeping).
+#[derive(Clone, Copy)]
+struct Running {
+    slot: u32,
+    id: Borrowed,
+    queue: Borrowed,
+    plugin: Borrowed,
 }
 
-/// Marks this thread as running plugin code for the job in `slot` (non-zero) until the guard is dropped,
-/// and gives the thread a signal stack roomy enough for the handlers of a crash to nest (`altstack.rs`).
-/// The label (`format_args!`) is formatted straight into the thread's buffer, cut at [`LABEL_MAX`] bytes:
-/// no allocation per job.
-pub fn enter(slot: u32, label: std::fmt::Arguments<'_>) -> Entered {
-    super::altstack::ensure();
-    let mut buf = Truncating {
-        buf: [0u8; LABEL_MAX],
+impl Running {
+    const NONE: Running = Running {
+        slot: 0,
+        id: Borrowed::EMPTY,
+        queue: Borrowed::EMPTY,
+        plugin: Borrowed::EMPTY,
+    };
+
+    /// The label the stderr line names the job by, cut at [`LABEL_MAX`] bytes. Async-signal-safe.
+    fn label(&self) -> Truncating {
+        let mut label = Truncating {
+            buf: [0u8; LABEL_MAX],
+            len: 0,
+        };
+        // SAFETY: the texts were borrowed by `enter_job` for the life of its guard, whose drop clears
+        // CURRENT before they can go; only this thread reads them.
+        let (id, queue, plugin) =
+            unsafe { (self.id.text(), self.queue.text(), self.plugin.text()) };
+        for part in ["job ", id, " of queue ", queue, " (plugin ", plugin, ")"] {
+            label.push(part);
+        }
+        label
+    }
+}
+
+/// A `&str` kept as its address and length in the thread's cell.
+#[derive(Clone, Copy)]
+struct Borrowed {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl Borrowed {
+    const EMPTY: Borrowed = Borrowed {
+        ptr: std::ptr::null(),
         len: 0,
     };
-    let _ = std::fmt::Write::write_fmt(&mut buf, label);
-    CURRENT.with(|c| c.set((slot, buf.buf, buf.len)));
-    Entered(())
+
+    fn of(text: &str) -> Borrowed {
+        Borrowed {
+            ptr: text.as_ptr(),
+            len: text.len(),
+        }
+    }
+
+    /// # Safety
+    /// The `&str` it was made from must still be alive.
+    unsafe fn text<'a>(self) -> &'a str {
+        if self.ptr.is_null() {
+            return "";
+        }
+        // SAFETY: made from a live `&str` (the caller's promise), so the bytes are UTF-8 and in bounds.
+        unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(self.ptr, self.len)) }
+    }
 }
 
-/// A fixed buffer that keeps what fits of the text written to it (never splitting a character).
+/// Marks this thread as running plugin code for `job` of `queue` (plugin `plugin`) in `slot` (non-zero)
+/// until the guard is dropped, and gives the thread a signal stack roomy enough for the handlers of a crash
+/// to nest (`altstack.rs`). Nothing is copied or formatted: the guard borrows the texts.
+pub fn enter_job<'a>(slot: u32, id: &'a str, queue: &'a str, plugin: &'a str) -> Entered<'a> {
+    super::altstack::ensure();
+    CURRENT.with(|c| {
+        c.set(Running {
+            slot,
+            id: Borrowed::of(id),
+            queue: Borrowed::of(queue),
+            plugin: Borrowed::of(plugin),
+        })
+    });
+    Entered(PhantomData)
+}
+
+/// A fixed buffer that keeps what fits of the text pushed to it (never splitting a character).
 struct Truncating {
     buf: [u8; LABEL_MAX],
     len: usize,
 }
 
-impl std::fmt::Write for Truncating {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+impl Truncating {
+    fn push(&mut self, s: &str) {
         let room = LABEL_MAX - self.len;
         let mut n = s.len().min(room);
         while !s.is_char_boundary(n) {
@@ -86,16 +147,15 @@ impl std::fmt::Write for Truncating {
         }
         self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
-        Ok(())
     }
 }
 
-/// Clears the thread's job when dropped.
-pub struct Entered(());
+/// Clears the thread's job when dropped; borrows the job's texts until then.
+pub struct Entered<'a>(PhantomData<&'a str>);
 
-impl Drop for Entered {
+impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set((0, [0; LABEL_MAX], 0)));
+        CURRENT.with(|c| c.set(Running::NONE));
     }
 }
 
@@ -131,7 +191,8 @@ pub fn install(sink: Sink) {
 /// Writes the note for `signal` (0 = exit) if this thread runs a job and no note was written yet, and the
 /// stderr line. Async-signal-safe.
 fn note(signal: libc::c_int) {
-    let (slot, label, len) = CURRENT.with(|c| c.get());
+    let running = CURRENT.with(|c| c.get());
+    let slot = running.slot;
     if slot == 0 {
         return;
     }
@@ -180,7 +241,8 @@ fn note(signal: libc::c_int) {
         }
     }
     put(b" while running ");
-    put(&label[..len]);
+    let label = running.label();
+    put(&label.buf[..label.len]);
     put(b"\n");
     // SAFETY: write of a stack buffer to stderr.
     unsafe {
@@ -296,27 +358,29 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_cut_at_the_buffer_on_a_character_boundary() {
-        let label = |args: std::fmt::Arguments<'_>| {
-            let mut t = Truncating {
-                buf: [0; LABEL_MAX],
-                len: 0,
-            };
-            std::fmt::Write::write_fmt(&mut t, args).unwrap();
-            String::from_utf8(t.buf[..t.len].to_vec()).unwrap()
+    fn the_label_names_the_job_and_is_cut_on_a_character_boundary() {
+        let label = |id: &str, queue: &str, plugin: &str| {
+            let _entered = enter_job(3, id, queue, plugin);
+            let running = CURRENT.with(|c| c.get());
+            assert_eq!(running.slot, 3);
+            let label = running.label();
+            String::from_utf8(label.buf[..label.len].to_vec()).unwrap()
         };
-        assert_eq!(
-            label(format_args!("job {} of queue {} (plugin {})", 7, "q", "p")),
-            "job 7 of queue q (plugin p)"
-        );
+        assert_eq!(label("7", "q", "p"), "job 7 of queue q (plugin p)");
         let long = "é".repeat(LABEL_MAX);
-        let cut = label(format_args!("job {long}"));
+        let cut = label(&long, "q", "p");
         assert!(
             cut.len() <= LABEL_MAX && cut.len() > LABEL_MAX - 2,
             "{}",
             cut.len()
         );
         assert!(cut.starts_with("job éé"));
+        // The guard's drop clears the thread's job.
+        assert_eq!(CURRENT.with(|c| c.get()).slot, 0);
+        assert_eq!(
+            CURRENT.with(|c| c.get()).label().len,
+            "job  of queue  (plugin )".len()
+        );
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl ActivePlugin {
     }
 
     /// The journal entry and the crash note that cover a plugin call for `job` on this thread.
-    fn enter_call(&self, job: &JobView) -> CallCover<'static> {
+    fn enter_call<'j>(&'j self, job: &'j JobView) -> CallCover<'j> {
         let entry = JOURNAL
             .get()
             .and_then(|j| j.begin(&job.queue, &job.id, &self.info.name));
@@ -179,6 +179,6 @@ impl ActivePlugin {
 
 /// Covers one plugin call in this process: its crash note, then (dropped after it) its journal entry.
 struct CallCover<'j> {
-    _entered: crashnote::Entered,
+    _entered: crashnote::Entered<'j>,
     _entry: Option<journal::Entry<'j>>,
 }

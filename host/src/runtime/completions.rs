@@ -22,7 +22,7 @@
 //! Redis came back (the outage outlasted the lock), the job runs again — BullMQ's at-least-once — and that is
 //! logged. A job replayed by another worker of the queue (which has no kept result) also runs again.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,7 @@ impl Completions {
             queue: queue.to_owned(),
             keys,
             admin,
-            kept: Mutex::new(HashMap::new()),
+            kept: Mutex::default(),
             metrics: Arc::new(QueueMetrics::new(queue)),
         })
     }

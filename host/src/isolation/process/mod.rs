@@ -17,7 +17,7 @@
 //! child's: spawning it, the supervisor thread, reaping and restarting; `output.rs` reads its frames;
 //! `outbox.rs` writes the runtime's frames to it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::io::FromRawFd;
