@@ -153,9 +153,15 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    decode_body(&body).map(Some)
+}
+
+/// A frame's body read as its message. The body is checked as UTF-8 once, then read as text: reading the
+/// bytes directly would check every string of the message on its own, which costs more than the one pass.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+    let text =
+        std::str::from_utf8(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    serde_json::from_str(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]
@@ -330,5 +336,31 @@ mod tests {
         assert!(read_frame::<FromChild>(&mut &huge[..]).is_err());
         let garbage = [0, 0, 0, 2, b'{', b'x'];
         assert!(read_frame::<FromChild>(&mut &garbage[..]).is_err());
+    }
+
+    #[test]
+    fn a_body_is_read_as_utf8_text_or_refused() {
+        // (body, the job log line it must give, or None: refused as invalid data)
+        let table: [(&[u8], Option<&str>); 5] = [
+            (br#"{"jobLog":{"id":1,"line":"ok"}}"#, Some("ok")),
+            (
+                "{\"jobLog\":{\"id\":1,\"line\":\"caf\u{e9} \\u00e9 \\n\"}}".as_bytes(),
+                Some("café é \n"),
+            ),
+            (b"{\"jobLog\":{\"id\":1,\"line\":\"\xff\"}}", None),
+            (b"{\"jobLog\":{\"id\":1,\"line\":\"a\"}", None),
+            (b"", None),
+        ];
+        for (body, want) in table {
+            let got = decode_body::<FromChild>(body);
+            match (got, want) {
+                (Ok(FromChild::JobLog { id: 1, line }), Some(want)) => assert_eq!(line, want),
+                (Err(e), None) => assert_eq!(e.kind(), io::ErrorKind::InvalidData),
+                (got, want) => panic!(
+                    "{:?}: got {got:?}, want {want:?}",
+                    String::from_utf8_lossy(body)
+                ),
+            }
+        }
     }
 }

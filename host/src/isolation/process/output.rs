@@ -17,7 +17,7 @@ use std::sync::mpsc;
 
 use tokio::io::unix::AsyncFd;
 
-use crate::isolation::protocol::{FromChild, MAX_FRAME};
+use crate::isolation::protocol::{decode_body, FromChild, MAX_FRAME};
 
 /// Bytes asked for per read: a pipe's default capacity, so one read usually empties the pipe.
 const READ_CHUNK: usize = 64 << 10;
@@ -57,8 +57,7 @@ impl Frames {
         let Some(body) = rest.get(4..4 + len) else {
             return Ok(None);
         };
-        let msg = serde_json::from_slice(body)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let msg = decode_body(body)?;
         self.start += 4 + len;
         if self.start == self.buf.len() {
             self.buf.clear();
