@@ -164,6 +164,106 @@ fn replies_in_one_stream_decode_in_order_whatever_the_reads() {
     }
 }
 
+/// A small deterministic generator (xorshift64*): the same replies on every run, so a failure reproduces.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Bytes that favour RESP's own: CR, LF, digits, signs, type bytes, and now and then anything.
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        const LIKELY: &[u8] = b"\r\n0123456789-+ :$*_,#%~>OKERRab";
+        (0..len)
+            .map(|_| match self.below(4) {
+                0 => self.next() as u8,
+                _ => LIKELY[self.below(LIKELY.len() as u64) as usize],
+            })
+            .collect()
+    }
+
+    /// One random reply, nested up to `depth` more levels.
+    fn reply(&mut self, depth: u32, out: &mut Vec<u8>) {
+        let text = |d: &mut Dice| {
+            let len = d.below(6) as usize;
+            d.bytes(len)
+                .into_iter()
+                .filter(|b| *b != b'\r' && *b != b'\n')
+                .collect::<Vec<u8>>()
+        };
+        match self.below(if depth == 0 { 8 } else { 10 }) {
+            0 => {
+                out.push(b'+');
+                out.extend(text(self));
+                out.extend_from_slice(b"\r\n");
+            }
+            1 => {
+                out.push(b'-');
+                out.extend(text(self));
+                out.extend_from_slice(b"\r\n");
+            }
+            2 => out.extend_from_slice(
+                format!(":{}\r\n", self.next() as i64 >> self.below(64)).as_bytes(),
+            ),
+            3 | 4 => {
+                let len = self.below(20) as usize;
+                let body = self.bytes(len);
+                out.extend_from_slice(format!("${}\r\n", body.len()).as_bytes());
+                out.extend(body);
+                out.extend_from_slice(b"\r\n");
+            }
+            5 => out
+                .extend_from_slice([&b"$-1\r\n"[..], b"*-1\r\n", b"_\r\n"][self.below(3) as usize]),
+            6 => out.extend_from_slice(format!(",{}.5\r\n", self.below(100)).as_bytes()),
+            7 => out.extend_from_slice(b"#t\r\n"),
+            _ => {
+                let n = self.below(5);
+                out.extend_from_slice(format!("*{n}\r\n").as_bytes());
+                for _ in 0..n {
+                    self.reply(depth - 1, out);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn random_replies_whole_cut_or_damaged_decode_as_the_grammar_reads_them() {
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+    for case in 0..3000 {
+        let mut reply = Vec::new();
+        dice.reply(4, &mut reply);
+        // A third stay whole, a third lose their end, a third get one byte changed.
+        match dice.below(3) {
+            0 => {}
+            1 => reply.truncate(dice.below(reply.len() as u64) as usize),
+            _ => {
+                let at = dice.below(reply.len() as u64) as usize;
+                reply[at] = dice.bytes(1)[0];
+            }
+        }
+        let want = reference(&reply);
+        let whole = decode_in_reads(&reply, usize::MAX);
+        let first = whole.first().cloned().unwrap_or(Err(()));
+        let shown = String::from_utf8_lossy(&reply).into_owned();
+        assert_eq!(first, want, "case {case}, whole: {shown:?}");
+        let read = 1 + dice.below(8) as usize;
+        assert_eq!(
+            decode_in_reads(&reply, read),
+            whole,
+            "case {case}, reads of {read}: {shown:?}"
+        );
+    }
+}
+
 #[test]
 fn a_connection_reads_large_and_nested_replies_from_redis() {
     let redis = RedisServer::start().expect("redis-server");
