@@ -285,6 +285,7 @@ fn a_host_without_pending_jobs_gets_them_through_process() {
 #[test]
 fn a_lent_job_and_a_job_written_as_json_reach_the_plugin_alike() {
     let (dir, plugin) = started_copy("lent-job");
+    assert!(plugin.lends_jobs());
     let view = |id: &str, data: &str, opts: JobOpts, deadline_ms: Option<u64>| JobView {
         id: id.to_owned(),
         name: "view".to_owned(),
