@@ -21,7 +21,6 @@
 //! it, receives the crash note ([`super::crashnote`]) naming the request whose thread crashed.
 
 use foldhash::HashMap;
-use std::convert::Infallible;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::io::FromRawFd;
@@ -35,12 +34,14 @@ use plugin_api::loader::{
     ForwardedLog, HostLogger, JobCallbacks, LoadedPlugin, LogLevel, OutcomeJson,
 };
 use plugin_api::JobView;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::crashnote;
 use super::inline::InlineJobs;
-use super::protocol::{read_frame, write_frame, ChildInput, ChildOutput, FromChild, ToChild};
+use super::protocol::{
+    decode_body, decode_job, read_frame, read_frame_body, write_frame, ChildOutput, FromChild,
+    ToChild, BINARY_JOB,
+};
 
 /// The descriptor on which the host reads crash notes.
 pub const NOTE_FD: libc::c_int = 3;
@@ -161,7 +162,7 @@ pub fn main(plugin_path: &Path) -> anyhow::Result<std::process::ExitCode> {
         }
     };
     let Some(ToChild::Init { config, max_level }) =
-        read_frame::<ChildInput>(&mut input).context("reading the init message")?
+        read_frame::<ToChild>(&mut input).context("reading the init message")?
     else {
         anyhow::bail!("the host did not start with an init message");
     };
@@ -354,26 +355,39 @@ impl HeldJob {
 /// The next message from the host (`Ok(None)` once it closed our input), a job in it held as the plugin
 /// takes it: parsed straight into a `JobView` when `lend`, else kept as text and its head read.
 fn next_message(input: &mut impl Read, lend: bool) -> std::io::Result<Option<ToChild<HeldJob>>> {
-    if lend {
-        let msg = read_frame::<ToChild<Box<JobView>>>(input)?;
-        return Ok(msg.map(|m| {
-            m.try_map_job(|view| Ok::<_, Infallible>(HeldJob::Lent(view)))
-                .unwrap_or_else(|never| match never {})
-        }));
-    }
-    let Some(msg) = read_frame::<ChildInput>(input)? else {
+    let Some(body) = read_frame_body(input)? else {
         return Ok(None);
     };
-    let held = msg.try_map_job(|json| {
-        let head = serde_json::from_str::<JobHead>(json.get())?;
-        Ok::<_, serde_json::Error>(HeldJob::Text { json, head })
-    });
-    held.map(Some).map_err(std::io::Error::other)
+    let msg = match body.split_first() {
+        Some((&BINARY_JOB, job)) => {
+            let (id, view) = decode_job(job)?;
+            ToChild::Job {
+                id,
+                job: Box::new(view),
+            }
+        }
+        _ => decode_body::<ToChild>(&body)?,
+    };
+    msg.try_map_job(|view| hold(view, lend)).map(Some)
 }
 
-/// What the plugin process itself reads of a job it hands on as text: whom to name in a crash note, and
+/// How the process holds a job: whole, to lend it, or written as JSON for a plugin built before lent jobs.
+fn hold(view: Box<JobView>, lend: bool) -> std::io::Result<HeldJob> {
+    if lend {
+        return Ok(HeldJob::Lent(view));
+    }
+    let json = serde_json::value::to_raw_value(&*view).map_err(std::io::Error::other)?;
+    let JobView {
+        id, name, queue, ..
+    } = *view;
+    Ok(HeldJob::Text {
+        json,
+        head: JobHead { id, name, queue },
+    })
+}
+
+/// What the plugin process itself keeps of a job it hands on as text: whom to name in a crash note, and
 /// whether it runs inline or pending.
-#[derive(Deserialize)]
 struct JobHead {
     id: String,
     name: String,
@@ -407,15 +421,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::isolation::protocol::encode_frame;
+    use crate::isolation::protocol::{encode_frame, encode_job_frame};
 
-    /// The frames a host writes: a job (its data with escapes and non-ASCII text), a cancel, a shutdown.
-    fn host_frames(job: &JobView) -> Vec<u8> {
-        let mut bytes = encode_frame(&ToChild::Job {
-            id: 9,
-            job: Box::new(job.clone()),
-        })
-        .unwrap();
+    /// The frames a host writes: a job (its data with escapes and non-ASCII text; in the binary form the
+    /// host writes, or as JSON), a cancel, a shutdown.
+    fn host_frames(job: &JobView, binary: bool) -> Vec<u8> {
+        let mut bytes = if binary {
+            encode_job_frame(9, job).unwrap()
+        } else {
+            encode_frame(&ToChild::Job {
+                id: 9,
+                job: Box::new(job.clone()),
+            })
+            .unwrap()
+        };
         bytes.extend(encode_frame(&ToChild::<Box<JobView>>::Cancel { id: 9 }).unwrap());
         bytes.extend(encode_frame(&ToChild::<Box<JobView>>::Shutdown { deadline_ms: 5 }).unwrap());
         bytes
@@ -441,17 +460,17 @@ mod tests {
             timestamp: 5,
             deadline_ms: Some(6),
         };
-        let frames = host_frames(&job);
-        for lend in [true, false] {
+        for (lend, binary) in [(true, true), (true, false), (false, true), (false, false)] {
+            let frames = host_frames(&job, binary);
             let mut input = frames.as_slice();
             let Some(ToChild::Job { id: 9, job: held }) = next_message(&mut input, lend).unwrap()
             else {
-                panic!("lend={lend}: not the job");
+                panic!("lend={lend} binary={binary}: not the job");
             };
             assert_eq!(
                 (held.id(), held.name(), held.queue()),
                 ("sms:ü-1", "sms:send", "sms-notifications"),
-                "lend={lend}"
+                "lend={lend} binary={binary}"
             );
             match (lend, held) {
                 (true, HeldJob::Lent(view)) => assert_eq!(
@@ -461,7 +480,7 @@ mod tests {
                 (false, HeldJob::Text { json, .. }) => {
                     assert_eq!(json.get(), serde_json::to_string(&job).unwrap())
                 }
-                (lend, _) => panic!("lend={lend}: held the other way"),
+                (lend, _) => panic!("lend={lend} binary={binary}: held the other way"),
             }
             assert!(matches!(
                 next_message(&mut input, lend).unwrap(),
@@ -473,7 +492,7 @@ mod tests {
             ));
             assert!(
                 next_message(&mut input, lend).unwrap().is_none(),
-                "lend={lend}"
+                "lend={lend} binary={binary}"
             );
         }
     }

@@ -34,7 +34,7 @@ use plugin_api::{JobView, Outcome, PluginConfig};
 use super::cause::Ending;
 use super::child::{slot_of, NOTE_FD};
 use super::crashnote;
-use super::protocol::{encode_frame, FromChild, ToChild};
+use super::protocol::{encode_frame, encode_job_frame, FromChild, ToChild};
 use outbox::Outbox;
 use output::{Handback, Next, Output, Wake};
 
@@ -303,7 +303,7 @@ impl PluginProcess {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_frame(&HostFrame::Job { id, job }).ok()?;
+        let frame = encode_job_frame(id, job).ok()?;
         let (tx, reply) = tokio::sync::oneshot::channel();
         let state = shared.lock_state();
         let State::Ready(conn) = &*state else {
@@ -387,7 +387,7 @@ impl PluginProcess {
             }
         };
         // A failed write means the child is dying; the supervisor answers this job with its crash.
-        let _ = conn.send(&ToChild::Job { id, job });
+        let _ = encode_job_frame(id, job).and_then(|frame| conn.send_raw(&frame));
         let mut cancel_sent = false;
         loop {
             match rx.recv_timeout(CANCEL_POLL) {
