@@ -1,6 +1,6 @@
 //! A plugin built before jobs were lent across the plugin ABI (before the `frostguard_plugin_direct_v1`
 //! export) still works with this host: the loader finds no lent-job export, and every job reaches the plugin
-//! as JSON, in-process and in a plugin process (which then hands the plugin the frame's text as it arrived).
+//! as JSON, in-process and in a plugin process (which writes the job it read out of its frame as JSON).
 //!
 //! Such a plugin is made from the test plugin's current build with that one export renamed in the library
 //! file: its root module and its pending-job export are what they were then, so to a host's loader it is

@@ -5,9 +5,9 @@
 //! from the plugin's own threads) and reports progress, job log lines, the
 //! plugin's `tracing` records and the outcome back over the framed protocol.
 //!
-//! A plugin that takes jobs lent (`LoadedPlugin::lends_jobs`) is lent each job parsed once, straight out of
-//! its frame into a `JobView`; one built before gets the JSON text the job arrived in (the frame's `job`
-//! value is the job view's JSON), of which the process itself reads only the id, queue and name ([`HeldJob`]).
+//! Each job is read once out of its frame into a `JobView` (the host writes job frames in a binary form,
+//! `protocol::encode_job_frame`). A plugin that takes jobs lent (`LoadedPlugin::lends_jobs`) is lent that
+//! view; one built before gets it written as JSON, and the process keeps its id, queue and name ([`HeldJob`]).
 //! Either way the plugin's outcome goes into the outcome frame as the text the plugin wrote once it parses
 //! as an outcome ([`LoadedPlugin::process_to_json`], [`LoadedPlugin::process_json`]).
 //!
@@ -314,8 +314,8 @@ fn finish_job(out: &Out, running: &Running, id: u64, outcome: &OutcomeJson) {
     });
 }
 
-/// A job as this process holds it: parsed whole, for a plugin that takes jobs lent, or kept as the JSON text
-/// it arrived as, for a plugin built before (which parses it itself), with the head this process reads.
+/// A job as this process holds it: whole, for a plugin that takes jobs lent, or written as JSON text for a
+/// plugin built before (which parses it itself), with the head this process keeps.
 enum HeldJob {
     Lent(Box<JobView>),
     Text { json: Box<RawValue>, head: JobHead },
@@ -352,8 +352,8 @@ impl HeldJob {
     }
 }
 
-/// The next message from the host (`Ok(None)` once it closed our input), a job in it held as the plugin
-/// takes it: parsed straight into a `JobView` when `lend`, else kept as text and its head read.
+/// The next message from the host (`Ok(None)` once it closed our input), a job in it (a binary job frame, or
+/// a JSON one) read into a `JobView` and held as the plugin takes it: whole when `lend`, else as JSON text.
 fn next_message(input: &mut impl Read, lend: bool) -> std::io::Result<Option<ToChild<HeldJob>>> {
     let Some(body) = read_frame_body(input)? else {
         return Ok(None);
