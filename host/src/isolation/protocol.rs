@@ -163,8 +163,7 @@ pub fn encode_job_frame(id: u64, job: &JobView) -> io::Result<Vec<u8>> {
         }
         match &backoff {
             Some(text) => rmp::encode::write_str(frame, text)?,
-            None => rmp::encode::write_nil(frame)
-                .map_err(rmp::encode::ValueWriteError::InvalidMarkerWrite)?,
+            None => write_nil(frame)?,
         }
         for n in [job.opts.delay, job.opts.priority] {
             write_optional(frame, n)?;
@@ -184,13 +183,16 @@ pub fn encode_job_frame(id: u64, job: &JobView) -> io::Result<Vec<u8>> {
     Ok(frame)
 }
 
+/// A number, or nil for none.
 fn write_optional(frame: &mut Vec<u8>, n: Option<u64>) -> Result<(), rmp::encode::ValueWriteError> {
     match n {
         Some(n) => rmp::encode::write_uint(frame, n).map(drop),
-        None => {
-            rmp::encode::write_nil(frame).map_err(rmp::encode::ValueWriteError::InvalidMarkerWrite)
-        }
+        None => write_nil(frame),
     }
+}
+
+fn write_nil(frame: &mut Vec<u8>) -> Result<(), rmp::encode::ValueWriteError> {
+    rmp::encode::write_nil(frame).map_err(rmp::encode::ValueWriteError::InvalidMarkerWrite)
 }
 
 /// The request id and job of a binary job frame's body, after its [`BINARY_JOB`] byte.

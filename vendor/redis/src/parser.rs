@@ -24,6 +24,7 @@ use combine::{
 
 const MAX_RECURSE_DEPTH: usize = 100;
 
+#[cfg(feature = "aio")]
 mod fast;
 
 fn err_parser(line: &str) -> ServerError {

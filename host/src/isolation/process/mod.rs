@@ -124,9 +124,6 @@ struct Conn {
     outbox: Outbox,
 }
 
-/// A message to the child as the host writes it: the job by reference, not a copy of it.
-type HostFrame<'a> = ToChild<&'a JobView>;
-
 struct Pending {
     tx: Waiter,
     callbacks: Arc<dyn JobCallbacks>,
@@ -167,7 +164,7 @@ impl ChildJob {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return false;
         };
-        let cancel: HostFrame = ToChild::Cancel { id: self.id };
+        let cancel: ToChild = ToChild::Cancel { id: self.id };
         let Ok(frame) = encode_frame(&cancel) else {
             return false;
         };
@@ -451,7 +448,7 @@ impl PluginProcess {
 
 impl Conn {
     /// Writes `msg` from a blocking thread (it may wait for the child to read).
-    fn send(&self, msg: &HostFrame<'_>) -> std::io::Result<()> {
+    fn send(&self, msg: &ToChild) -> std::io::Result<()> {
         self.send_raw(&encode_frame(msg)?)
     }
 
