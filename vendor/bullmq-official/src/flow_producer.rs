@@ -1204,7 +1204,7 @@ impl FlowProducer {
             conn: self.conn.clone(),
             keys: QueueKeys::new(queue_name, Some(prefix)),
             progress_tx,
-            token: String::new(),
+            token: std::sync::Arc::from(""),
             lock_duration: 0,
         }
     }

@@ -26,7 +26,8 @@ pub struct ScriptContext {
     pub(crate) conn: RedisConnection,
     pub(crate) keys: QueueKeys,
     pub(crate) progress_tx: broadcast::Sender<JobProgressEvent>,
-    pub(crate) token: String,
+    /// Shared with the worker's entry for the job's run.
+    pub(crate) token: Arc<str>,
     pub(crate) lock_duration: u64,
 }
 
@@ -240,7 +241,7 @@ impl Job {
 
     /// The lock token for this job (set by the worker).
     pub fn token(&self) -> Option<&str> {
-        self.ctx.as_ref().map(|ctx| ctx.token.as_str())
+        self.ctx.as_ref().map(|ctx| &*ctx.token)
     }
 
     /// The delay before this job becomes available.
@@ -1437,64 +1438,78 @@ impl Job {
 
     /// Deserialize a job from Redis hash fields.
     pub fn from_redis_hash(id: &str, fields: &HashMap<String, String>) -> Result<Self, Error> {
-        Self::from_fields(id, &|key| fields.get(key).map(String::as_str))
+        let slots = std::array::from_fn(|i| {
+            fields
+                .get(HASH_FIELDS[i])
+                .map(|v| std::borrow::Cow::Borrowed(v.as_str()))
+        });
+        Self::from_fields(id, &slots)
     }
 
     /// Build a Job from the field/value pairs of its hash as `HGETALL` returns them (the
     /// shape `moveToActive` and `moveToFinished` reply with), without collecting them into a
-    /// map first. Pairs that are not two bulk strings are skipped.
+    /// map first. Pairs that are not two bulk strings are skipped; of a field given twice the
+    /// first is read.
+    ///
+    /// One pass over the pairs puts each value the job reads into its slot by its field name
+    /// (compared as bytes: every name read is ASCII, which no lossy decoding of other bytes
+    /// can produce), so a name is looked up once and only read values are decoded.
     pub(crate) fn from_hash_reply(id: &str, pairs: &[redis::Value]) -> Result<Self, Error> {
-        fn text(v: &redis::Value) -> Option<std::borrow::Cow<'_, str>> {
-            match v {
-                redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b)),
-                _ => None,
+        let mut slots: [Option<std::borrow::Cow<'_, str>>; HASH_FIELDS.len()] = Default::default();
+        for kv in pairs.chunks_exact(2) {
+            let [redis::Value::BulkString(key), redis::Value::BulkString(value)] = kv else {
+                continue;
+            };
+            if let Some(slot) = hash_field_slot(key) {
+                if slots[slot].is_none() {
+                    slots[slot] = Some(String::from_utf8_lossy(value));
+                }
             }
         }
-        let mut fields = Vec::with_capacity(pairs.len() / 2);
-        fields.extend(
-            pairs
-                .chunks_exact(2)
-                .filter_map(|kv| Some((text(&kv[0])?, text(&kv[1])?))),
-        );
-        Self::from_fields(id, &|key| {
-            fields
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_ref())
-        })
+        Self::from_fields(id, &slots)
     }
 
-    fn from_fields<'a>(id: &str, fields: &dyn Fn(&str) -> Option<&'a str>) -> Result<Self, Error> {
-        let name = fields("name").map(str::to_owned).unwrap_or_default();
-        let data: serde_json::Value = fields("data")
+    /// Builds a job from the fields of its hash, each in its slot (see [`HASH_FIELDS`]).
+    fn from_fields(
+        id: &str,
+        slots: &[Option<std::borrow::Cow<'_, str>>; HASH_FIELDS.len()],
+    ) -> Result<Self, Error> {
+        // The slot of each name read is found at compile time: a name without one does not build.
+        macro_rules! fields {
+            ($name:literal) => {
+                slots[const { slot_of($name) }].as_deref()
+            };
+        }
+        let name = fields!("name").map(str::to_owned).unwrap_or_default();
+        let data: serde_json::Value = fields!("data")
             .and_then(|d| serde_json::from_str(d).ok())
             .unwrap_or(serde_json::Value::Null);
-        let opts: JobOptions = fields("opts")
+        let opts: JobOptions = fields!("opts")
             .and_then(|o| serde_json::from_str(o).ok())
             .unwrap_or_default();
-        let progress: JobProgress = fields("progress")
+        let progress: JobProgress = fields!("progress")
             .and_then(|p| serde_json::from_str(p).ok())
             .unwrap_or_default();
-        let timestamp: u64 = fields("timestamp")
+        let timestamp: u64 = fields!("timestamp")
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);
-        let attempts_made: u32 = fields("atm").and_then(|a| a.parse().ok()).unwrap_or(0);
-        let attempts_started: u32 = fields("ats").and_then(|a| a.parse().ok()).unwrap_or(0);
-        let processed_on: Option<u64> = fields("processedOn").and_then(|t| t.parse().ok());
-        let finished_on: Option<u64> = fields("finishedOn").and_then(|t| t.parse().ok());
-        let failed_reason = fields("failedReason").map(str::to_owned).unwrap_or_default();
-        let stacktrace = fields("stacktrace").map(str::to_owned).unwrap_or_default();
-        let returnvalue = fields("returnvalue").map(str::to_owned).unwrap_or_default();
-        let parent: Option<ParentKeys> = fields("parent")
+        let attempts_made: u32 = fields!("atm").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let attempts_started: u32 = fields!("ats").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let processed_on: Option<u64> = fields!("processedOn").and_then(|t| t.parse().ok());
+        let finished_on: Option<u64> = fields!("finishedOn").and_then(|t| t.parse().ok());
+        let failed_reason = fields!("failedReason").map(str::to_owned).unwrap_or_default();
+        let stacktrace = fields!("stacktrace").map(str::to_owned).unwrap_or_default();
+        let returnvalue = fields!("returnvalue").map(str::to_owned).unwrap_or_default();
+        let parent: Option<ParentKeys> = fields!("parent")
             .and_then(|p| serde_json::from_str(p).ok());
-        let parent_key = fields("parentKey").map(str::to_owned);
-        let processed_by = fields("pb").map(str::to_owned);
-        let stalled_counter: u32 = fields("stc").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let delay: u64 = fields("delay")
+        let parent_key = fields!("parentKey").map(str::to_owned);
+        let processed_by = fields!("pb").map(str::to_owned);
+        let stalled_counter: u32 = fields!("stc").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let delay: u64 = fields!("delay")
             .and_then(|d| d.parse().ok())
             .unwrap_or_else(|| opts.delay.unwrap_or(0));
-        let repeat_job_key = fields("rjk").map(str::to_owned);
-        let deferred_failure = fields("defa").map(str::to_owned);
+        let repeat_job_key = fields!("rjk").map(str::to_owned);
+        let deferred_failure = fields!("defa").map(str::to_owned);
 
         Ok(Self {
             id: id.to_string(),
@@ -1543,3 +1558,70 @@ impl Job {
         Ok(Some(Self::from_redis_hash(job_id, &fields)?))
     }
 }
+
+/// The fields of a job's hash that [`Job::from_fields`] reads, in the order of their slots.
+const HASH_FIELDS: [&str; 19] = [
+    "name",
+    "data",
+    "opts",
+    "progress",
+    "timestamp",
+    "atm",
+    "ats",
+    "processedOn",
+    "finishedOn",
+    "failedReason",
+    "stacktrace",
+    "returnvalue",
+    "parent",
+    "parentKey",
+    "pb",
+    "stc",
+    "delay",
+    "rjk",
+    "defa",
+];
+
+/// The slot of a field of a job's hash that [`Job::from_fields`] reads, by its name as
+/// Redis gives it (one jump on the length and a comparison or two per field of the reply).
+const fn hash_field_slot(name: &[u8]) -> Option<usize> {
+    Some(match name {
+        b"name" => 0,
+        b"data" => 1,
+        b"opts" => 2,
+        b"progress" => 3,
+        b"timestamp" => 4,
+        b"atm" => 5,
+        b"ats" => 6,
+        b"processedOn" => 7,
+        b"finishedOn" => 8,
+        b"failedReason" => 9,
+        b"stacktrace" => 10,
+        b"returnvalue" => 11,
+        b"parent" => 12,
+        b"parentKey" => 13,
+        b"pb" => 14,
+        b"stc" => 15,
+        b"delay" => 16,
+        b"rjk" => 17,
+        b"defa" => 18,
+        _ => return None,
+    })
+}
+
+/// The slot of `name`, for [`Job::from_fields`] at compile time.
+const fn slot_of(name: &str) -> usize {
+    match hash_field_slot(name.as_bytes()) {
+        Some(slot) => slot,
+        None => panic!("not a field of HASH_FIELDS"),
+    }
+}
+
+// Every name in HASH_FIELDS has its own index as its slot.
+const _: () = {
+    let mut i = 0;
+    while i < HASH_FIELDS.len() {
+        assert!(slot_of(HASH_FIELDS[i]) == i, "HASH_FIELDS and hash_field_slot disagree");
+        i += 1;
+    }
+};

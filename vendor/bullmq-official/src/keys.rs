@@ -3,6 +3,8 @@
 //! All keys follow the pattern: `{prefix}:{queue_name}:{key_type}`.
 //! The default prefix is "bull" for compatibility with Node.js BullMQ.
 
+use std::sync::Arc;
+
 use crate::error::Error;
 
 const DEFAULT_PREFIX: &str = "bull";
@@ -158,41 +160,44 @@ pub(crate) fn resolve_parent_queue_key(prefix: &str, queue: &str) -> Result<Stri
 /// Holds the prefix and queue name needed to generate all Redis keys.
 #[derive(Debug, Clone)]
 pub struct QueueKeys {
-    prefix: String,
-    name: String,
+    // Shared: every fetched job's script context holds a copy of its queue's keys.
+    prefix: Arc<str>,
+    name: Arc<str>,
 }
 
 impl QueueKeys {
     /// Create a new key context with the given prefix and queue name.
     pub fn new(name: &str, prefix: Option<&str>) -> Self {
         Self {
-            prefix: prefix.unwrap_or(DEFAULT_PREFIX).to_string(),
-            name: name.to_string(),
+            prefix: prefix.unwrap_or(DEFAULT_PREFIX).into(),
+            name: name.into(),
         }
     }
 
     /// The base key without any suffix: `{prefix}:{name}`.
     #[inline]
     pub fn base(&self) -> String {
-        format!("{}:{}", self.prefix, self.name)
+        [&*self.prefix, ":", &self.name].concat()
     }
 
     /// Key prefix for job keys: `{prefix}:{name}:`.
     #[inline]
     pub fn key_prefix(&self) -> String {
-        format!("{}:{}:", self.prefix, self.name)
+        [&*self.prefix, ":", &self.name, ":"].concat()
     }
 
-    /// Build a job-specific key: `{prefix}:{name}:{job_id}`.
+    /// Build a job-specific key: `{prefix}:{name}:{job_id}`. (The keys are concatenated into one
+    /// string of the exact size: a job's key is built for every finished job, and `format!` went
+    /// through the formatting machinery and, for `base` within, allocated twice.)
     #[inline]
     pub fn job_key(&self, job_id: &str) -> String {
-        format!("{}:{}", self.base(), job_id)
+        [&*self.prefix, ":", &self.name, ":", job_id].concat()
     }
 
     /// Dynamic key lookup by suffix name.
     #[inline]
     pub fn get(&self, suffix: &str) -> String {
-        format!("{}:{}", self.base(), suffix)
+        [&*self.prefix, ":", &self.name, ":", suffix].concat()
     }
 
     // ── Well-known keys ──────────────────────────────────────────────────

@@ -360,7 +360,7 @@ impl Queue {
             conn: self.conn.clone(),
             keys,
             progress_tx,
-            token: String::new(),
+            token: std::sync::Arc::from(""),
             lock_duration: 0,
         }
     }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{broadcast, mpsc, Mutex, Notify, RwLock};
+use tokio::sync::{broadcast, mpsc, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 use uuid::Uuid;
@@ -183,7 +183,7 @@ pub struct Worker {
     closing: Arc<AtomicBool>,
     event_tx: mpsc::UnboundedSender<WorkerEvent>,
     event_rx: Arc<Mutex<mpsc::UnboundedReceiver<WorkerEvent>>>,
-    active_jobs: Arc<RwLock<Vec<ActiveJob>>>,
+    active_jobs: ActiveJobs,
     main_loop_handle: Mutex<Option<JoinHandle<()>>>,
     stalled_check_handle: Mutex<Option<JoinHandle<()>>>,
     lock_renew_handle: Mutex<Option<JoinHandle<()>>>,
@@ -196,21 +196,36 @@ pub struct Worker {
     active_fetchers: Arc<AtomicUsize>,
 }
 
+/// The jobs being processed, shared by the processing tasks, lock renewal and cancellation.
+///
+/// Behind a blocking mutex, not an async lock: every holder only pushes, removes or reads entries and
+/// never awaits while holding it (lock renewal takes a copy of the entries first), so the lock is
+/// never contended for longer than a few instructions, and taking it costs no task wake-ups.
+type ActiveJobs = Arc<std::sync::Mutex<Vec<ActiveJob>>>;
+
+/// Locks the active jobs (a panic while holding them cannot leave an entry half-written, so a
+/// poisoned lock is taken as it is).
+fn lock_active(jobs: &ActiveJobs) -> std::sync::MutexGuard<'_, Vec<ActiveJob>> {
+    jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Tracks an active job being processed.
 struct ActiveJob {
     job_id: String,
-    token: String,
+    token: Arc<str>,
     cancel_token: CancellationToken,
 }
 
 /// Removes a finished run of a job from the active list: the entry with its job id and lock token, which
 /// each run pushes once. The list's order means nothing (lock renewal and cancellation visit every entry),
 /// so the search stops at the match and the last entry takes its place, instead of `retain` comparing
-/// every entry and shifting those after it.
-fn remove_active_job(jobs: &mut Vec<ActiveJob>, job_id: &str, token: &str) {
+/// every entry and shifting those after it. The run is told by its token first, compared by address: a
+/// chain of fetched jobs shares one token (one allocation) among its runs, one at a time, so no other
+/// entry's token is that allocation, and only the match's job id is compared as text.
+fn remove_active_job(jobs: &mut Vec<ActiveJob>, job_id: &str, token: &Arc<str>) {
     if let Some(i) = jobs
         .iter()
-        .position(|j| j.job_id == job_id && j.token == token)
+        .position(|j| Arc::ptr_eq(&j.token, token) && j.job_id == job_id)
     {
         jobs.swap_remove(i);
     }
@@ -254,7 +269,7 @@ struct LoopContext {
     progress_tx: broadcast::Sender<crate::job::JobProgressEvent>,
     paused: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
-    active_jobs: Arc<RwLock<Vec<ActiveJob>>>,
+    active_jobs: ActiveJobs,
     event_tx: mpsc::UnboundedSender<WorkerEvent>,
     desired_concurrency: Arc<AtomicUsize>,
     concurrency_gate: Arc<Notify>,
@@ -304,7 +319,7 @@ impl LoopContext {
         progress_tx: broadcast::Sender<crate::job::JobProgressEvent>,
         paused: Arc<AtomicBool>,
         closing: Arc<AtomicBool>,
-        active_jobs: Arc<RwLock<Vec<ActiveJob>>>,
+        active_jobs: ActiveJobs,
         event_tx: mpsc::UnboundedSender<WorkerEvent>,
         desired_concurrency: Arc<AtomicUsize>,
         concurrency_gate: Arc<Notify>,
@@ -369,9 +384,10 @@ impl LoopContext {
     }
 
     /// Generate a unique token for a job fetch.
-    fn next_token(&self) -> String {
+    /// Shared: the job's active entry and its script context hold it for the job's whole run.
+    fn next_token(&self) -> Arc<str> {
         let seq = self.token_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{}:{}", self.worker_id, seq)
+        format!("{}:{}", self.worker_id, seq).into()
     }
 }
 
@@ -644,7 +660,7 @@ impl Worker {
             closing: Arc::new(AtomicBool::new(false)),
             event_tx,
             event_rx: Arc::new(Mutex::new(event_rx)),
-            active_jobs: Arc::new(RwLock::new(Vec::new())),
+            active_jobs: Arc::new(std::sync::Mutex::new(Vec::new())),
             main_loop_handle: Mutex::new(None),
             stalled_check_handle: Mutex::new(None),
             lock_renew_handle: Mutex::new(None),
@@ -698,7 +714,7 @@ impl Worker {
 
     /// Number of currently active jobs.
     pub async fn active_count(&self) -> usize {
-        self.active_jobs.read().await.len()
+        lock_active(&self.active_jobs).len()
     }
 
     /// Receive the next worker event.
@@ -750,7 +766,7 @@ impl Worker {
 
     /// Cancel a specific active job.
     pub async fn cancel_job(&self, job_id: &str) -> bool {
-        let jobs = self.active_jobs.read().await;
+        let jobs = lock_active(&self.active_jobs);
         if let Some(active) = jobs.iter().find(|j| j.job_id == job_id) {
             active.cancel_token.cancel();
             true
@@ -761,7 +777,7 @@ impl Worker {
 
     /// Cancel all active jobs.
     pub async fn cancel_all_jobs(&self) {
-        let jobs = self.active_jobs.read().await;
+        let jobs = lock_active(&self.active_jobs);
         for active in jobs.iter() {
             active.cancel_token.cancel();
         }
@@ -779,7 +795,7 @@ impl Worker {
         // Wait for active jobs to drain
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         loop {
-            let active_job_count = self.active_jobs.read().await.len();
+            let active_job_count = lock_active(&self.active_jobs).len();
             let active_fetchers = self.active_fetchers.load(Ordering::SeqCst);
             if processing_drained(active_job_count, active_fetchers) {
                 break;
@@ -834,7 +850,7 @@ impl Worker {
                 conn: self.conn.clone(),
                 keys: self.keys.clone(),
                 progress_tx: self.progress_tx.clone(),
-                token: token.to_string(),
+                token: token.into(),
                 lock_duration: self.opts.lock_duration,
             });
             let _ = self.event_tx.send(WorkerEvent::Active {
@@ -855,7 +871,7 @@ impl Worker {
                 conn: self.conn.clone(),
                 keys: self.keys.clone(),
                 progress_tx: self.progress_tx.clone(),
-                token: token.to_string(),
+                token: token.into(),
                 lock_duration: self.opts.lock_duration,
             });
             let _ = self.event_tx.send(WorkerEvent::Active {
@@ -1086,7 +1102,7 @@ impl Worker {
     async fn process_fetched_job(
         ctx: &LoopContext,
         mut job: Box<Job>,
-        token: &str,
+        token: &Arc<str>,
     ) -> Option<Box<Job>> {
         let cancel_token = CancellationToken::new();
         let job_id = job.id().to_string();
@@ -1106,23 +1122,28 @@ impl Worker {
         } else {
             serde_json::Value::Null
         };
-        let job_name = job.name().to_string();
+        // The name, too, is read after processing only by the scheduler's next iteration.
+        let job_name = if repeat_job_key.is_some() {
+            job.name().to_string()
+        } else {
+            String::new()
+        };
 
         // Attach script context so job can call update_progress, etc.
         job.set_context(crate::job::ScriptContext {
             conn: ctx.conn.clone(),
             keys: ctx.keys.clone(),
             progress_tx: ctx.progress_tx.clone(),
-            token: token.to_string(),
+            token: Arc::clone(token),
             lock_duration: ctx.opts.lock_duration,
         });
 
         // Register as active
         {
-            let mut jobs = ctx.active_jobs.write().await;
+            let mut jobs = lock_active(&ctx.active_jobs);
             jobs.push(ActiveJob {
                 job_id: job_id.clone(),
-                token: token.to_string(),
+                token: Arc::clone(token),
                 cancel_token: cancel_token.clone(),
             });
         }
@@ -1160,7 +1181,7 @@ impl Worker {
             .await;
             // Remove from active jobs before returning early, otherwise close()
             // would wait for this job to drain until its timeout elapses.
-            remove_active_job(&mut *ctx.active_jobs.write().await, &job_id, token);
+            remove_active_job(&mut lock_active(&ctx.active_jobs), &job_id, token);
             return next_job;
         }
 
@@ -1267,7 +1288,7 @@ impl Worker {
         };
 
         // Remove from active jobs
-        remove_active_job(&mut *ctx.active_jobs.write().await, &job_id, token);
+        remove_active_job(&mut lock_active(&ctx.active_jobs), &job_id, token);
 
         next_job
     }
@@ -2433,7 +2454,12 @@ impl Worker {
             loop {
                 ticker.tick().await;
 
-                let jobs = active_jobs.read().await;
+                // A copy of the entries, so that jobs start and finish while their locks are
+                // extended (the list's lock is never held across an await).
+                let jobs: Vec<(String, Arc<str>)> = lock_active(&active_jobs)
+                    .iter()
+                    .map(|j| (j.job_id.clone(), j.token.clone()))
+                    .collect();
 
                 // Only stop when closing AND no active jobs remain
                 if closing.load(Ordering::Relaxed) && jobs.is_empty() {
@@ -2450,14 +2476,14 @@ impl Worker {
                     None => continue,
                 };
 
-                for active_job in jobs.iter() {
-                    let job_key = keys.job_key(&active_job.job_id);
+                for (job_id, token) in jobs.iter() {
+                    let job_key = keys.job_key(job_id);
                     let lock_key = format!("{}:lock", job_key);
                     let script_keys = vec![lock_key, keys.stalled()];
 
-                    let token_bytes = active_job.token.as_bytes();
+                    let token_bytes = token.as_bytes();
                     let dur_bytes = lock_duration.to_string().into_bytes();
-                    let job_id_bytes = active_job.job_id.as_bytes();
+                    let job_id_bytes = job_id.as_bytes();
                     let args: Vec<&[u8]> = vec![token_bytes, &dur_bytes, job_id_bytes];
 
                     let mut redis_conn = conn.connection();
@@ -2467,7 +2493,7 @@ impl Worker {
                         .map(|_| ())
                         .map_err(|e| {
                             warn!(
-                                job_id = %active_job.job_id,
+                                job_id = %job_id,
                                 error = %e,
                                 "lock extension failed"
                             );
