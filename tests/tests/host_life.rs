@@ -299,6 +299,40 @@ fn max_stalled_count_zero_fails_a_job_at_its_first_stall() {
     );
 }
 
+/// The library renews the lock of every job in flight (every half of the lock's duration) while jobs start
+/// and finish around it: jobs that outlive their lock several times over complete on their first run, and
+/// no stall check ever finds one of them without its lock (with a stall limit of 0, one such finding would
+/// fail the job for good).
+#[test]
+fn jobs_outliving_their_lock_keep_it_and_complete_once() {
+    let redis = RedisServer::start().unwrap();
+    let env = [
+        ("QUEUE_TEST_OUTCOMES_LOCK_DURATION_MS", "1000"),
+        ("QUEUE_TEST_OUTCOMES_STALLED_INTERVAL_MS", "300"),
+        ("QUEUE_TEST_OUTCOMES_MAX_STALLED_COUNT", "0"),
+        ("QUEUE_TEST_OUTCOMES_CONCURRENCY", "4"),
+    ];
+    let _worker = Worker::start_test_outcomes(&redis, &env).unwrap();
+    let q = NodeQueue::new(&redis, TEST_QUEUE);
+    // Staggered lengths, so that runs finish (and their entries leave the list) while others are renewed.
+    let ids: Vec<String> = [3500, 3000, 2500, 4000, 100, 100]
+        .iter()
+        .map(|ms| q.add_one("sleep", json!({ "ms": ms }), json!({})).unwrap())
+        .collect();
+    let jobs = q.wait_finished(&ids).unwrap();
+    for job in &jobs {
+        assert_eq!(job.state, "completed", "{job:?}");
+        assert_eq!(job.attempts_made, 1, "{job:?}");
+    }
+    let events = queue_events(&redis, "bull", TEST_QUEUE).unwrap();
+    let count = |name: &str| events.iter().filter(|e| e["event"] == name).count();
+    assert_eq!(
+        (count("stalled"), count("active"), count("completed")),
+        (0, ids.len(), ids.len()),
+        "{events:?}"
+    );
+}
+
 #[test]
 fn a_cron_job_scheduler_created_by_node_produces_on_the_pattern() {
     let redis = RedisServer::start().unwrap();
