@@ -60,9 +60,9 @@ pub struct QueueInfo {
     /// Job names whose `process` call is quick and never waits: no network or disk I/O, no sleep, no lock
     /// another thread may hold, done in microseconds. The host may run such a job on the thread that
     /// fetched it instead of handing it to a job thread, which saves two thread wake-ups per job (most of
-    /// what a very short job costs). A call that nevertheless waits (sleeps, does I/O, blocks on a lock) or
-    /// computes for more than a couple of milliseconds is logged and its job name is run on job threads from
-    /// then on. Empty (the default): every job is handed
+    /// what a very short job costs). Calls that nevertheless wait (sleep, do I/O, block on a lock for more
+    /// than a moment) or compute for more than a couple of milliseconds, twice in a row, are logged and their
+    /// job name is run on job threads from then on. Empty (the default): every job is handed
     /// to a job thread.
     #[serde(default)]
     pub inline_jobs: Vec<String>,

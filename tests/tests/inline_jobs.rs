@@ -2,8 +2,9 @@
 //! `complete` and `inline-sleep`) run on the thread that received the job — the host's async thread
 //! in-process, the plugin process's reader thread in process mode, both the process's main thread, which the kernel names after the binary
 //! (`frostguard-work`) — and
-//! not on a job thread. A declared-inline call that waits (here: sleeps) is logged once and its name
-//! goes to job threads from then on, while the other inline names stay inline.
+//! not on a job thread. A call that only naps for microseconds (as a lock handed over by another thread
+//! blocks it) keeps its name inline; two declared-inline calls in a row that wait (here: sleep 50 ms) are
+//! logged once and their name goes to job threads from then on, while the other inline names stay inline.
 
 use std::time::Duration;
 
@@ -37,19 +38,38 @@ fn inline_jobs_run_where_they_were_received(isolation: &str, job_thread: &str) {
         .expect("the host gets ready");
     let q = NodeQueue::new(&redis, TEST_QUEUE);
     let report = |ms: u64| json!({"reportThread": true, "ms": ms});
+    let warning = "an inline job waited or computed too long";
 
     assert_eq!(thread_of(&q, "complete", report(0)), MAIN, "{isolation}");
-    // Declared inline but slow: it still runs inline this once, is logged, and is not trusted again.
+    // Naps of a few microseconds, each a voluntary context switch, hold nothing up: the name stays inline
+    // (all of a name's first 100 calls are audited).
+    for _ in 0..20 {
+        assert_eq!(
+            thread_of(&q, "inline-sleep", json!({"reportThread": true, "us": 2})),
+            MAIN,
+            "{isolation}: a nap is not a wait\n{}",
+            worker.output_text()
+        );
+    }
+    // Declared inline but slow: once may be bad luck, so it still runs inline the next time.
+    assert_eq!(
+        thread_of(&q, "inline-sleep", report(50)),
+        MAIN,
+        "{isolation}"
+    );
+    assert!(
+        !worker.has_line(warning),
+        "{isolation}: one breach alone is not logged: {}",
+        worker.output_text()
+    );
+    // The second in a row is logged, and the name is not trusted again.
     assert_eq!(
         thread_of(&q, "inline-sleep", report(50)),
         MAIN,
         "{isolation}"
     );
     worker
-        .wait_for_line(
-            "an inline job waited or computed too long",
-            Duration::from_secs(10),
-        )
+        .wait_for_line(warning, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{isolation}: {e:#}\n{}", worker.output_text()));
     assert!(
         worker.has_line("job_name=inline-sleep"),
@@ -69,7 +89,7 @@ fn inline_jobs_run_where_they_were_received(isolation: &str, job_thread: &str) {
     let warnings = worker
         .lines()
         .iter()
-        .filter(|l| l.contains("an inline job waited or computed too long"))
+        .filter(|l| l.contains(warning))
         .count();
     assert_eq!(warnings, 1, "logged once: {}", worker.output_text());
 }

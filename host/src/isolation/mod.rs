@@ -22,9 +22,6 @@ pub mod child;
 // Signal handlers that must stay async-signal-safe (no allocation, raw `write`): libc only.
 #[allow(unsafe_code)]
 pub mod crashnote;
-// The calling thread's CPU time (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`) and voluntary context switches
-// (`getrusage(RUSAGE_THREAD)`): two libc calls with their `SAFETY:` reason.
-#[allow(unsafe_code)]
 pub mod inline;
 pub mod journal;
 pub mod orphans;
@@ -35,6 +32,11 @@ pub mod orphans;
 pub mod process;
 pub mod protocol;
 pub mod settings;
+// The calling thread's CPU time (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`) and, where the kernel keeps no
+// schedstat, its voluntary context switches (`getrusage(RUSAGE_THREAD)`): two libc calls with their
+// `SAFETY:` reason.
+#[allow(unsafe_code)]
+mod thread_cost;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};

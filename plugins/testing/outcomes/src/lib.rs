@@ -5,7 +5,8 @@
 //! "causes": [..], "unrecoverable"}`: an error with that source chain), `retry-later`, `panic`, `sleep`
 //! (`{"ms", "ignoreCancel", "report"}`), `progress`, `log`, `view` (returns the job as the plugin was
 //! given it: the whole `JobView` as JSON), and `inline-sleep` (`{"ms"}`: sleeps although it
-//! is declared inline, as a plugin that breaks its promise would). `sleep` is a pending job: its `start`
+//! is declared inline, as a plugin that breaks its promise would; `{"us"}` naps microseconds instead, as
+//! briefly as a lock handed over by another thread blocks). `sleep` is a pending job: its `start`
 //! hands it to one timer thread for all of them (`timer.rs`; with `"report": true` the timer thread writes
 //! progress 100 and the log line `woke` before completing it), and `block-sleep` (`{"ms"}`) is the same
 //! wait on a job thread. Three more pending jobs play faulty plugins: `pending-never` is kept and never
@@ -110,6 +111,10 @@ impl Plugin for TestOutcomes {
         };
         let number =
             |key: &str, default: u64| data.get(key).and_then(Value::as_u64).unwrap_or(default);
+        let nap = || match data.get("us").and_then(Value::as_u64) {
+            Some(us) => Duration::from_micros(us),
+            None => Duration::from_millis(number("ms", 10)),
+        };
         if data.get("logRun") == Some(&Value::Bool(true)) {
             // One job log line per plugin call: fault tests count runs with it.
             ctx.log("plugin run");
@@ -119,7 +124,7 @@ impl Plugin for TestOutcomes {
         {
             // Where inline jobs run is the host's choice; tests look at it through this.
             if job.name == "inline-sleep" {
-                thread::sleep(Duration::from_millis(number("ms", 10)));
+                thread::sleep(nap());
             }
             // The kernel's name of the thread: this library's own copy of std does not know the names the
             // host gave its threads.
@@ -130,8 +135,11 @@ impl Plugin for TestOutcomes {
         }
         match job.name.as_str() {
             "inline-sleep" => {
-                thread::sleep(Duration::from_millis(number("ms", 10)));
-                Outcome::completed(json!({ "slept": number("ms", 10) }))
+                thread::sleep(nap());
+                match data.get("us") {
+                    Some(us) => Outcome::completed(json!({ "napped_us": us })),
+                    None => Outcome::completed(json!({ "slept": number("ms", 10) })),
+                }
             }
             "complete" => Outcome::completed(
                 data.get("result")
