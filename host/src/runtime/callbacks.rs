@@ -101,6 +101,12 @@ impl Callbacks {
         (callbacks, Writes { queued })
     }
 
+    /// Wakes the bridge waiting for this job's call ([`Writes::next`] returns), without a write: the one
+    /// watcher of the queue's calls rings when the call has something else to look at.
+    pub fn ring(&self) {
+        self.queued.arrived.notify_one();
+    }
+
     fn queue_write(&self, write: JobWrite) {
         let mut writes = self.queued.writes();
         if writes.len() >= MAX_PENDING_WRITES {
@@ -143,16 +149,16 @@ impl JobCallbacks for Callbacks {
 }
 
 impl Writes {
-    /// The next queued write; waits for one as long as the bridge reads (see the type's comment). Safe to
-    /// drop unfinished (as `select!` does): a write stays queued until it is returned, and a ring that
-    /// arrives meanwhile is kept for the next wait.
-    pub async fn next(&mut self) -> JobWrite {
-        loop {
-            if let Some(write) = self.try_next() {
-                return write;
-            }
-            self.queued.arrived.notified().await;
+    /// The next queued write, or `None` when the job's bell was rung without one ([`Callbacks::ring`]: the
+    /// call has something else to look at); waits as long as the bridge reads (see the type's comment).
+    /// Safe to drop unfinished (as `select!` does): a write stays queued until it is returned, and a ring
+    /// that arrives meanwhile is kept for the next wait.
+    pub async fn next(&mut self) -> Option<JobWrite> {
+        if let Some(write) = self.try_next() {
+            return Some(write);
         }
+        self.queued.arrived.notified().await;
+        self.try_next()
     }
 
     /// A queued write if one is ready now.
@@ -192,9 +198,9 @@ mod tests {
         cb.progress(r#"{"step":"half"}"#);
         assert_eq!(
             writes.next().await,
-            JobWrite::Progress(serde_json::json!(25))
+            Some(JobWrite::Progress(serde_json::json!(25)))
         );
-        assert_eq!(writes.next().await, JobWrite::Log("line 1".into()));
+        assert_eq!(writes.next().await, Some(JobWrite::Log("line 1".into())));
         assert_eq!(
             writes.try_next(),
             Some(JobWrite::Progress(serde_json::json!({"step": "half"})))
@@ -235,7 +241,7 @@ mod tests {
             );
             assert_eq!(
                 next.as_mut().poll(&mut cx),
-                Poll::Ready(JobWrite::Log("line".into()))
+                Poll::Ready(Some(JobWrite::Log("line".into())))
             );
         }
         let next = writes.next();
@@ -245,6 +251,18 @@ mod tests {
         drop(cb);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "no wake-up for the drop");
         assert!(next.as_mut().poll(&mut cx).is_pending());
+    }
+
+    #[tokio::test]
+    async fn a_ring_wakes_the_reader_without_a_write_and_is_kept_when_nobody_waits() {
+        let (cb, mut writes) =
+            Callbacks::new("q", "1", DrainState::new(), CancellationToken::new(), None);
+        cb.ring();
+        assert_eq!(writes.next().await, None, "kept for the next wait");
+        let reader = tokio::spawn(async move { writes.next().await });
+        tokio::task::yield_now().await;
+        cb.ring();
+        assert_eq!(reader.await.unwrap(), None);
     }
 
     #[test]

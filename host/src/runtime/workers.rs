@@ -22,7 +22,7 @@ use plugin_api::QueueInfo;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use super::bridge::{processor, QueueBridge};
+use super::bridge::{processor, CallWatch, QueueBridge};
 use super::completions::Completions;
 use super::health::Health;
 use super::hold::QueueHold;
@@ -152,6 +152,7 @@ impl Fleet {
             metrics: Arc::clone(completions.metrics()),
             completions: Arc::clone(&completions),
             crash_limit: config.crash_limit,
+            watch: CallWatch::new(Arc::clone(&drain)),
         });
         let stalled_check = stalled::StalledCheck {
             queue: info.queue.clone(),

@@ -8,8 +8,10 @@
 //! call cannot be stopped from outside, and leaving it running would break the queue's concurrency bound
 //! while the library renews a lock for a job nobody tracks; only the shutdown drain's abandon phase stops
 //! waiting.
-//! When the job's deadline passes, the overrun is logged at once (so a plugin that ignores cancellation
-//! shows up while it still holds a slot); the plugin itself learns it from `is_cancelled()`.
+//! When the job's deadline passes, the overrun is logged (so a plugin that ignores cancellation shows up
+//! while it still holds a slot); the plugin itself learns it from `is_cancelled()`. What wakes a waiting
+//! call for those (and for the drain's abandon, a cancellation to forward to a plugin process, a pending
+//! job's grace) is the queue's one watcher of calls in flight (`watch.rs`), not a timer of its own.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,10 +21,10 @@ use bullmq::Job;
 use plugin_api::{JobView, Outcome};
 
 use super::decide::{millis, Ended};
+use super::watch::Due;
 use super::QueueBridge;
 use plugin_api::loader::{not_completed, JobCallbacks as _, PENDING_GRACE};
 
-use crate::isolation::process::CANCEL_POLL;
 use crate::isolation::{cause, ChildJob, Crash, Reply};
 use crate::runtime::callbacks::{apply, deadline_passed, Callbacks, Writes};
 
@@ -41,9 +43,7 @@ enum Call {
 }
 
 impl Call {
-    /// The call's reply; cancel-safe (select! polls it again after a write is applied). A job in the child
-    /// checks every [`CANCEL_POLL`] whether it was cancelled and tells the child once, as a blocking call
-    /// does (queued behind the job's own frame: `isolation/process/outbox.rs`).
+    /// The call's reply; cancel-safe (select! polls it again after a write is applied).
     async fn ended(&mut self) -> Result<Reply, String> {
         match self {
             Call::Thread(handle) => handle.await.map_err(|e| e.to_string()),
@@ -52,23 +52,31 @@ impl Call {
                 .await
                 .map(Reply::Outcome)
                 .map_err(|_| "the pending job's completion was lost".to_owned()),
-            Call::Child {
-                child,
-                callbacks,
-                cancel_sent,
-            } => loop {
-                tokio::select! {
-                    reply = &mut child.reply => {
-                        return reply.map_err(|_| "the plugin process's reply was lost".to_owned())
-                    }
-                    () = tokio::time::sleep(CANCEL_POLL), if !*cancel_sent => {
-                        if callbacks.is_cancelled() {
-                            *cancel_sent = child.try_cancel();
-                        }
-                    }
-                }
-            },
+            Call::Child { child, .. } => (&mut child.reply)
+                .await
+                .map_err(|_| "the plugin process's reply was lost".to_owned()),
         }
+    }
+
+    /// Tells the plugin's child, once, that a job in it was cancelled, as a blocking call would see from
+    /// `is_cancelled()` (queued behind the job's own frame: `isolation/process/outbox.rs`). Calls on this
+    /// host's threads and pending jobs ask `is_cancelled()` themselves.
+    fn forward_cancel(&mut self) {
+        if let Call::Child {
+            child,
+            callbacks,
+            cancel_sent,
+        } = self
+        {
+            if !*cancel_sent && callbacks.is_cancelled() {
+                *cancel_sent = child.try_cancel();
+            }
+        }
+    }
+
+    /// Whether a cancellation must be told to the plugin (it runs in a plugin process).
+    fn forwards_cancel(&self) -> bool {
+        matches!(self, Call::Child { .. })
     }
 }
 
@@ -115,8 +123,9 @@ impl QueueBridge {
             // An inline job of an in-process plugin ran right here; its writes are applied below.
             Some(reply) => call_end(Ok(reply)),
             None => {
-                let call = self.start_call(view, callbacks);
-                self.wait(job, call, &mut writes, deadline, pending).await
+                let call = self.start_call(view, callbacks.clone());
+                self.wait(job, call, &callbacks, &mut writes, deadline, pending)
+                    .await
             }
         };
         // Judged when the plugin returned, before the remaining writes are applied.
@@ -154,51 +163,50 @@ impl QueueBridge {
 
     /// Waits for `call` to end, applying the plugin's writes to `job` meanwhile and logging the overrun
     /// when the job's `deadline` passes first. A `pending` job (one the plugin completes later) is ended
-    /// here [`PENDING_GRACE`] after its deadline: no thread of ours runs it, so nothing else would.
+    /// here [`PENDING_GRACE`] after its deadline: no thread of ours runs it, so nothing else would. The
+    /// queue's watch rings `callbacks` when any of that, a cancellation or the drain's abandon needs a look.
     async fn wait(
         &self,
         job: &mut Job,
         mut call: Call,
+        callbacks: &Arc<Callbacks>,
         writes: &mut Writes,
         deadline: Option<Instant>,
         pending: bool,
     ) -> CallEnd {
-        let expiry = async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expiry);
-        let give_up = async move {
-            match deadline.filter(|_| pending) {
-                Some(d) => tokio::time::sleep_until((d + PENDING_GRACE).into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(give_up);
+        let due = Due::of(deadline, pending, call.forwards_cancel());
+        let _slot = self.watch.watch(callbacks, due);
         let mut expired = false;
         loop {
+            if self.drain.is_abandoned() {
+                break CallEnd::Abandoned;
+            }
+            let now = Instant::now();
+            if !expired && due.deadline.is_some_and(|d| now >= d) {
+                expired = true;
+                tracing::warn!(
+                    queue = %self.queue, job_id = %job.id(),
+                    timeout_ms = self.job_timeout.map(millis).unwrap_or(0),
+                    "job overran its time budget; asking the plugin to stop and waiting for it to return"
+                );
+            }
+            if due.grace_end.is_some_and(|g| now >= g) {
+                tracing::warn!(
+                    queue = %self.queue, job_id = %job.id(),
+                    grace_ms = millis(PENDING_GRACE),
+                    "a pending job was not completed by its plugin within the grace after its deadline; ending it"
+                );
+                break CallEnd::Returned(Outcome::failed(not_completed(&self.plugin.info.name)));
+            }
+            call.forward_cancel();
             tokio::select! {
-                w = writes.next() => apply(job, &self.queue, w).await,
+                biased;
                 joined = call.ended() => break call_end(joined),
-                () = &mut expiry, if !expired => {
-                    expired = true;
-                    tracing::warn!(
-                        queue = %self.queue, job_id = %job.id(),
-                        timeout_ms = self.job_timeout.map(millis).unwrap_or(0),
-                        "job overran its time budget; asking the plugin to stop and waiting for it to return"
-                    );
+                write = writes.next() => {
+                    if let Some(w) = write {
+                        apply(job, &self.queue, w).await;
+                    }
                 }
-                () = &mut give_up => {
-                    tracing::warn!(
-                        queue = %self.queue, job_id = %job.id(),
-                        grace_ms = millis(PENDING_GRACE),
-                        "a pending job was not completed by its plugin within the grace after its deadline; ending it"
-                    );
-                    break CallEnd::Returned(Outcome::failed(not_completed(&self.plugin.info.name)));
-                }
-                _ = self.drain.abandoned() => break CallEnd::Abandoned,
             }
         }
     }

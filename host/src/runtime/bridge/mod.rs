@@ -43,6 +43,9 @@ use decide::decide;
 mod apply;
 mod call;
 mod decide;
+mod watch;
+
+pub use watch::CallWatch;
 
 type LibResult = Result<Value, bullmq::Error>;
 
@@ -72,6 +75,8 @@ pub struct QueueBridge {
     pub crash_limit: u32,
     /// The queue's job metrics (shared with its completions).
     pub metrics: Arc<QueueMetrics>,
+    /// The plugin calls in flight that the bridge waits for, and the one task that wakes them.
+    pub watch: CallWatch,
 }
 
 /// Wraps a bridge into the processor function bullmq-official calls for every job.
