@@ -86,24 +86,24 @@ impl Audit {
     /// Takes note of a call that was not audited; a suspect one puts the next calls under audit.
     fn unaudited(&self, elapsed: Duration) {
         if elapsed > SUSPECT_AFTER {
-            self.watch();
+            self.audit_next();
         }
     }
 
     /// Puts the next [`AUDIT_AFTER_SUSPECT`] calls under audit.
-    fn watch(&self) {
+    fn audit_next(&self) {
         let next = self.calls.load(Ordering::Relaxed);
         self.audit_until
             .fetch_max(next.saturating_add(AUDIT_AFTER_SUSPECT), Ordering::Relaxed);
     }
 
     /// Takes note of an audited call that did or did not break the promise; true when the audited call
-    /// before it broke it too (see [`Audit::struck`]). A first breach puts the next calls under audit, so
+    /// before it broke it too. A first breach puts the next calls under audit, so
     /// the second look comes at once.
     fn audited(&self, breached: bool) -> bool {
         let twice = self.struck.swap(breached, Ordering::Relaxed) && breached;
         if breached && !twice {
-            self.watch();
+            self.audit_next();
         }
         twice
     }
