@@ -197,6 +197,8 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::callbacks::Writes;
+    use bullmq::worker::CancellationToken;
 
     #[test]
     fn each_reason_rings_once_when_it_comes_due() {
@@ -264,6 +266,62 @@ mod tests {
                 "{due:?} {already:?} {cancelled}"
             );
         }
+    }
+
+    /// A call's callbacks under `drain`, with the library's token `token` and `deadline`.
+    fn call(
+        drain: &Arc<DrainState>,
+        token: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> (Arc<Callbacks>, Writes) {
+        Callbacks::new("q", "1", Arc::clone(drain), token.clone(), deadline)
+    }
+
+    #[tokio::test]
+    async fn a_call_is_rung_once_its_deadline_passed() {
+        let drain = DrainState::new();
+        let watch = CallWatch::new(Arc::clone(&drain));
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let (callbacks, mut writes) = call(&drain, &CancellationToken::new(), Some(deadline));
+        let _slot = watch.watch(&callbacks, Due::of(Some(deadline), false, false));
+        let rung = tokio::time::timeout(Duration::from_secs(2), writes.next()).await;
+        assert_eq!(rung, Ok(None), "rung without a write");
+        assert!(Instant::now() >= deadline);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancellation_rings_a_call_in_a_plugin_process_and_the_abandon_rings_every_call() {
+        let drain = DrainState::new();
+        let watch = CallWatch::new(Arc::clone(&drain));
+        let token = CancellationToken::new();
+        let (in_child, mut child_writes) = call(&drain, &token, None);
+        let (on_thread, mut thread_writes) = call(&drain, &token, None);
+        let _child = watch.watch(&in_child, Due::of(None, false, true));
+        let _thread = watch.watch(&on_thread, Due::of(None, false, false));
+        token.cancel();
+        assert_eq!(
+            tokio::time::timeout(LOOK_EVERY * 2, child_writes.next()).await,
+            Ok(None),
+            "a plugin process must be told"
+        );
+        let thread_rung = tokio::select! {
+            _ = thread_writes.next() => true,
+            () = tokio::time::sleep(LOOK_EVERY * 4) => false,
+        };
+        assert!(!thread_rung, "a call on the host's threads asks for itself");
+        // The drain's abandon, reached with one job in flight that never ends.
+        let in_flight = drain.job_started();
+        let draining = Arc::clone(&drain);
+        let drained = tokio::spawn(async move {
+            crate::shutdown::drain_phases(&draining, Duration::ZERO, "t").await
+        });
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(60), thread_writes.next()).await,
+            Ok(None)
+        );
+        assert!(drain.is_abandoned());
+        drop(in_flight);
+        drained.await.unwrap();
     }
 
     #[test]
