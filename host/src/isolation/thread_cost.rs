@@ -143,14 +143,12 @@ thread_local! {
 fn run_delay(file: &File) -> Option<Duration> {
     let mut buf = [0u8; 96];
     let n = file.read_at(&mut buf, 0).ok()?;
-    let (_, queued) = parse_schedstat(std::str::from_utf8(&buf[..n]).ok()?)?;
-    Some(Duration::from_nanos(queued))
+    parse_run_delay(std::str::from_utf8(&buf[..n]).ok()?).map(Duration::from_nanos)
 }
 
-/// The first two numbers of a schedstat line.
-fn parse_schedstat(line: &str) -> Option<(u64, u64)> {
-    let mut fields = line.split_ascii_whitespace().map(str::parse::<u64>);
-    Some((fields.next()?.ok()?, fields.next()?.ok()?))
+/// The run delay, the second number of a schedstat line.
+fn parse_run_delay(line: &str) -> Option<u64> {
+    line.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -219,14 +217,11 @@ mod tests {
     }
 
     #[test]
-    fn a_schedstat_line_gives_cpu_and_run_delay() {
-        assert_eq!(
-            parse_schedstat("44362107 301303 37\n"),
-            Some((44_362_107, 301_303))
-        );
-        assert_eq!(parse_schedstat("12"), None);
-        assert_eq!(parse_schedstat("x 1 2"), None);
-        assert_eq!(parse_schedstat(""), None);
+    fn a_schedstat_line_gives_its_run_delay() {
+        assert_eq!(parse_run_delay("44362107 301303 37\n"), Some(301_303));
+        assert_eq!(parse_run_delay("12"), None);
+        assert_eq!(parse_run_delay("1 x 2"), None);
+        assert_eq!(parse_run_delay(""), None);
     }
 
     #[test]

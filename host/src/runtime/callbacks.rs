@@ -72,8 +72,8 @@ pub struct Callbacks {
 /// The plugin dropping its callbacks as its call returns wakes nobody: that would wake the bridge's task
 /// from the plugin's thread, one more wake-up of the runtime thread per job (an `eventfd` write, often a
 /// context switch) on top of the call's completion, which the bridge waits for anyway. [`Writes::next`]
-/// therefore never ends; the bridge stops reading when the call has ended and takes what is left with
-/// [`Writes::try_next`].
+/// therefore does not return for it; the bridge stops reading when the call has ended and takes what is
+/// left with [`Writes::try_next`].
 pub struct Writes {
     queued: Arc<Queued>,
 }

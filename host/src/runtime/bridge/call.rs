@@ -181,10 +181,8 @@ impl QueueBridge {
             if self.drain.is_abandoned() {
                 break CallEnd::Abandoned;
             }
-            // The clock is read only for a call with a deadline (a queue without a time budget has none).
-            let now = due.deadline.map(|_| Instant::now());
-            let passed = |at: Option<Instant>| at.zip(now).is_some_and(|(at, now)| now >= at);
-            if !expired && passed(due.deadline) {
+            // Reads the clock only for a call with a deadline (a queue without a time budget has none).
+            if !expired && deadline_passed(due.deadline) {
                 expired = true;
                 tracing::warn!(
                     queue = %self.queue, job_id = %job.id(),
@@ -192,7 +190,7 @@ impl QueueBridge {
                     "job overran its time budget; asking the plugin to stop and waiting for it to return"
                 );
             }
-            if passed(due.grace_end) {
+            if deadline_passed(due.grace_end) {
                 tracing::warn!(
                     queue = %self.queue, job_id = %job.id(),
                     grace_ms = millis(PENDING_GRACE),
